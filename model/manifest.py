@@ -1,0 +1,94 @@
+"""The artifact manifest: the single contract between training (which writes it) and serving."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from model.sources import SourcesConfig
+from model.vocabulary import TokenVocabulary, VocabularyLayout
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+
+class EncoderInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str  # what it was exported from (HF id or local path)
+    pooling: Literal["mean", "last_token"]
+    normalize: bool
+    max_tokens: int
+    text_prefix: str
+    dim: int
+    precision: Literal["fp32", "int8"]
+    file: str
+    tokenizer_file: str
+    pad_token_id: int
+
+
+class QuantizerInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shared_levels: int
+    specific_levels: int
+    codebook_size: int
+    code_dim: int
+    file: str
+
+
+class TabularInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    feature_names: list[str]
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    schema_version: int = SCHEMA_VERSION
+    model_version: str
+    created_at: str
+    sources: SourcesConfig
+    encoder: EncoderInfo
+    quantizer: QuantizerInfo
+    tabular: dict[str, TabularInfo]
+    vocabulary: VocabularyLayout
+    files: dict[str, str]  # relative path -> sha256
+
+    def token_vocabulary(self) -> TokenVocabulary:
+        q = self.quantizer
+        return TokenVocabulary(
+            [s.name for s in self.sources.sources], q.shared_levels, q.specific_levels, q.codebook_size
+        )
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, verify: bool = True) -> Manifest:
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {MANIFEST_FILE} in {directory}: run `u2qt export` first")
+        manifest = cls.model_validate_json(path.read_text())
+        if manifest.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"{path} has manifest schema {manifest.schema_version}; this u2qt reads {SCHEMA_VERSION}")
+        expected = manifest.token_vocabulary().layout()
+        if expected != manifest.vocabulary:
+            raise ValueError(f"{path}: vocabulary offsets disagree with its quantizer and sources")
+        if verify:
+            for rel, digest in manifest.files.items():
+                if sha256_file(directory / rel) != digest:
+                    raise ValueError(f"{directory / rel} does not match its checksum in {path}")
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,149 @@
+"""MRQ-VAE's quantizer: Lc shared residual levels followed by Lu source-specific levels (paper eq. 4-8).
+
+Each level holds one table of `blocks x K` codewords: one block for a shared level, one block per
+source for a specific level. A specific level masks every block but the window's own source before
+the argmin, so a source can never select another source's codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # straight-through: forward value = sum of codewords, gradient flows to z
+    codes: torch.Tensor  # [B, L] per-level code index within the window's block
+    loss: torch.Tensor  # eq. 8: codebook + commitment
+    residuals: list[torch.Tensor]  # residual entering each level (detached), for dead-code restarts
+
+
+def kmeans_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k centroids of x; with fewer distinct points than k, repeats them with small jitter."""
+    rng = np.random.default_rng(seed)
+    distinct = np.unique(x, axis=0)
+    if len(distinct) <= k:
+        reps = distinct[rng.integers(0, len(distinct), size=k - len(distinct))]
+        jitter = rng.normal(0, 1e-3, size=reps.shape) * (x.std() + 1e-6)
+        return np.concatenate([distinct, reps + jitter]).astype(np.float32)
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(x)
+    return km.cluster_centers_.astype(np.float32)
+
+
+class ResidualQuantizer(nn.Module):
+    def __init__(
+        self,
+        n_sources: int,
+        shared_levels: int,
+        specific_levels: int,
+        codebook_size: int,
+        dim: int,
+        commitment: float = 0.25,
+        usage_decay: float = 0.99,
+    ):
+        super().__init__()
+        self.n_sources, self.shared_levels, self.specific_levels = n_sources, shared_levels, specific_levels
+        self.codebook_size, self.dim = codebook_size, dim
+        self.commitment, self.usage_decay = commitment, usage_decay
+        self.codebooks = nn.ParameterList(
+            nn.Parameter(torch.randn(self.blocks(lvl) * codebook_size, dim) * 0.01) for lvl in range(self.levels)
+        )
+        for lvl in range(self.levels):
+            self.register_buffer(f"usage_{lvl}", torch.ones(self.blocks(lvl) * codebook_size))
+        # Survives a checkpoint reload, so a reloaded model never re-runs k-means over trained codebooks.
+        self.register_buffer("initted", torch.tensor(False))
+
+    @property
+    def levels(self) -> int:
+        return self.shared_levels + self.specific_levels
+
+    def blocks(self, level: int) -> int:
+        return 1 if level < self.shared_levels else self.n_sources
+
+    def usage(self, level: int) -> torch.Tensor:
+        return getattr(self, f"usage_{level}")
+
+    def _nearest(self, level: int, residual: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Flat row index into level's table of the nearest allowed codeword (eq. 4)."""
+        cb = self.codebooks[level]
+        # ||r||^2 is the same for every codeword of a row, so it is left out of the argmin.
+        dist = (cb * cb).sum(-1).unsqueeze(0) - 2.0 * residual @ cb.t()
+        if level >= self.shared_levels:
+            block = torch.arange(cb.shape[0], device=cb.device) // self.codebook_size
+            dist = dist.masked_fill(block.unsqueeze(0) != source.unsqueeze(1), float("inf"))
+        return dist.argmin(-1)
+
+    def forward(self, z: torch.Tensor, source: torch.Tensor) -> QuantizerOutput:
+        residual, quantized = z, torch.zeros_like(z)
+        codes, residuals, loss = [], [], z.new_zeros(())
+        for level in range(self.levels):
+            flat = self._nearest(level, residual.detach(), source)
+            q = self.codebooks[level][flat]
+            loss = loss + ((residual.detach() - q) ** 2).sum(-1).mean()
+            loss = loss + self.commitment * ((residual - q.detach()) ** 2).sum(-1).mean()
+            residuals.append(residual.detach())
+            if self.training:
+                counts = torch.bincount(flat, minlength=self.usage(level).numel()).to(z.dtype)
+                self.usage(level).mul_(self.usage_decay).add_(counts * (1 - self.usage_decay))
+            codes.append(flat % self.codebook_size)
+            quantized = quantized + q
+            residual = residual - q.detach()  # eq. 5
+        straight_through = z + (quantized - z).detach()
+        return QuantizerOutput(straight_through, torch.stack(codes, 1), loss, residuals)
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference path (exported to ONNX): -> (codes [B, L], quantized z [B, dim])."""
+        residual, quantized, codes = z, torch.zeros_like(z), []
+        for level in range(self.levels):
+            flat = self._nearest(level, residual, source)
+            q = self.codebooks[level][flat]
+            codes.append(flat % self.codebook_size)
+            quantized = quantized + q
+            residual = residual - q
+        return torch.stack(codes, 1), quantized
+
+    @torch.no_grad()
+    def init_kmeans(self, z: torch.Tensor, source: torch.Tensor, seed: int) -> None:
+        """Level by level, codebooks become k-means centroids of that level's residuals."""
+        residual = z.detach().clone()
+        k = self.codebook_size
+        for level in range(self.levels):
+            table = self.codebooks[level]
+            for b in range(self.blocks(level)):
+                rows = residual if level < self.shared_levels else residual[source == b]
+                if len(rows) == 0:
+                    continue
+                table.data[b * k : (b + 1) * k] = torch.from_numpy(
+                    kmeans_centroids(rows.cpu().numpy(), k, seed + 1000 * level + b)
+                ).to(table)
+            residual -= table[self._nearest(level, residual, source)]
+            self.usage(level).fill_(1.0)
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def restart_dead_codes(
+        self, residuals: list[torch.Tensor], source: torch.Tensor, threshold: float, generator: torch.Generator
+    ) -> int:
+        """Moves codes whose usage fell below `threshold` x their block's mean onto residuals of this
+        batch, at every level (the official code restarts level 1 only). Returns how many moved."""
+        k, moved = self.codebook_size, 0
+        for level in range(self.levels):
+            usage, table = self.usage(level), self.codebooks[level]
+            for b in range(self.blocks(level)):
+                u = usage[b * k : (b + 1) * k]
+                dead = torch.nonzero(u < threshold * u.mean()).flatten()
+                rows = residuals[level] if level < self.shared_levels else residuals[level][source == b]
+                if len(dead) == 0 or len(rows) == 0:
+                    continue
+                pick = torch.randint(len(rows), (len(dead),), generator=generator)
+                table.data[b * k + dead] = rows[pick]
+                u[dead] = u.mean()
+                moved += len(dead)
+        return moved

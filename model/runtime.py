@@ -1,0 +1,137 @@
+"""ONNX Runtime execution of exported tokenizer parts (no torch).
+
+Training uses `OnnxTextEncoder` to embed its corpus with the very file the service loads, so a
+window's embedding is the same number in training and serving.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from model.manifest import EncoderInfo, Manifest
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or 0
+    so.inter_op_num_threads = 1
+    return so
+
+
+def pick_providers(preference: str = "auto") -> list[str]:
+    """'auto' takes CUDA when this onnxruntime build and machine offer it, else CPU."""
+    available = ort.get_available_providers()
+    if preference == "cpu":
+        return ["CPUExecutionProvider"]
+    if preference == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RuntimeError(f"CUDA execution provider requested but onnxruntime offers {available}")
+    if "CUDAExecutionProvider" in available and preference in ("auto", "cuda"):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class TextTokenizer:
+    """The encoder's subword tokenizer with u2qt's prefix and truncation rule (shared by train and serve)."""
+
+    def __init__(self, path: Path, info: EncoderInfo):
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=info.max_tokens)
+        self.prefix = info.text_prefix
+        self.max_tokens = info.max_tokens
+        self.pad_id = info.pad_token_id
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch([self.prefix + t for t in texts])]
+
+    def untruncated_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        self.tokenizer.no_truncation()
+        try:
+            return np.array([len(e.ids) for e in self.tokenizer.encode_batch([self.prefix + t for t in texts])])
+        finally:
+            self.tokenizer.enable_truncation(max_length=self.max_tokens)
+
+    def pad(self, ids: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        return input_ids, mask
+
+
+class OnnxTextEncoder:
+    def __init__(self, directory: Path, info: EncoderInfo, providers: list[str], threads: int | None = None):
+        self.info = info
+        self.tokenizer = TextTokenizer(Path(directory) / info.tokenizer_file, info)
+        self.session = ort.InferenceSession(
+            str(Path(directory) / info.file), session_options(threads), providers=providers
+        )
+
+    def run_ids(self, ids: Sequence[list[int]]) -> np.ndarray:
+        input_ids, mask = self.tokenizer.pad(ids)
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+
+    def embed(
+        self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Embeds texts in batches of similar length (less padding), returned in input order."""
+        out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.tokenizer.encode(texts)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self.run_ids([ids[i] for i in idx])
+            if progress:
+                progress(len(idx))
+        return out
+
+
+class TokenizerRuntime:
+    """All exported parts of one artifact directory: text/tabular encoders and the quantizer."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        manifest: Manifest | None = None,
+        providers: str = "auto",
+        threads: int | None = None,
+    ):
+        self.directory = Path(directory)
+        self.manifest = manifest or Manifest.load(self.directory)
+        self.providers = pick_providers(providers)
+        threads = threads or int(os.environ.get("U2QT_ORT_THREADS", "0")) or None
+        self.text = OnnxTextEncoder(self.directory, self.manifest.encoder, self.providers, threads)
+        so = session_options(threads)
+        self.quantizer = ort.InferenceSession(
+            str(self.directory / self.manifest.quantizer.file), so, providers=self.providers
+        )
+        self.tabular = {
+            name: ort.InferenceSession(str(self.directory / t.file), so, providers=self.providers)
+            for name, t in self.manifest.tabular.items()
+        }
+        self.vocabulary = self.manifest.token_vocabulary()
+
+    def embed_tabular(self, source: str, features: np.ndarray) -> np.ndarray:
+        return self.tabular[source].run(None, {"features": np.asarray(features, dtype=np.float32)})[0]
+
+    def quantize(self, embeddings: np.ndarray, source_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (codes [N, L] per-level indices, latent [N, code_dim] before quantization)."""
+        codes, latent = self.quantizer.run(
+            ["codes", "latent"],
+            {
+                "source_embedding": np.asarray(embeddings, dtype=np.float32),
+                "source_index": np.asarray(source_index, dtype=np.int64),
+            },
+        )
+        return codes, latent

@@ -1,0 +1,88 @@
+"""How one (user, source, window)'s events become the encoder's input.
+
+This is the single implementation of window rendering: training calls it to build its corpus and the
+service calls it on live events, so the two can never render a window differently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.sources import SourceSpec, TextTemplate
+
+
+def render_text_window(
+    texts: Sequence[str],
+    ts: Sequence[float],
+    amounts: Sequence[float] | None,
+    template: TextTemplate,
+) -> str:
+    """Aggregate a window's events by text, as 'milk x3', strongest first.
+
+    `amounts` may hold NaN for events without an amount. Identical texts are merged (the paper's
+    'CATEGORY, N times'), which keeps a busy week inside the encoder's token budget; the encoder then
+    truncates from the end, so what gets cut is the weakest (or oldest, with order_by=recency).
+    """
+    agg: dict[str, list[float]] = {}  # text -> [count, amount, last_ts]
+    total = 0.0
+    has_amount = False
+    for i, raw in enumerate(texts):
+        text = " ".join(str(raw).split()).lower()
+        if not text:
+            continue
+        amount = float(amounts[i]) if amounts is not None else math.nan
+        a = agg.setdefault(text, [0.0, 0.0, -math.inf])
+        a[0] += 1
+        if not math.isnan(amount):
+            a[1] += amount
+            total += amount
+            has_amount = True
+        a[2] = max(a[2], float(ts[i]))
+    if template.order_by == "weight":
+        key = (
+            (lambda kv: (-kv[1][1], -kv[1][0], -kv[1][2], kv[0]))
+            if has_amount
+            else (lambda kv: (-kv[1][0], -kv[1][2], kv[0]))
+        )
+    else:
+        key = lambda kv: (-kv[1][2], -kv[1][0], kv[0])  # noqa: E731
+    items = sorted(agg.items(), key=key)[: template.max_items]
+    body = ", ".join(t if c == 1 else f"{t} x{int(c)}" for t, (c, _, _) in items)
+    if not template.show_totals:
+        return body
+    n = int(sum(c for c, _, _ in agg.values()))
+    head = f"{n} events" + (f", ${total:.2f}" if has_amount else "")
+    return f"{head}: {body}"
+
+
+def _slog(x: float) -> float:
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+def tabular_feature_names(spec: SourceSpec) -> list[str]:
+    names = ["log_events"]
+    for a in spec.attributes:
+        names += [f"{a}_sum", f"{a}_mean", f"{a}_max"]
+    return names
+
+
+def tabular_window_features(values: np.ndarray) -> np.ndarray:
+    """Aggregate a window's attribute rows ([events, attributes], NaN = missing) into one raw vector.
+
+    Sums, means and maxima pass through a signed log1p because spend-like attributes are heavy-tailed;
+    standardization to training statistics happens inside the exported tabular encoder.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise ValueError("a tabular window needs at least one event row")
+    out = [math.log1p(values.shape[0])]
+    for col in values.T:
+        col = col[~np.isnan(col)]
+        if col.size == 0:
+            out += [0.0, 0.0, 0.0]
+        else:
+            out += [_slog(col.sum()), _slog(col.mean()), _slog(col.max())]
+    return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,198 @@
+"""The `u2qt` command. Each subcommand imports only what it needs: `u2qt serve` never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line, no traceback."""
+
+
+def _train_config(args):
+    from training.completejourney import sources_config
+    from training.config import TrainConfig
+
+    if args.dataset and args.events:
+        raise CLIError("give either --dataset or --events, not both")
+    if args.events and not args.sources:
+        raise CLIError("--events needs --sources sources.yaml declaring the sources")
+    if args.sources:
+        cfg = TrainConfig.from_yaml(args.sources)
+    elif args.dataset == "completejourney":
+        cfg = TrainConfig(sources=sources_config())
+    else:
+        raise CLIError("give --dataset completejourney, or --events FILE with --sources FILE")
+    raw = cfg.model_dump()
+    overrides = {
+        ("optim", "epochs"): args.epochs,
+        ("optim", "seed"): args.seed,
+        ("quantizer", "shared_levels"): args.shared_levels,
+        ("quantizer", "specific_levels"): args.specific_levels,
+        ("quantizer", "codebook_size"): args.codebook_size,
+        ("quantizer", "code_dim"): args.code_dim,
+        ("encoder", "model"): args.text_model,
+        ("encoder", "pooling"): args.pooling,
+        ("encoder", "precision"): args.precision,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            raw[section][key] = value
+    if args.max_users is not None:
+        raw["max_users"] = args.max_users
+    return TrainConfig.model_validate(raw)
+
+
+def cmd_train(args) -> None:
+    from training.events import keep_users, normalize_events, read_events
+    from training.train import train
+
+    cfg = _train_config(args)
+    t0 = time.perf_counter()
+    if args.events:
+        events = read_events(args.events)
+    else:
+        from training.completejourney import load_events
+
+        print("loading The Complete Journey ...", flush=True)
+        events = load_events()
+    events = keep_users(normalize_events(events, cfg.sources), cfg.max_users, cfg.optim.seed)
+    print(f"{len(events):,} events from {events['user_id'].nunique():,} users", flush=True)
+    report = train(cfg, events, Path(args.out))
+    print(format_report(report))
+    print(f"trained in {time.perf_counter() - t0:.0f} s -> {args.out} (report.json, utilization.png)")
+    print(f"next: u2qt export {args.out}")
+
+
+def format_report(r: dict) -> str:
+    lines = [
+        f"windows: {r['windows']:,}  " + ", ".join(f"{k} {v:,}" for k, v in r.get("windows_by_source", {}).items())
+    ]
+    lines.append("level  kind      used   perplexity  by source (used)")
+    for lv in r["levels"]:
+        by = ", ".join(f"{s} {v['used_fraction']:.0%}" for s, v in lv["by_source"].items())
+        lines.append(f"L{lv['level']:<5} {lv['kind']:<9} {lv['used_fraction']:>5.1%}  {lv['perplexity']:>10.1f}  {by}")
+    rec = ", ".join(
+        f"{s} {v['train_cosine']:.3f}/{v['holdout_cosine'] or float('nan'):.3f}" for s, v in r["reconstruction"].items()
+    )
+    lines.append(f"reconstruction cosine (train/holdout): {rec}")
+    col = r["collisions"]
+    lines.append(
+        f"collision rate of full token tuples: {col['overall']:.2%} of {col['distinct_inputs']:,} distinct "
+        "inputs (" + ", ".join(f"{s} {v['rate']:.2%}" for s, v in col["by_source"].items()) + ")"
+    )
+    if r.get("text_encoding"):
+        te = r["text_encoding"]
+        lines.append(
+            f"text windows truncated at the encoder's limit: {te['truncated_fraction']:.1%} "
+            f"(median {te['median_tokens']:.0f} tokens)"
+        )
+    return "\n".join(lines)
+
+
+def cmd_export(args) -> None:
+    from training.export import export_artifacts, verify_against_torch
+
+    manifest = export_artifacts(args.train_dir, args.out)
+    out = args.out or args.train_dir
+    print(
+        f"exported model {manifest.model_version} -> {out}/manifest.json "
+        f"({manifest.vocabulary.size:,} tokens, {len(manifest.files)} files)"
+    )
+    check = verify_against_torch(args.train_dir, out)
+    print(
+        f"ONNX Runtime vs PyTorch on {check['windows']:,} training windows: identical codes "
+        f"{check['identical_codes']:.2%}, max latent difference {check['max_latent_diff']:.1e}"
+    )
+
+
+def cmd_inspect(args) -> None:
+    import numpy as np
+
+    from training.metrics import plot_utilization, summarize
+    from training.train import load_checkpoint
+
+    d = Path(args.train_dir)
+    ck = load_checkpoint(d)
+    w = np.load(d / "windows.npz")
+    c = ck.model.config
+    summary = summarize(
+        w["codes"],
+        w["source_index"],
+        w["input_key"],
+        w["recon_cos"],
+        w["holdout"],
+        c.sources,
+        c.shared_levels,
+        c.codebook_size,
+    )
+    report = json.loads((d / "report.json").read_text()) if (d / "report.json").is_file() else {}
+    print(format_report({**report, **summary}))
+    png = Path(args.plot or d / "utilization.png")
+    plot_utilization(summary, png)
+    print(f"plot: {png}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="u2qt", description="Unified User Quantized Tokenizers")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a tokenizer from event logs")
+    t.add_argument("--dataset", choices=["completejourney"])
+    t.add_argument("--events", help="canonical events file (.parquet, .csv, .jsonl)")
+    t.add_argument("--sources", help="sources.yaml (window, sources; optional encoder/quantizer/optim)")
+    t.add_argument("--out", required=True, help="training directory to write")
+    t.add_argument("--max-users", type=int, help="keep only N users (a deterministic sample)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--shared-levels", type=int)
+    t.add_argument("--specific-levels", type=int)
+    t.add_argument("--codebook-size", type=int)
+    t.add_argument("--code-dim", type=int)
+    t.add_argument("--text-model", help="'all-MiniLM-L6-v2' (bundled) or a local Hugging Face model dir")
+    t.add_argument("--pooling", choices=["mean", "last_token"])
+    t.add_argument("--precision", choices=["fp32", "int8"], help="text encoder precision (default int8)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a trained tokenizer to ONNX + manifest.json")
+    e.add_argument("train_dir")
+    e.add_argument("--out", help="artifact directory (default: the training directory)")
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("inspect", help="codebook usage, perplexity, reconstruction, collisions; PNG plot")
+    i.add_argument("train_dir")
+    i.add_argument("--plot", help="where to save the PNG (default TRAIN_DIR/utilization.png)")
+    i.set_defaults(func=cmd_inspect)
+    return p
+
+
+def _quiet_libraries() -> None:
+    """The ONNX exporter and transformers warn about things that do not concern a u2qt user."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except (CLIError, FileNotFoundError, ValueError, RuntimeError) as e:
+        # pydantic's ValidationError is a ValueError: its text names the field and the reason
+        print(f"u2qt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Text embeddings of the corpus, computed once through the ONNX encoder and cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from model.manifest import EncoderInfo, sha256_file
+from model.runtime import OnnxTextEncoder, pick_providers
+
+
+def embed_texts_cached(
+    texts: list[str], encoder_dir: Path, info: EncoderInfo, cache_dir: Path, batch_size: int = 64, progress: bool = True
+) -> tuple[np.ndarray, dict]:
+    """Embeds distinct texts (identical windows are embedded once); the cache key covers the encoder
+    file and the exact texts, so re-training the quantizer never re-encodes."""
+    unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    h = hashlib.sha256(sha256_file(encoder_dir / info.file).encode())
+    h.update(info.model_dump_json().encode())
+    for t in unique:
+        h.update(t.encode())
+        h.update(b"\0")
+    cache = cache_dir / f"text-{h.hexdigest()[:20]}.npy"
+    encoder = OnnxTextEncoder(encoder_dir, info, pick_providers("auto"))
+    lengths = encoder.tokenizer.untruncated_lengths(list(unique))
+    stats = {
+        "distinct_texts": len(unique),
+        "truncated_fraction": float((lengths[inverse] > info.max_tokens).mean()) if len(texts) else 0.0,
+        "median_tokens": float(np.median(lengths[inverse])) if len(texts) else 0.0,
+        "cached": cache.is_file(),
+    }
+    if cache.is_file():
+        emb = np.load(cache)
+    else:
+        with tqdm(total=len(unique), desc="encode texts", unit="text", disable=not progress) as bar:
+            emb = encoder.embed(list(unique), batch_size=batch_size, progress=bar.update)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(cache, emb)
+    return emb[inverse], stats

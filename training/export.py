@@ -1,0 +1,131 @@
+"""`u2qt export`: checkpoint -> ONNX graphs + manifest.json, checked against PyTorch on real windows."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.architecture import QuantizerGraph, U2QTModel
+from model.manifest import Manifest, QuantizerInfo, TabularInfo, sha256_file
+from model.runtime import TokenizerRuntime
+from model.windows import tabular_feature_names
+from training.train import load_checkpoint
+
+QUANTIZER_FILE = "quantizer.onnx"
+VERIFY_SAMPLE = "verify_sample.npz"
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    batch = torch.export.Dim("batch")
+    shapes = tuple({0: batch} for _ in args)
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -> Manifest:
+    train_dir = Path(train_dir)
+    out = Path(out_dir) if out_dir else train_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ck = load_checkpoint(train_dir)
+    model: U2QTModel = ck.model
+    c = model.config
+    if out.resolve() != train_dir.resolve():
+        (out / "encoder").mkdir(exist_ok=True)
+        for f in (ck.encoder.file, ck.encoder.tokenizer_file):
+            for src in (train_dir / "encoder").glob(f + "*"):
+                shutil.copy2(src, out / "encoder" / src.name)
+
+    n = 4
+    emb = torch.randn(n, c.text_dim)
+    src = torch.arange(n) % len(c.sources)
+    _export(
+        QuantizerGraph(model).eval(),
+        (emb, src),
+        out / QUANTIZER_FILE,
+        ["source_embedding", "source_index"],
+        ["codes", "latent"],
+    )
+    tabular = {}
+    specs = {s.name: s for s in ck.train_config.sources.sources}
+    for name, enc in model.tabular.items():
+        f = f"tabular_{name}.onnx"
+        _export(enc.eval(), (torch.randn(n, enc.mean.numel()),), out / f, ["features"], ["tabular_embedding"])
+        tabular[name] = TabularInfo(file=f, feature_names=tabular_feature_names(specs[name]))
+
+    encoder = ck.encoder.model_copy(
+        update={"file": f"encoder/{ck.encoder.file}", "tokenizer_file": f"encoder/{ck.encoder.tokenizer_file}"}
+    )
+    rels = [QUANTIZER_FILE, *(t.file for t in tabular.values()), encoder.tokenizer_file]
+    rels += [str(p.relative_to(out)) for p in (out / "encoder").glob(ck.encoder.file + "*")]
+    files = {r: sha256_file(out / r) for r in sorted(rels)}
+    digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in files.items()).encode())
+    digest.update(ck.train_config.sources.model_dump_json().encode())
+    manifest = Manifest(
+        model_version=digest.hexdigest()[:12],
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        sources=ck.train_config.sources,
+        encoder=encoder,
+        quantizer=QuantizerInfo(
+            shared_levels=c.shared_levels,
+            specific_levels=c.specific_levels,
+            codebook_size=c.codebook_size,
+            code_dim=c.code_dim,
+            file=QUANTIZER_FILE,
+        ),
+        tabular=tabular,
+        vocabulary=_layout(c),
+        files=files,
+    )
+    manifest.save(out)
+    return manifest
+
+
+def _layout(c):
+    from model.vocabulary import TokenVocabulary
+
+    return TokenVocabulary(c.sources, c.shared_levels, c.specific_levels, c.codebook_size).layout()
+
+
+def verify_against_torch(train_dir: str | Path, export_dir: str | Path | None = None) -> dict:
+    """Runs the exported graphs on the windows saved at training time and compares with PyTorch."""
+    train_dir = Path(train_dir)
+    sample = np.load(train_dir / VERIFY_SAMPLE)
+    ck = load_checkpoint(train_dir)
+    rt = TokenizerRuntime(export_dir or train_dir, providers="cpu")
+    src = sample["source_index"]
+    h = sample["text_embedding"].copy()
+    feats = {k[len("features_") :]: sample[k] for k in sample.files if k.startswith("features_")}
+    for name in rt.manifest.tabular:
+        rows = src == ck.model.config.sources.index(name)
+        if rows.any():
+            h[rows] = rt.embed_tabular(name, feats[name][rows])
+    codes, latent = rt.quantize(h, src)
+    with torch.no_grad():
+        z = ck.model.encoder(
+            ck.model.source_embedding(
+                torch.from_numpy(sample["text_embedding"]),
+                torch.from_numpy(src),
+                {k: torch.from_numpy(v) for k, v in feats.items()},
+            )
+        )
+        ref_codes = ck.model.quantizer.encode(z, torch.from_numpy(src))[0].numpy()
+    return {
+        "windows": int(len(src)),
+        "identical_codes": float((codes == ref_codes).all(1).mean()),
+        "max_latent_diff": float(np.abs(latent - z.numpy()).max()),
+    }

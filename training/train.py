@@ -1,0 +1,227 @@
+"""How a u2qt tokenizer learns: corpus -> cached text embeddings -> k-means init -> MRQ-VAE training."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from model.architecture import ModelConfig, U2QTModel
+from model.manifest import EncoderInfo
+from training.config import TrainConfig
+from training.corpus import WindowCorpus, build_corpus
+from training.embeddings import embed_texts_cached
+from training.metrics import plot_utilization, summarize
+from training.text_encoder import export_text_encoder
+
+CHECKPOINT_DIR = "checkpoint"
+TEXT_TARGET_VARIANCE = 16.0
+
+
+@dataclass
+class Checkpoint:
+    model: U2QTModel
+    train_config: TrainConfig
+    encoder: EncoderInfo
+
+
+def save_checkpoint(out: Path, model: U2QTModel, cfg: TrainConfig, encoder: EncoderInfo) -> None:
+    d = out / CHECKPOINT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors")
+    (d / "checkpoint.json").write_text(
+        json.dumps(
+            {
+                "train_config": cfg.model_dump(),
+                "model_config": model.config.model_dump(),
+                "encoder": encoder.model_dump(),
+            },
+            indent=2,
+        )
+    )
+
+
+def load_checkpoint(out: Path) -> Checkpoint:
+    d = Path(out) / CHECKPOINT_DIR
+    if not (d / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no checkpoint in {d}: run `u2qt train --out {out}` first")
+    meta = json.loads((d / "checkpoint.json").read_text())
+    model = U2QTModel(ModelConfig.model_validate(meta["model_config"]))
+    model.load_state_dict(load_file(d / "model.safetensors"))
+    return Checkpoint(
+        model.eval(), TrainConfig.model_validate(meta["train_config"]), EncoderInfo.model_validate(meta["encoder"])
+    )
+
+
+def corpus_tensors(corpus: WindowCorpus, text_emb: np.ndarray) -> tuple:
+    return (
+        torch.from_numpy(text_emb),
+        torch.from_numpy(corpus.windows["source_index"].to_numpy(np.int64)),
+        {k: torch.from_numpy(v) for k, v in corpus.features.items()},
+    )
+
+
+def embed_corpus(corpus: WindowCorpus, cfg: TrainConfig, out: Path, progress: bool) -> tuple:
+    info = export_text_encoder(cfg.encoder, out / "encoder")
+    text_rows = (corpus.windows["text"] != "").to_numpy() & corpus.windows["source"].isin(
+        [s.name for s in cfg.sources.sources if s.kind == "text"]
+    ).to_numpy()
+    text_emb = np.zeros((len(corpus), info.dim), dtype=np.float32)
+    stats = {}
+    if text_rows.any():
+        text_emb[text_rows], stats = embed_texts_cached(
+            corpus.windows.loc[text_rows, "text"].tolist(),
+            out / "encoder",
+            info,
+            out / "cache",
+            cfg.encoder.batch_size,
+            progress,
+        )
+    return info, text_emb, stats
+
+
+@torch.no_grad()
+def encode_all(model: U2QTModel, text_emb, source, features, chunk: int = 8192):
+    codes, cos = [], []
+    for s in range(0, len(source), chunk):
+        sl = slice(s, s + chunk)
+        feats = {k: v[sl] for k, v in features.items()}
+        z = model.encoder(model.source_embedding(text_emb[sl], source[sl], feats))
+        codes.append(model.quantizer.encode(z, source[sl])[0])
+        rec, tgt = model.reconstruct(text_emb[sl], source[sl], feats)
+        cos.append(torch.nn.functional.cosine_similarity(rec, tgt, dim=-1))
+    return torch.cat(codes).numpy(), torch.cat(cos).numpy()
+
+
+def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = True) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    o, timings = cfg.optim, {}
+    torch.manual_seed(o.seed)
+    torch.use_deterministic_algorithms(True)
+    t = time.perf_counter()
+    corpus = build_corpus(events, cfg.sources, progress)
+    if len(corpus) == 0:
+        raise ValueError("no windows: the events are empty after filtering")
+    timings["windows_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    info, text_emb, text_stats = embed_corpus(corpus, cfg, out, progress)
+    timings["encode_s"] = time.perf_counter() - t
+
+    names = [s.name for s in cfg.sources.sources]
+    q = cfg.quantizer
+    model = U2QTModel(
+        ModelConfig(
+            sources=names,
+            tabular_features={k: v.shape[1] for k, v in corpus.features.items()},
+            text_dim=info.dim,
+            hidden_dim=q.hidden_dim,
+            code_dim=q.code_dim,
+            shared_levels=q.shared_levels,
+            specific_levels=q.specific_levels,
+            codebook_size=q.codebook_size,
+            commitment=q.commitment,
+        )
+    )
+    emb, source, features = corpus_tensors(corpus, text_emb)
+
+    users = np.sort(corpus.windows["user_id"].unique())
+    rng = np.random.default_rng(o.seed)
+    n_hold = int(len(users) * o.holdout_fraction)
+    held = set(rng.permutation(users)[:n_hold])
+    holdout = corpus.windows["user_id"].isin(held).to_numpy()
+    train_idx = torch.from_numpy(np.flatnonzero(~holdout))
+    for i, spec in enumerate(cfg.sources.sources):
+        rows = ((source == i) & torch.from_numpy(~holdout)).numpy()
+        if spec.kind == "text" and rows.any():
+            mean = emb[rows].mean(0)
+            model.source_mean[i] = mean
+            # centered windows get a mean squared norm of TEXT_TARGET_VARIANCE
+            model.source_scale[i] = ((emb[rows] - mean) ** 2).sum(1).mean().sqrt() / TEXT_TARGET_VARIANCE**0.5
+    for name, enc in model.tabular.items():
+        rows = (source == names.index(name)) & torch.from_numpy(~holdout)
+        enc.mean.copy_(features[name][rows].mean(0))
+        enc.std.copy_(features[name][rows].std(0).clamp(min=1e-3))
+
+    t = time.perf_counter()
+    sample = train_idx[torch.from_numpy(rng.permutation(len(train_idx))[: o.kmeans_sample])]
+    with torch.no_grad():
+        z = model.encoder(
+            model.source_embedding(emb[sample], source[sample], {k: v[sample] for k, v in features.items()})
+        )
+    model.quantizer.init_kmeans(z, source[sample], o.seed)
+    timings["kmeans_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    gen = torch.Generator().manual_seed(o.seed)
+    steps_per_epoch = math.ceil(len(train_idx) / o.batch_size)
+    total, step, restarted = o.epochs * steps_per_epoch, 0, 0
+    history = []
+    model.train()
+    with tqdm(total=total, desc="train MRQ-VAE", unit="step", disable=not progress) as bar:
+        for epoch in range(o.epochs):
+            perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+            sums = np.zeros(3)
+            for b in range(steps_per_epoch):
+                idx = perm[b * o.batch_size : (b + 1) * o.batch_size]
+                res = model(emb[idx], source[idx], {k: v[idx] for k, v in features.items()})
+                opt.zero_grad(set_to_none=True)
+                res.loss.backward()
+                opt.step()
+                step += 1
+                if step % o.restart_every == 0 and step < o.restart_until * total:
+                    restarted += model.quantizer.restart_dead_codes(
+                        res.residuals, source[idx], o.dead_code_threshold, gen
+                    )
+                sums += [res.loss.item(), res.recon_loss.item(), res.rq_loss.item()]
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{res.loss.item():.3f}", restarts=restarted)
+            history.append(dict(zip(["loss", "recon", "rq"], (sums / steps_per_epoch).round(5).tolist(), strict=True)))
+    timings["train_s"] = time.perf_counter() - t
+    model.eval()
+
+    codes, recon_cos = encode_all(model, emb, source, features)
+    save_checkpoint(out, model, cfg, info)
+    np.savez_compressed(
+        out / "windows.npz",
+        codes=codes,
+        source_index=source.numpy(),
+        recon_cos=recon_cos,
+        holdout=holdout,
+        input_key=np.unique(corpus.input_keys(), return_inverse=True)[1],
+        user_id=corpus.windows["user_id"].to_numpy(dtype=str),
+        window_start=corpus.windows["window_start"].to_numpy(),
+    )
+    pick = np.sort(rng.permutation(len(corpus))[:2000])
+    np.savez_compressed(
+        out / "verify_sample.npz",
+        text_embedding=text_emb[pick],
+        source_index=source.numpy()[pick],
+        **{f"features_{k}": v[pick] for k, v in corpus.features.items()},
+    )
+    report = {
+        "config": cfg.model_dump(),
+        "users": int(len(users)),
+        "holdout_users": n_hold,
+        "windows_by_source": corpus.windows["source"].value_counts().to_dict(),
+        "text_encoding": text_stats,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "dead_codes_restarted": restarted,
+        "epochs": history,
+        **summarize(
+            codes, source.numpy(), corpus.input_keys(), recon_cos, holdout, names, q.shared_levels, q.codebook_size
+        ),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot_utilization(report, out / "utilization.png")
+    return report
