@@ -33,6 +33,15 @@ def window_start(ts, period_s: int):
     return int(starts) if starts.ndim == 0 else starts
 
 
+def window_index(ts: float, period_s: int) -> int:
+    """Ordinal of the window holding `ts` (what the history store keeps, in 4 bytes)."""
+    return int((ts - WINDOW_ORIGIN) // period_s)
+
+
+def index_start(index: int, period_s: int) -> int:
+    return index * period_s + WINDOW_ORIGIN
+
+
 class TextTemplate(BaseModel):
     """How a text source's window becomes one document (paper, Appendix A: 'CATEGORY, N times')."""
 

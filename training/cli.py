@@ -137,6 +137,51 @@ def cmd_inspect(args) -> None:
     print(f"plot: {png}")
 
 
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(**({"artifacts": args.artifacts} if args.artifacts else {}))
+    if not (Path(settings.artifacts) / "manifest.json").is_file():
+        raise CLIError(f"no manifest.json in {settings.artifacts}: run `u2qt export` (or `u2qt up`) first")
+    print(
+        f"serving {settings.artifacts} on http://{args.host}:{args.port}  (docs: /docs, metrics: /metrics, "
+        f"store: {'REDIS_URL' if settings.redis_url else 'embedded redis in ' + str(settings.embedded_redis_dir)})",
+        flush=True,
+    )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+
+
+def cmd_up(args) -> None:
+    """The main job: train the default Complete Journey tokenizer if none is built, export it, serve it."""
+    out = Path(args.out)
+    if not (out / "checkpoint" / "model.safetensors").is_file():
+        print(f"no tokenizer in {out}: training the default one on The Complete Journey", flush=True)
+        cmd_train(
+            argparse.Namespace(
+                dataset="completejourney",
+                events=None,
+                sources=None,
+                out=str(out),
+                max_users=args.max_users,
+                epochs=None,
+                seed=None,
+                shared_levels=None,
+                specific_levels=None,
+                codebook_size=None,
+                code_dim=None,
+                text_model=None,
+                pooling=None,
+                precision=None,
+            )
+        )
+    if not (out / "manifest.json").is_file():
+        cmd_export(argparse.Namespace(train_dir=str(out), out=None))
+    cmd_serve(argparse.Namespace(artifacts=str(out), host=args.host, port=args.port))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="u2qt", description="Unified User Quantized Tokenizers")
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("train_dir")
     i.add_argument("--plot", help="where to save the PNG (default TRAIN_DIR/utilization.png)")
     i.set_defaults(func=cmd_inspect)
+    sv = sub.add_parser("serve", help="serve an exported tokenizer over HTTP")
+    sv.add_argument("--artifacts", help="artifact directory with manifest.json (default $U2QT_ARTIFACTS)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(func=cmd_serve)
+
+    up = sub.add_parser("up", help="train the default tokenizer if none is built, export it, and serve it")
+    up.add_argument("--out", default="artifacts/cj")
+    up.add_argument("--max-users", type=int)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.set_defaults(func=cmd_up)
     return p
 
 

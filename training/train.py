@@ -185,7 +185,8 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
                     )
                 sums += [res.loss.item(), res.recon_loss.item(), res.rq_loss.item()]
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{res.loss.item():.3f}", restarts=restarted)
+                if step % 20 == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{res.loss.item():.3f}", restarts=restarted, refresh=False)
             history.append(dict(zip(["loss", "recon", "rq"], (sums / steps_per_epoch).round(5).tolist(), strict=True)))
     timings["train_s"] = time.perf_counter() - t
     model.eval()

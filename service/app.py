@@ -1,0 +1,357 @@
+"""The HTTP API (FastAPI). Everything that is not HTTP lives in ingest, batcher and store."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from model.manifest import Manifest
+from model.runtime import TokenizerRuntime
+from model.sources import index_start
+from service.batcher import MicroBatcher, QueueFull, WindowJob
+from service.embedded_redis import EmbeddedRedis
+from service.ingest import EventTokenizer, timed_redis, validation_errors
+from service.metrics import ServiceMetrics
+from service.schemas import (
+    BatchHistoryRequest,
+    BatchHistoryResponse,
+    HistoryResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    UserId,
+    WindowTokens,
+)
+from service.settings import ServiceSettings
+from service.store import TokenHistoryStore
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    manifest: Manifest
+    runtime: TokenizerRuntime
+    metrics: ServiceMetrics
+    redis: aioredis.Redis
+    store: TokenHistoryStore
+    batcher: MicroBatcher
+    tokenizer: EventTokenizer
+    embedded: EmbeddedRedis | None
+    warmed: bool = False
+
+
+def warm_up(batcher: MicroBatcher, manifest: Manifest) -> list[WindowJob]:
+    jobs = []
+    for i, s in enumerate(manifest.sources.sources):
+        if s.kind == "text":
+            jobs.append(WindowJob(i, text="warm up"))
+        else:
+            jobs.append(WindowJob(i, features=np.zeros(len(manifest.tabular[s.name].feature_names), np.float32)))
+    return jobs
+
+
+class BodyLimit:
+    """Refuses a body over `limit` bytes with 413, before it is parsed (also without Content-Length)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            return await self.app(scope, limited, send)
+        except _TooLarge:
+            return await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = b'{"detail":"request body is larger than %d bytes"}' % self.limit
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manifest = Manifest.load(settings.artifacts)
+        runtime = TokenizerRuntime(settings.artifacts, manifest, settings.providers, settings.ort_threads or None)
+        metrics = ServiceMetrics()
+        metrics.model_info.labels(manifest.model_version, ",".join(runtime.providers)).set(1)
+        embedded = None
+        url = settings.redis_url
+        if not url:
+            embedded = EmbeddedRedis(settings.embedded_redis_dir)
+            url = embedded.start()
+        client = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10)
+        store = TokenHistoryStore(
+            client,
+            settings.key_prefix,
+            manifest.model_version,
+            runtime.vocabulary.levels,
+            manifest.sources.period_s,
+            settings.history_days,
+            settings.ttl_days,
+            settings.late_windows,
+        )
+        batcher = MicroBatcher(
+            runtime, metrics, settings.max_batch_size, settings.max_wait_ms, settings.max_queue_windows
+        )
+        await batcher.start()
+        state = ServiceState(
+            settings,
+            manifest,
+            runtime,
+            metrics,
+            client,
+            store,
+            batcher,
+            EventTokenizer(manifest, store, batcher, metrics),
+            embedded,
+        )
+        for job in warm_up(batcher, manifest):  # one at a time: the queue may hold a single window
+            await batcher.submit([job])
+        state.warmed = True
+        app.state.u2qt = state
+        try:
+            yield
+        finally:
+            await batcher.stop()  # drain: every window already submitted is finished and committed
+            await client.aclose()
+            if embedded:
+                embedded.stop()
+
+    app = FastAPI(
+        title="u2qt",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        description="Turns users' multi-source events into discrete tokens per (user, source, window) and serves "
+        "their token histories to rankers.",
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    def state(request: Request) -> ServiceState:
+        return request.app.state.u2qt
+
+    def key_check(keys_attr: str):
+        def check(request: Request):
+            keys = getattr(settings, keys_attr)
+            if not keys:
+                return
+            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+            # compare against every key, so timing tells nothing about which (if any) matched
+            ok = False
+            for k in keys:
+                ok |= hmac.compare_digest(given.encode(), k.get_secret_value().encode())
+            if not ok:
+                raise _Unauthorized
+
+        return check
+
+    writer, reader = Depends(key_check("writer_keys")), Depends(key_check("reader_keys"))
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        if hasattr(request.app.state, "u2qt"):
+            m = request.app.state.u2qt.metrics
+            m.requests.labels(path, request.method, str(response.status_code)).inc()
+            m.latency.labels(path, request.method).observe(time.perf_counter() - t)
+        return response
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(request, exc):
+        return ORJSONResponse({"detail": "missing or wrong API key (X-API-Key or Authorization: Bearer)"}, 401)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request, exc):
+        request.app.state.u2qt.metrics.rejected.labels("queue_full").inc()
+        return ORJSONResponse({"detail": "tokenization queue is full; retry later"}, 429, headers={"Retry-After": "1"})
+
+    @app.exception_handler(RedisError)
+    async def redis_down(request, exc):
+        request.app.state.u2qt.metrics.rejected.labels("redis_unavailable").inc()
+        return ORJSONResponse(
+            {"detail": f"token store unavailable: {type(exc).__name__}"}, 503, headers={"Retry-After": "2"}
+        )
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(s: ServiceState = Depends(state)):
+        try:
+            await asyncio.wait_for(s.redis.ping(), 2.0)
+        except (RedisError, OSError, TimeoutError) as e:
+            return ORJSONResponse({"status": "not ready", "redis": type(e).__name__}, 503)
+        if not s.warmed:
+            return ORJSONResponse({"status": "not ready", "model": "warming up"}, 503)
+        return {"status": "ready", "model_version": s.manifest.model_version, "providers": s.runtime.providers}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics(s: ServiceState = Depends(state)):
+        return PlainTextResponse(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/tokenize", response_model=TokenizeResponse, tags=["tokens"], dependencies=[writer])
+    async def tokenize(body: TokenizeRequest, s: ServiceState = Depends(state)):
+        """Tokenize events: each (user, source, window) they touch is re-rendered from all of its events,
+        tokenized, and stored in the user's history. Replays are no-ops; late events are refused per event."""
+        if len(body.events) > settings.max_events_per_request:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["body", "events"],
+                        "type": "too_long",
+                        "msg": f"at most {settings.max_events_per_request} events per request",
+                    }
+                ]
+            )
+        errors = validation_errors(body.events, s.manifest)
+        if errors:
+            raise RequestValidationError(errors)
+        return await s.tokenizer.tokenize(body.events)
+
+    def parse_sources(s: ServiceState, sources: list[str] | None) -> list[str]:
+        known = [x.name for x in s.manifest.sources.sources]
+        if not sources:
+            return known
+        unknown = [x for x in sources if x not in known]
+        if unknown:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["query", "sources"],
+                        "type": "value_error",
+                        "msg": f"unknown source(s) {unknown}; this model has {known}",
+                    }
+                ]
+            )
+        return sources
+
+    async def histories(s: ServiceState, users: list[str], sources: list[str], since, until, limit, fmt):
+        with timed_redis(s.metrics, "read"):
+            raw = await s.store.read(users, sources)
+        order = s.tokenizer.source_index
+        period, vocab, strings = s.manifest.sources.period_s, s.tokenizer.vocabulary, s.tokenizer.strings
+        lo = None if since is None else since.timestamp()
+        hi = None if until is None else until.timestamp()
+        out = {}
+        for user in users:
+            rows = []
+            for source in sources:
+                entries = raw[user][source]
+                if not len(entries):
+                    continue
+                starts = entries["window"].astype(np.int64) * period + index_start(0, period)
+                keep = np.ones(len(entries), bool)
+                if lo is not None:
+                    keep &= starts >= lo
+                if hi is not None:
+                    keep &= starts <= hi
+                ids = vocab.ids(np.full(int(keep.sum()), s.tokenizer.source_index[source]), entries["codes"][keep])
+                rows += [(int(st), order[source], source, t) for st, t in zip(starts[keep], ids, strict=True)]
+            rows.sort(key=lambda r: (r[0], r[1]))
+            if limit is not None:
+                rows = rows[-limit:]
+            out[user] = [
+                WindowTokens(
+                    source=src,
+                    window_start=datetime.fromtimestamp(st, UTC),
+                    tokens=t.tolist() if fmt != "strings" else None,
+                    token_strings=[strings[i] for i in t] if fmt != "ids" else None,
+                )
+                for st, _, src, t in rows
+            ]
+        return out
+
+    @app.get(
+        "/users/{user_id}/tokens",
+        response_model=HistoryResponse,
+        response_model_exclude_none=True,
+        tags=["tokens"],
+        dependencies=[reader],
+    )
+    async def user_tokens(
+        user_id: UserId,
+        sources: list[str] | None = Query(None, description="only these sources (repeat or comma-separate)"),
+        since: datetime | None = Query(None, description="windows starting at or after this time"),
+        until: datetime | None = Query(None, description="windows starting at or before this time"),
+        limit: int | None = Query(None, ge=1, description="only the most recent N windows"),
+        format: str = Query("ids", pattern="^(ids|strings|both)$"),
+        s: ServiceState = Depends(state),
+    ):
+        """A user's token history in time order, from the model version this service serves."""
+        srcs = parse_sources(s, [x for v in sources or [] for x in v.split(",") if x])
+        h = await histories(s, [user_id], srcs, since, until, limit, format)
+        return HistoryResponse(user_id=user_id, model_version=s.manifest.model_version, windows=h[user_id])
+
+    @app.post(
+        "/users/tokens",
+        response_model=BatchHistoryResponse,
+        response_model_exclude_none=True,
+        tags=["tokens"],
+        dependencies=[reader],
+    )
+    async def many_user_tokens(body: BatchHistoryRequest, s: ServiceState = Depends(state)):
+        """Histories of many users in one call (one Redis round trip), for rankers scoring many users."""
+        if len(body.user_ids) > settings.max_users_per_read:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["body", "user_ids"],
+                        "type": "too_long",
+                        "msg": f"at most {settings.max_users_per_read} users per call",
+                    }
+                ]
+            )
+        srcs = parse_sources(s, body.sources)
+        users = list(dict.fromkeys(body.user_ids))
+        h = await histories(s, users, srcs, body.since, body.until, body.limit, body.format)
+        return BatchHistoryResponse(model_version=s.manifest.model_version, users=h)
+
+    return app
+
+
+class _Unauthorized(Exception):
+    pass

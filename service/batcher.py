@@ -1,0 +1,171 @@
+"""MicroBatcher: gathers windows from concurrent requests into batches for ONNX Runtime.
+
+Two stages joined by a small queue, each running in its own thread so they overlap: stage 1 collects
+a batch (up to `max_batch_size` windows or `max_wait_ms`) and runs the subword tokenizer; stage 2 runs
+the encoders and the quantizer. The event loop stays free for HTTP and Redis meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.runtime import TokenizerRuntime
+from service.metrics import ServiceMetrics
+
+
+class QueueFull(Exception):
+    """More windows are waiting than the service is configured to hold."""
+
+
+@dataclass
+class WindowJob:
+    source_index: int
+    text: str | None = None
+    features: np.ndarray | None = None
+    future: asyncio.Future = field(default=None, repr=False)
+    queued_at: float = 0.0
+
+
+@dataclass
+class PreparedBatch:
+    jobs: list[WindowJob]
+    token_ids: list[list[int]]  # per text job, in the order of `text_jobs`
+    text_jobs: list[int]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        runtime: TokenizerRuntime,
+        metrics: ServiceMetrics,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 4096,
+        text_chunk: int = 32,
+    ):
+        self.runtime, self.metrics = runtime, metrics
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self.text_chunk = text_chunk
+        self.pending = 0  # windows submitted and not yet answered
+        self._incoming: asyncio.Queue[WindowJob] | None = None
+        self._prepared: asyncio.Queue[PreparedBatch | None] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-infer")
+        self._closing = False
+
+    async def start(self) -> None:
+        self._incoming, self._prepared = asyncio.Queue(), asyncio.Queue(maxsize=2)
+        self._tasks = [asyncio.create_task(self._collect()), asyncio.create_task(self._infer())]
+
+    def has_room(self, windows: int) -> bool:
+        return not self._closing and self.pending + windows <= self.max_queue
+
+    async def submit(self, jobs: list[WindowJob]) -> np.ndarray:
+        """-> codes [len(jobs), levels]. Raises QueueFull when the queue cannot take them all."""
+        if not jobs:
+            return np.zeros((0, self.runtime.vocabulary.levels), dtype=np.int64)
+        if not self.has_room(len(jobs)):
+            raise QueueFull
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        for job in jobs:
+            job.future, job.queued_at = loop.create_future(), now
+            self._incoming.put_nowait(job)
+        self.pending += len(jobs)
+        self.metrics.queue_depth.set(self.pending)
+        try:
+            return np.stack(await asyncio.gather(*(j.future for j in jobs)))
+        finally:
+            self.pending -= len(jobs)
+            self.metrics.queue_depth.set(self.pending)
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._incoming.get()
+            if job is None:
+                await self._prepared.put(None)
+                return
+            batch, deadline = [job], loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    nxt = self._incoming.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(self._incoming.get(), remaining)
+                    except TimeoutError:
+                        break
+                if nxt is None:  # stop marker: finish this batch, then stop
+                    self._incoming.put_nowait(None)
+                    break
+                batch.append(nxt)
+            try:
+                prepared = await loop.run_in_executor(self._prep_pool, self._tokenize, batch)
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the batcher
+                self._fail(batch, e)
+                continue
+            await self._prepared.put(prepared)
+
+    def _tokenize(self, batch: list[WindowJob]) -> PreparedBatch:
+        text_jobs = [i for i, j in enumerate(batch) if j.text is not None]
+        ids = self.runtime.text.tokenizer.encode([batch[i].text for i in text_jobs]) if text_jobs else []
+        return PreparedBatch(batch, ids, text_jobs)
+
+    async def _infer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            prepared = await self._prepared.get()
+            if prepared is None:
+                return
+            started = time.perf_counter()
+            for job in prepared.jobs:
+                self.metrics.queue_wait.observe(started - job.queued_at)
+            try:
+                codes = await loop.run_in_executor(self._infer_pool, self._run, prepared)
+            except Exception as e:  # noqa: BLE001
+                self._fail(prepared.jobs, e)
+                continue
+            self.metrics.inference.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(prepared.jobs))
+            for job, c in zip(prepared.jobs, codes, strict=True):
+                if not job.future.done():
+                    job.future.set_result(c)
+
+    def _run(self, p: PreparedBatch) -> np.ndarray:
+        rt = self.runtime
+        emb = np.zeros((len(p.jobs), rt.manifest.encoder.dim), dtype=np.float32)
+        if p.text_jobs:
+            order = np.argsort([len(x) for x in p.token_ids], kind="stable")  # similar lengths, less padding
+            for s in range(0, len(order), self.text_chunk):
+                chunk = order[s : s + self.text_chunk]
+                emb[[p.text_jobs[i] for i in chunk]] = rt.text.run_ids([p.token_ids[i] for i in chunk])
+        names = [s.name for s in rt.manifest.sources.sources]
+        for name in rt.manifest.tabular:
+            rows = [i for i, j in enumerate(p.jobs) if j.features is not None and names[j.source_index] == name]
+            if rows:
+                emb[rows] = rt.embed_tabular(name, np.stack([p.jobs[i].features for i in rows]))
+        codes, _ = rt.quantize(emb, np.array([j.source_index for j in p.jobs], dtype=np.int64))
+        return codes
+
+    def _fail(self, jobs: list[WindowJob], error: Exception) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    async def stop(self) -> None:
+        """Finishes every window already submitted, then stops (SIGTERM drain)."""
+        self._closing = True
+        if self._incoming is not None:
+            self._incoming.put_nowait(None)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._prep_pool.shutdown(wait=True)
+        self._infer_pool.shutdown(wait=True)

@@ -1,0 +1,50 @@
+"""Prometheus metrics (u2qt_ prefix, base units, _total counters, never a user id as a label)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 5 ms and 50 ms are bucket bounds: the GET p99 objective and a POST objective sit exactly on them.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("u2qt_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.latency = Histogram(
+            "u2qt_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "u2qt_batch_windows",
+            "Windows per inference batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "u2qt_queue_wait_seconds", "Time a window waits before its batch runs", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "u2qt_inference_duration_seconds", "ONNX Runtime time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("u2qt_queue_windows", "Windows waiting for or in inference", registry=r)
+        self.events = Counter("u2qt_events_total", "Events received, by outcome", ["outcome"], registry=r)
+        self.windows = Counter("u2qt_windows_tokenized_total", "Windows tokenized", ["source"], registry=r)
+        self.tokens = Counter("u2qt_tokens_emitted_total", "Tokens emitted", ["level"], registry=r)
+        self.rejected = Counter("u2qt_requests_rejected_total", "Requests refused before work", ["reason"], registry=r)
+        self.redis_latency = Histogram(
+            "u2qt_redis_command_duration_seconds",
+            "Redis round trip",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter("u2qt_redis_errors_total", "Failed Redis round trips", ["operation"], registry=r)
+        self.codebook_used = Gauge(
+            "u2qt_codebook_codes_used", "Distinct codes emitted since start", ["level"], registry=r
+        )
+        self.model_info = Gauge("u2qt_model_info", "Loaded model", ["model_version", "providers"], registry=r)

@@ -1,0 +1,117 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+# Braces would break the `{user}` hash tag of the Redis key layout; the rest keeps keys printable.
+UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@+=\-]{1,128}$")]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "tx-31198570044-1095275",
+                    "user_id": "900",
+                    "source": "purchases",
+                    "ts": "2017-03-09T11:53:26Z",
+                    "text": "soft drinks",
+                    "amount": 2.5,
+                },
+                {
+                    "event_id": "basket-31198570044",
+                    "user_id": "900",
+                    "source": "visits",
+                    "ts": 1489060406,
+                    "attributes": {"spend": 42.1, "lines": 12, "discount": 3.2, "hour": 11, "weekend": 0},
+                },
+            ]
+        },
+    )
+    event_id: EventId
+    user_id: UserId
+    source: str = Field(min_length=1, max_length=64)
+    ts: datetime | float = Field(description="event time: unix seconds or ISO-8601")
+    text: str | None = Field(None, max_length=4000)
+    amount: float | None = None
+    attributes: dict[str, float] | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _ts(cls, v):
+        seconds = v.timestamp() if isinstance(v, datetime) else float(v)
+        if not math.isfinite(seconds) or not 0 <= seconds < 4_102_444_800:  # 1970 .. 2100
+            raise ValueError("ts must be a time between 1970 and 2100")
+        return seconds
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, v):
+        if v is not None and not math.isfinite(v):
+            raise ValueError("amount must be a finite number")
+        return v
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, v):
+        if v is not None and not all(math.isfinite(x) for x in v.values()):
+            raise ValueError("attribute values must be finite numbers")
+        return v
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EventIn] = Field(min_length=1)
+
+
+class EventStatus(BaseModel):
+    event_id: str
+    status: Literal["accepted", "duplicate", "late"]
+    reason: str | None = None
+
+
+class WindowTokens(BaseModel):
+    user_id: str | None = None
+    source: str
+    window_start: datetime
+    event_count: int | None = None
+    tokens: list[int] | None = None
+    token_strings: list[str] | None = None
+
+
+class TokenizeResponse(BaseModel):
+    model_version: str
+    accepted: int
+    duplicates: int
+    late: int
+    events: list[EventStatus]
+    windows: list[WindowTokens]
+
+
+class HistoryResponse(BaseModel):
+    user_id: str
+    model_version: str
+    windows: list[WindowTokens]
+
+
+class BatchHistoryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_ids: list[UserId] = Field(min_length=1)
+    sources: list[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = Field(None, ge=1)
+    format: Literal["ids", "strings", "both"] = "ids"
+
+
+class BatchHistoryResponse(BaseModel):
+    model_version: str
+    users: dict[str, list[WindowTokens]]

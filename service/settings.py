@@ -1,0 +1,35 @@
+"""All of the service's configuration, in one typed object read from the environment (prefix U2QT_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="U2QT_", extra="ignore", populate_by_name=True)
+
+    artifacts: Path = Path("artifacts/cj")
+    # No REDIS_URL: the service starts an embedded real Redis of its own (see service.embedded_redis).
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "U2QT_REDIS_URL"))
+    embedded_redis_dir: Path = Path("artifacts/redis")
+    key_prefix: str = "u2qt"
+
+    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    ort_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_queue_windows: int = Field(4096, ge=1)  # beyond this, POST /tokenize answers 429
+
+    history_days: int = Field(180, ge=1)  # the paper's 180-day history
+    ttl_days: int = Field(180, ge=1)  # a history untouched this long expires
+    late_windows: int = Field(1, ge=0)  # windows before the newest stored one that still accept events
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    max_events_per_request: int = Field(10_000, ge=1)
+    max_users_per_read: int = Field(1000, ge=1)
+
+    writer_keys: list[SecretStr] = []  # empty: writes need no key
+    reader_keys: list[SecretStr] = []  # empty: reads need no key

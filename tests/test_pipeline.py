@@ -1,0 +1,110 @@
+"""Trains a small tokenizer on a real slice of The Complete Journey, exports it, and holds ONNX Runtime
+to PyTorch on every window of that slice."""
+
+import json
+import shutil
+
+import numpy as np
+import torch
+
+from model.manifest import Manifest
+from model.runtime import TokenizerRuntime
+from training.corpus import build_corpus
+from training.text_encoder import load_pooled_model
+from training.train import load_checkpoint, train
+
+
+def test_training_report_shows_a_working_tokenizer(trained_dir):
+    out, cfg, report = trained_dir
+    assert set(report["windows_by_source"]) == {"purchases", "promotions", "visits"}
+    for level in report["levels"]:
+        assert level["used_fraction"] > 0.3, level
+    for name, rec in report["reconstruction"].items():
+        assert rec["train_cosine"] > 0.3, (name, rec)
+    col = report["collisions"]
+    assert set(col["by_source"]) == {"purchases", "promotions", "visits"}
+    assert col["distinct_inputs"] <= report["windows"]
+    assert col["by_source"]["purchases"]["rate"] < 0.5, col
+    assert (out / "utilization.png").stat().st_size > 10_000
+    assert json.loads((out / "report.json").read_text())["windows"] == report["windows"]
+
+
+def test_onnx_runtime_matches_pytorch_on_real_windows(trained_dir, cj_events):
+    out, cfg, _ = trained_dir
+    events, sources = cj_events
+    corpus = build_corpus(events, sources, progress=False)
+    rt = TokenizerRuntime(out, providers="cpu")
+    ck = load_checkpoint(out)
+    w = corpus.windows
+    text_rows = (w["text"] != "").to_numpy()
+    texts = w.loc[text_rows, "text"].tolist()
+
+    # the text encoder: the PyTorch model on the same token ids vs the exported ONNX file
+    pooled, _ = load_pooled_model(cfg.encoder)
+    ids = rt.text.tokenizer.encode(texts)
+    torch_emb = np.zeros((len(texts), rt.manifest.encoder.dim), dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(ids), 64):
+            input_ids, mask = rt.text.tokenizer.pad(ids[s : s + 64])
+            torch_emb[s : s + 64] = pooled(torch.from_numpy(input_ids), torch.from_numpy(mask)).numpy()
+    ort_emb = rt.text.embed(texts)
+    assert np.abs(ort_emb - torch_emb).max() < 1e-4
+
+    # the whole tokenizer: PyTorch from PyTorch embeddings vs ONNX Runtime from ONNX embeddings
+    source = w["source_index"].to_numpy()
+    emb = np.zeros((len(w), rt.manifest.encoder.dim), dtype=np.float32)
+    emb[text_rows] = torch_emb
+    feats = {k: torch.from_numpy(v) for k, v in corpus.features.items()}
+    with torch.no_grad():
+        z = ck.model.encoder(ck.model.source_embedding(torch.from_numpy(emb), torch.from_numpy(source), feats))
+        torch_codes = ck.model.quantizer.encode(z, torch.from_numpy(source))[0].numpy()
+    h = np.zeros_like(emb)
+    h[text_rows] = ort_emb
+    tab = (w["source"] == "visits").to_numpy()
+    h[tab] = rt.embed_tabular("visits", corpus.features["visits"][tab])
+    ort_codes, latent = rt.quantize(h, source)
+    assert (ort_codes == torch_codes).all(1).mean() >= 0.999
+    assert np.abs(latent - z.numpy()).max() < 1e-4
+
+
+def test_manifest_is_the_contract(trained_dir):
+    out, cfg, _ = trained_dir
+    m = Manifest.load(out)
+    assert [s.name for s in m.sources.sources] == ["purchases", "promotions", "visits"]
+    assert m.sources.window == "7d"
+    assert m.quantizer.shared_levels == 2 and m.quantizer.specific_levels == 2
+    assert m.vocabulary.size == m.token_vocabulary().size
+    assert m.tabular["visits"].feature_names[0] == "log_events"
+    assert all((out / f).is_file() for f in m.files)
+    (out / m.quantizer.file).write_bytes((out / m.quantizer.file).read_bytes() + b"x")
+    try:
+        Manifest.load(out)
+        raise AssertionError("a tampered file must fail the checksum")
+    except ValueError as e:
+        assert "checksum" in str(e)
+    finally:
+        from training.export import export_artifacts
+
+        export_artifacts(out)
+
+
+def test_same_data_config_and_seed_give_the_same_codes(trained_dir, cj_events, tmp_path):
+    out, cfg, _ = trained_dir
+    events, _ = cj_events
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copytree(out / "encoder", again / "encoder")  # same encoder file; skips a re-export
+    shutil.copytree(out / "cache", again / "cache")
+    train(cfg, events, again, progress=False)
+    assert np.array_equal(np.load(out / "windows.npz")["codes"], np.load(again / "windows.npz")["codes"])
+
+
+def test_inspect_prints_figures_and_saves_a_plot(trained_dir, tmp_path, capsys):
+    from training.cli import main
+
+    out, _, _ = trained_dir
+    png = tmp_path / "usage.png"
+    assert main(["inspect", str(out), "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "L1     shared" in printed and "collision rate" in printed and "reconstruction cosine" in printed
+    assert png.stat().st_size > 10_000

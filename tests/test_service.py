@@ -1,0 +1,279 @@
+"""The token service over HTTP, against a real Redis started by the test session."""
+
+import concurrent.futures
+import math
+import random
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from model.runtime import TokenizerRuntime
+from training.corpus import build_corpus
+
+VISIT_ATTRS = ["spend", "lines", "discount", "hour", "weekend"]
+
+
+def api_events(df, user_prefix=""):
+    out = []
+    for r in df.itertuples(index=False):
+        e = {"event_id": r.event_id, "user_id": user_prefix + r.user_id, "source": r.source, "ts": r.ts}
+        if r.source == "visits":
+            e["attributes"] = {a: getattr(r, a) for a in VISIT_ATTRS}
+        else:
+            e["text"] = r.text
+            if isinstance(r.amount, float) and not math.isnan(r.amount):
+                e["amount"] = r.amount
+        out.append(e)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_user(cj_events):
+    events, sources = cj_events
+    user = events["user_id"].value_counts().index[5]
+    return events[events["user_id"] == user].sort_values("ts"), sources
+
+
+def post(base, events, **kw):
+    return httpx.post(f"{base}/tokenize", json={"events": events}, timeout=60, **kw)
+
+
+def test_round_trip_gives_the_tokens_training_would(serve, one_user, trained_dir):
+    base, _ = serve()
+    df, sources = one_user
+    user = df["user_id"].iloc[0]
+    r = post(base, api_events(df))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == len(df) and body["duplicates"] == 0 and body["late"] == 0
+    hist = httpx.get(f"{base}/users/{user}/tokens", params={"format": "both"}).json()
+    windows = hist["windows"]
+    assert hist["model_version"] == body["model_version"]
+    assert [w["window_start"] for w in windows] == sorted(w["window_start"] for w in windows)
+    assert all(len(w["tokens"]) == 4 and w["token_strings"][0].startswith("<s1_") for w in windows)
+    assert windows[0]["token_strings"][2].startswith(f"<{windows[0]['source']}1_")
+
+    # what the offline pipeline (training's rendering + the same ONNX files) gives for these windows
+    corpus = build_corpus(df, sources, progress=False)
+    rt = TokenizerRuntime(trained_dir[0], providers="cpu")
+    w = corpus.windows
+    emb = np.zeros((len(w), rt.manifest.encoder.dim), np.float32)
+    text = (w["text"] != "").to_numpy()
+    emb[text] = rt.text.embed(w.loc[text, "text"].tolist())
+    tab = (w["source"] == "visits").to_numpy()
+    emb[tab] = rt.embed_tabular("visits", corpus.features["visits"][tab])
+    codes, _ = rt.quantize(emb, w["source_index"].to_numpy())
+    expected = {
+        (s, int(t)): rt.vocabulary.ids(np.array([i]), c[None])[0].tolist()
+        for s, t, i, c in zip(w["source"], w["window_start"], w["source_index"], codes, strict=True)
+    }
+    served = {
+        (x["source"], int(np.datetime64(x["window_start"].rstrip("Z"), "s").astype(int))): x["tokens"] for x in windows
+    }
+    assert served == {k: expected[k] for k in served}
+    for source in {k[0] for k in expected}:  # the newest 180 days (26 weekly windows) of each source are kept
+        newest = sorted(k for k in expected if k[0] == source)[-26:]
+        assert sorted(k for k in served if k[0] == source) == newest
+
+
+def test_replay_changes_nothing_and_late_events_are_refused(serve, one_user):
+    base, _ = serve()
+    df, _ = one_user
+    user = df["user_id"].iloc[0]
+    events = api_events(df)
+    assert post(base, events).status_code == 200
+    before = httpx.get(f"{base}/users/{user}/tokens").json()
+    replay = post(base, events).json()
+    assert replay["accepted"] == 0 and replay["duplicates"] == len(events) and replay["windows"] == []
+    assert httpx.get(f"{base}/users/{user}/tokens").json() == before
+
+    old = dict(events[0], event_id="late-1")  # the first week, long closed
+    r = post(base, [old]).json()
+    assert r["late"] == 1 and r["events"][0]["status"] == "late" and "closed" in r["events"][0]["reason"]
+    assert httpx.get(f"{base}/users/{user}/tokens").json() == before
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'u2qt_events_total{outcome="late"} 1.0' in metrics
+    assert f'u2qt_events_total{{outcome="duplicate"}} {float(len(events))}' in metrics
+
+
+def test_a_late_arrival_in_an_open_window_replaces_its_tokens(serve, one_user):
+    base, _ = serve()
+    df, _ = one_user
+    user = df["user_id"].iloc[0]
+    purchases = [e for e in api_events(df) if e["source"] == "purchases"]
+    last_ts = purchases[-1]["ts"]
+    first = post(base, purchases[:-1]).json()
+    n_windows = len(httpx.get(f"{base}/users/{user}/tokens", params={"sources": "purchases"}).json()["windows"])
+    extra = dict(purchases[-1], event_id="extra-1", text="premium seafood", amount=99.0, ts=last_ts)
+    r = post(base, [purchases[-1], extra]).json()
+    assert r["accepted"] == 2 and len(r["windows"]) == 1
+    hist = httpx.get(f"{base}/users/{user}/tokens", params={"sources": "purchases"}).json()["windows"]
+    assert len(hist) in (n_windows, n_windows + 1)  # the last event may open a new week
+    assert hist[-1]["tokens"] == r["windows"][0]["tokens"]
+    assert len({w["window_start"] for w in hist}) == len(hist), "one entry per window"
+    assert first["windows"]
+
+
+def test_concurrent_writers_converge_to_the_serial_history(serve, cj_events):
+    base, _ = serve(max_batch_size=16)
+    events, _ = cj_events
+    users = events["user_id"].unique()[:4]
+    sub = events[events["user_id"].isin(users)].sort_values("ts")
+    serial = api_events(sub, "s-")
+    assert post(base, serial).status_code == 200
+
+    # six producers replay the same time-ordered stream at once (at-least-once delivery), each with its own
+    # chunking into whole weeks and its own order inside a chunk
+    weeks: dict[int, list] = {}
+    for e in api_events(sub, "c-"):
+        weeks.setdefault(int(e["ts"] - 4 * 86400) // (7 * 86400), []).append(e)
+    ordered = [weeks[w] for w in sorted(weeks)]
+
+    def producer(seed):
+        rng, i, codes = random.Random(seed), 0, []
+        while i < len(ordered):
+            n = rng.randint(1, 3)
+            chunk = [e for week in ordered[i : i + n] for e in week]
+            rng.shuffle(chunk)
+            codes.append(post(base, chunk).status_code)
+            i += n
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = [c for cs in pool.map(producer, range(6)) for c in cs]
+    assert set(codes) == {200}
+    got = httpx.post(f"{base}/users/tokens", json={"user_ids": [f"c-{u}" for u in users]}).json()["users"]
+    want = httpx.post(f"{base}/users/tokens", json={"user_ids": [f"s-{u}" for u in users]}).json()["users"]
+    assert [got[f"c-{u}"] for u in users] == [want[f"s-{u}"] for u in users]
+
+
+def test_filters_and_batch_read(serve, one_user):
+    base, _ = serve()
+    df, _ = one_user
+    user = df["user_id"].iloc[0]
+    post(base, api_events(df))
+    full = httpx.get(f"{base}/users/{user}/tokens").json()["windows"]
+    assert {w["source"] for w in full} == {"purchases", "visits"} | ({"promotions"} & set(df["source"]))
+    last3 = httpx.get(f"{base}/users/{user}/tokens", params={"limit": 3}).json()["windows"]
+    assert last3 == full[-3:]
+    mid = full[len(full) // 2]["window_start"]
+    since = httpx.get(f"{base}/users/{user}/tokens", params={"since": mid}).json()["windows"]
+    assert since and all(w["window_start"] >= mid for w in since)
+    strings = httpx.get(f"{base}/users/{user}/tokens", params={"sources": "visits", "format": "strings"}).json()
+    assert all("tokens" not in w and w["token_strings"][3].startswith("<visits2_") for w in strings["windows"])
+    batch = httpx.post(f"{base}/users/tokens", json={"user_ids": [user, "nobody"], "limit": 2}).json()
+    assert batch["users"][user] == full[-2:] and batch["users"]["nobody"] == []
+
+
+def test_history_is_capped_and_expires(serve, one_user, redis_server):
+    base, settings = serve(history_days=21, ttl_days=30)  # weekly windows: at most 3 entries
+    df, _ = one_user
+    user = df["user_id"].iloc[0]
+    post(base, api_events(df[df["source"] == "visits"]))
+    hist = httpx.get(f"{base}/users/{user}/tokens").json()["windows"]
+    assert len(hist) == 3
+    keys = redis.Redis(port=redis_server.port).keys(f"{settings.key_prefix}:{{{user}}}:h:*")
+    assert len(keys) == 1, redis.Redis(port=redis_server.port).keys(f"{settings.key_prefix}*")[:5]
+    ttl = redis.Redis(port=redis_server.port).ttl(keys[0])
+    assert 29 * 86400 < ttl <= 30 * 86400
+
+
+@pytest.mark.parametrize(
+    "event,field",
+    [
+        ({"source": "clicks", "text": "x"}, "source"),
+        ({"source": "purchases"}, "text"),
+        ({"source": "visits", "attributes": {"spend": 1, "colour": 2}}, "attributes"),
+        ({"source": "purchases", "text": "milk", "ts": "not a time"}, "ts"),
+        ({"source": "purchases", "text": "milk", "user_id": "{evil}"}, "user_id"),
+        ({"source": "purchases", "text": "milk", "amount": "NaN"}, "amount"),
+    ],
+)
+def test_invalid_events_get_422_naming_the_field(serve, event, field):
+    base, _ = serve()
+    e = {"event_id": "e1", "user_id": "u1", "ts": 1489060406, **event}
+    good = {"event_id": "ok", "user_id": "u-ok", "source": "purchases", "ts": 1489060406, "text": "milk"}
+    r = post(base, [good, e])
+    assert r.status_code == 422, r.text
+    assert any(d["loc"][:3] == ["body", "events", 1] and field in d["loc"] for d in r.json()["detail"]), r.text
+    assert httpx.get(f"{base}/users/u-ok/tokens").json()["windows"] == [], "nothing of a refused request is kept"
+
+
+def test_limits_auth_and_overload(serve):
+    base, _ = serve(max_body_bytes=4096, max_queue_windows=1, writer_keys=["w-secret"], reader_keys=["r-secret"])
+    ev = [
+        {"event_id": f"e{i}", "user_id": f"u{i}", "source": "purchases", "ts": 1489060406, "text": "milk"}
+        for i in range(2)
+    ]
+    assert post(base, ev).status_code == 401
+    assert post(base, ev, headers={"X-API-Key": "r-secret"}).status_code == 401
+    r = post(base, ev, headers={"X-API-Key": "w-secret"})
+    assert r.status_code == 429 and r.headers["Retry-After"]
+    assert post(base, ev[:1], headers={"Authorization": "Bearer w-secret"}).status_code == 200
+    big = [dict(ev[0], event_id=f"b{i}", text="x" * 500) for i in range(20)]
+    assert post(base, big, headers={"X-API-Key": "w-secret"}).status_code == 413
+    assert httpx.get(f"{base}/users/u0/tokens").status_code == 401
+    assert httpx.get(f"{base}/users/u0/tokens", headers={"X-API-Key": "r-secret"}).status_code == 200
+    assert (
+        httpx.get(f"{base}/users/u0/tokens", params={"sources": "nope"}, headers={"X-API-Key": "r-secret"}).status_code
+        == 422
+    )
+
+
+def test_redis_outage_gives_503_and_the_service_recovers(serve, tmp_path):
+    from tests.conftest import RedisServer
+
+    store = RedisServer().start()
+    try:
+        base, _ = serve(redis_url=store.url)
+        ev = {"event_id": "a", "user_id": "u1", "source": "purchases", "ts": 1489060406, "text": "milk"}
+        assert post(base, [ev]).status_code == 200
+        store.stop()
+        r = post(base, [dict(ev, event_id="b")])
+        assert r.status_code == 503 and r.headers["Retry-After"]
+        assert httpx.get(f"{base}/users/u1/tokens").status_code == 503
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        store.start()  # an empty Redis on the same port: the service reconnects by itself
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        r = post(base, [dict(ev, event_id="b")])
+        assert r.status_code == 200 and r.json()["accepted"] == 1
+        assert len(httpx.get(f"{base}/users/u1/tokens").json()["windows"]) == 1
+    finally:
+        store.stop()
+
+
+def test_ops_endpoints(serve):
+    base, _ = serve()
+    assert httpx.get(f"{base}/healthz").json() == {"status": "alive"}
+    ready = httpx.get(f"{base}/readyz").json()
+    assert ready["status"] == "ready" and ready["providers"] == ["CPUExecutionProvider"]
+    text = httpx.get(f"{base}/metrics").text
+    for name in (
+        "u2qt_http_requests_total",
+        "u2qt_batch_windows_bucket",
+        "u2qt_inference_duration_seconds",
+        "u2qt_queue_windows",
+        "u2qt_model_info",
+    ):
+        assert name in text
+    spec = httpx.get(f"{base}/openapi.json").json()
+    assert {"/tokenize", "/users/{user_id}/tokens", "/users/tokens"} <= set(spec["paths"])
+
+
+def test_service_imports_without_torch():
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any import of torch now fails\n"
+        "import service.app\n"
+        "from service.app import create_app\n"
+        "from training.cli import build_parser\n"
+        "build_parser().parse_args(['serve'])\n"
+        "print('ok')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

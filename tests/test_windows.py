@@ -1,0 +1,60 @@
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from model.sources import SourcesConfig, TextTemplate, parse_period, window_start
+from model.vocabulary import TokenVocabulary
+from model.windows import render_text_window, tabular_window_features
+
+
+def test_text_window_merges_repeats_and_puts_the_heaviest_first():
+    text = render_text_window(["Milk", "bread", "milk", "Eggs"], [1, 2, 3, 4], [2.0, 5.0, 2.0, 1.0], TextTemplate())
+    assert text == "4 events, $10.00: bread, milk x2, eggs"
+
+
+def test_recency_order_and_missing_amounts():
+    text = render_text_window(["a", "b", "a"], [1, 5, 3], None, TextTemplate(order_by="recency"))
+    assert text == "3 events: b, a x2"
+    text = render_text_window(["a", "b"], [1, 2], [math.nan, 3.0], TextTemplate(show_totals=False))
+    assert text == "b, a"
+
+
+def test_tabular_window_features_aggregate_and_ignore_missing():
+    f = tabular_window_features(np.array([[1.0, np.nan], [3.0, np.nan]]))
+    assert f.shape == (7,)
+    assert f[0] == pytest.approx(math.log1p(2))
+    assert f[1:4] == pytest.approx([math.log1p(4), math.log1p(2), math.log1p(3)])
+    assert list(f[4:]) == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError):
+        tabular_window_features(np.zeros((0, 2)))
+
+
+def test_weekly_windows_start_on_monday_midnight_utc():
+    ts = datetime(2017, 3, 9, 15, 30, tzinfo=UTC).timestamp()  # a Thursday
+    start = datetime.fromtimestamp(window_start(ts, parse_period("7d")), UTC)
+    assert start == datetime(2017, 3, 6, tzinfo=UTC)
+    assert window_start(np.array([ts]), 86400)[0] == datetime(2017, 3, 9, tzinfo=UTC).timestamp()
+
+
+def test_sources_config_rejects_what_cannot_work():
+    with pytest.raises(ValueError, match="declares no attributes"):
+        SourcesConfig.model_validate({"sources": [{"name": "t", "kind": "tabular"}]})
+    with pytest.raises(ValueError, match="repeat"):
+        SourcesConfig.model_validate({"sources": [{"name": "a", "kind": "text"}, {"name": "a", "kind": "text"}]})
+    with pytest.raises(ValueError, match="window period"):
+        SourcesConfig.model_validate({"window": "weekly", "sources": [{"name": "a", "kind": "text"}]})
+
+
+def test_vocabulary_ids_and_strings_round_trip_without_overlap():
+    v = TokenVocabulary(["purchases", "visits"], shared_levels=2, specific_levels=2, codebook_size=1024)
+    assert v.size == 1 + 2 * 1024 + 2 * 2 * 1024
+    ids = v.ids(np.array([0, 1]), np.array([[17, 0, 5, 903], [1023, 1, 2, 3]]))
+    assert v.strings(ids[0]) == ["<s1_17>", "<s2_0>", "<purchases1_5>", "<purchases2_903>"]
+    assert v.strings(ids[1])[2:] == ["<visits1_2>", "<visits2_3>"]
+    every = [v.string(i) for i in range(v.size)]
+    assert len(set(every)) == v.size
+    assert all(v.token_id(s) == i for i, s in enumerate(every))
+    with pytest.raises(ValueError):
+        v.string(v.size)
