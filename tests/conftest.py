@@ -53,13 +53,14 @@ class RedisServer:
         self.process = None
 
     def start(self):
-        import shutil
         import subprocess
         import time
 
         import redis
 
-        binary = shutil.which("redis-server")
+        from service.embedded_redis import redis_server_binary
+
+        binary = redis_server_binary()
         if binary is None:
             pytest.fail("redis-server is not installed (bash deploy/install.sh installs it)")
         self.process = subprocess.Popen(

@@ -88,7 +88,7 @@ def plot_utilization(summary: dict, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(1, len(sources))
     for j, s in enumerate(sources):
-        xs = [i + j * width for i in range(len(levels))]
+        xs = [i + (j - (len(sources) - 1) / 2) * width for i in range(len(levels))]
         axes[0].bar(xs, [r["by_source"].get(s, {}).get("used_fraction", 0) for r in levels], width, label=s)
     axes[0].plot(range(len(levels)), [r["used_fraction"] for r in levels], "k_", markersize=30, label="level")
     axes[0].axhline(0.3, color="red", linestyle=":", linewidth=1)

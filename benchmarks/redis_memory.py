@@ -1,0 +1,95 @@
+"""Redis memory per stored token at a full 180-day history, over many users.
+
+    python3 benchmarks/redis_memory.py [--users 100000] [--days 180] [--levels 4]
+
+Starts its own redis-server, writes each user's history with the service's key layout and packed entry
+format (TokenHistoryStore.history_key / pack; daily windows, one source), then reads INFO memory and
+MEMORY USAGE. Prints bytes per token including every per-user overhead (key, list header, allocator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from service.embedded_redis import redis_server_binary  # noqa: E402
+from service.store import TokenHistoryStore  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--days", type=int, default=180)
+    p.add_argument("--levels", type=int, default=4)
+    args = p.parse_args()
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        store = TokenHistoryStore(r, "u2qt", "0b7848f0125f", args.levels, 86400, args.days, args.days, 1)
+        rng = np.random.default_rng(0)
+        base = r.info("memory")["used_memory"]
+        first_day = 20_000
+        pipe = r.pipeline(transaction=False)
+        for u in tqdm(range(args.users), desc="write histories", unit="user"):
+            arr = np.zeros(args.days, store.entry)  # the same dtype store.pack writes, filled for all days at once
+            arr["window"] = first_day + np.arange(args.days)
+            arr["codes"] = rng.integers(0, 1024, size=(args.days, args.levels))
+            raw, size = arr.tobytes(), store.entry.itemsize
+            entries = [raw[i * size : (i + 1) * size] for i in range(args.days)]
+            pipe.rpush(store.history_key(f"user-{u:09d}", "purchases"), *entries)
+            if u % 1000 == 999:
+                pipe.execute()
+        pipe.execute()
+        used = r.info("memory")["used_memory"] - base
+        sample = [
+            store.history_key(f"user-{u:09d}", "purchases") for u in range(0, args.users, max(1, args.users // 1000))
+        ]
+        per_key = np.mean([r.memory_usage(k, samples=0) for k in sample])
+        tokens = args.users * args.days * args.levels
+        print(
+            f"command: python3 benchmarks/redis_memory.py --users {args.users} --days {args.days} "
+            f"--levels {args.levels}"
+        )
+        print(
+            f"redis {r.info('server')['redis_version']}, entry = {store.entry.itemsize} bytes "
+            f"(uint32 window, {args.levels} x uint16 code)"
+        )
+        print(f"users {args.users:,}, windows per user {args.days}, tokens {tokens:,}")
+        print(
+            f"INFO used_memory delta: {used / 2**20:.1f} MiB = {used / tokens:.2f} bytes/token "
+            f"({used / args.users:.0f} bytes/user)"
+        )
+        print(
+            f"MEMORY USAGE per history key (mean of {len(sample)}): {per_key:.0f} bytes = "
+            f"{per_key / (args.days * args.levels):.2f} bytes/token"
+        )
+    finally:
+        proc.terminate()
+
+
+if __name__ == "__main__":
+    main()
