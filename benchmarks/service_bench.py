@@ -80,7 +80,7 @@ def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float) -> fl
     for p in payloads[:400]:
         groups: dict = {}
         for e in p:
-            groups.setdefault(e["source"], []).append(EventIn(**e).model_dump())
+            groups.setdefault(e["source"], []).append(tok._stored(EventIn(**e)))  # as stored in Redis
         jobs += [tok._job(src, evs) for src, evs in groups.items()]
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
