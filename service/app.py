@@ -8,6 +8,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -31,7 +32,6 @@ from service.schemas import (
     TokenizeRequest,
     TokenizeResponse,
     UserId,
-    WindowTokens,
 )
 from service.settings import ServiceSettings
 from service.store import TokenHistoryStore
@@ -294,13 +294,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             rows.sort(key=lambda r: (r[0], r[1]))
             if limit is not None:
                 rows = rows[-limit:]
+            # plain dicts, serialized once by orjson: the read path is the hot one
             out[user] = [
-                WindowTokens(
-                    source=src,
-                    window_start=datetime.fromtimestamp(st, UTC),
-                    tokens=t.tolist() if fmt != "strings" else None,
-                    token_strings=[strings[i] for i in t] if fmt != "ids" else None,
-                )
+                {
+                    "source": src,
+                    "window_start": iso(st),
+                    **({"tokens": t.tolist()} if fmt != "strings" else {}),
+                    **({"token_strings": [strings[i] for i in t]} if fmt != "ids" else {}),
+                }
                 for st, _, src, t in rows
             ]
         return out
@@ -324,7 +325,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         """A user's token history in time order, from the model version this service serves."""
         srcs = parse_sources(s, [x for v in sources or [] for x in v.split(",") if x])
         h = await histories(s, [user_id], srcs, since, until, limit, format)
-        return HistoryResponse(user_id=user_id, model_version=s.manifest.model_version, windows=h[user_id])
+        return ORJSONResponse({"user_id": user_id, "model_version": s.manifest.model_version, "windows": h[user_id]})
 
     @app.post(
         "/users/tokens",
@@ -348,10 +349,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         srcs = parse_sources(s, body.sources)
         users = list(dict.fromkeys(body.user_ids))
         h = await histories(s, users, srcs, body.since, body.until, body.limit, body.format)
-        return BatchHistoryResponse(model_version=s.manifest.model_version, users=h)
+        return ORJSONResponse({"model_version": s.manifest.model_version, "users": h})
 
     return app
 
 
 class _Unauthorized(Exception):
     pass
+
+
+@lru_cache(maxsize=65536)
+def iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
