@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import socket
 import subprocess
@@ -34,8 +33,6 @@ from service.embedded_redis import redis_server_binary  # noqa: E402
 from service.ingest import EventTokenizer  # noqa: E402
 from service.metrics import ServiceMetrics  # noqa: E402
 
-VISIT_ATTRS = ["spend", "lines", "discount", "hour", "weekend"]
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -46,26 +43,14 @@ def free_port() -> int:
 def requests_by_user_week(max_users: int) -> list[list[dict]]:
     """One request per (household, week): that week's events of every source, as upstream would send them."""
     from training.completejourney import load_events, sources_config
-    from training.events import normalize_events
+    from training.events import normalize_events, to_service_events
 
-    ev = normalize_events(load_events(), sources_config())
+    sources = sources_config()
+    ev = normalize_events(load_events(), sources)
     users = np.sort(ev["user_id"].unique())[:max_users]
     ev = ev[ev["user_id"].isin(set(users))].sort_values("ts")
     ev["week"] = ((ev["ts"] - 4 * 86400) // (7 * 86400)).astype(int)
-    out = []
-    for _, g in ev.groupby(["week", "user_id"], sort=True):
-        batch = []
-        for r in g.itertuples(index=False):
-            e = {"event_id": r.event_id, "user_id": r.user_id, "source": r.source, "ts": r.ts}
-            if r.source == "visits":
-                e["attributes"] = {a: getattr(r, a) for a in VISIT_ATTRS}
-            else:
-                e["text"] = r.text
-                if isinstance(r.amount, float) and not math.isnan(r.amount):
-                    e["amount"] = r.amount
-            batch.append(e)
-        out.append(batch)
-    return out
+    return [to_service_events(g, sources) for _, g in ev.groupby(["week", "user_id"], sort=True)]
 
 
 def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float) -> float:

@@ -6,7 +6,6 @@ window's embedding is the same number in training and serving.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -110,7 +109,6 @@ class TokenizerRuntime:
         self.directory = Path(directory)
         self.manifest = manifest or Manifest.load(self.directory)
         self.providers = pick_providers(providers)
-        threads = threads or int(os.environ.get("U2QT_ORT_THREADS", "0")) or None
         self.text = OnnxTextEncoder(self.directory, self.manifest.encoder, self.providers, threads)
         so = session_options(threads)
         self.quantizer = ort.InferenceSession(

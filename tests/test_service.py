@@ -1,7 +1,6 @@
 """The token service over HTTP, against a real Redis started by the test session."""
 
 import concurrent.futures
-import math
 import random
 import subprocess
 import sys
@@ -13,22 +12,13 @@ import redis
 
 from model.runtime import TokenizerRuntime
 from training.corpus import build_corpus
-
-VISIT_ATTRS = ["spend", "lines", "discount", "hour", "weekend"]
+from training.events import to_service_events
 
 
 def api_events(df, user_prefix=""):
-    out = []
-    for r in df.itertuples(index=False):
-        e = {"event_id": r.event_id, "user_id": user_prefix + r.user_id, "source": r.source, "ts": r.ts}
-        if r.source == "visits":
-            e["attributes"] = {a: getattr(r, a) for a in VISIT_ATTRS}
-        else:
-            e["text"] = r.text
-            if isinstance(r.amount, float) and not math.isnan(r.amount):
-                e["amount"] = r.amount
-        out.append(e)
-    return out
+    from training.completejourney import sources_config
+
+    return to_service_events(df, sources_config(), user_prefix)
 
 
 @pytest.fixture(scope="module")

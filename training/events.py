@@ -87,3 +87,21 @@ def keep_users(df: pd.DataFrame, max_users: int | None, seed: int = 0) -> pd.Dat
         return df
     chosen = np.random.default_rng(seed).permutation(users)[:max_users]
     return df[df["user_id"].isin(set(chosen))]
+
+
+def to_service_events(df: pd.DataFrame, sources: SourcesConfig, user_prefix: str = "") -> list[dict]:
+    """Normalized canonical events as `POST /tokenize` takes them (text + amount, or attributes)."""
+    specs = {s.name: s for s in sources.sources}
+    out = []
+    for r in df.to_dict("records"):
+        spec = specs[r["source"]]
+        e = {"event_id": r["event_id"], "user_id": user_prefix + r["user_id"], "source": r["source"], "ts": r["ts"]}
+        if spec.kind == "tabular":
+            e["attributes"] = {a: float(r[a]) for a in spec.attributes}
+        else:
+            e["text"] = r["text"]
+            amount = r.get("amount")
+            if amount is not None and not np.isnan(amount):
+                e["amount"] = float(amount)
+        out.append(e)
+    return out
