@@ -32,6 +32,8 @@ def pick_providers(preference: str = "auto") -> list[str]:
     if preference == "cuda" and "CUDAExecutionProvider" not in available:
         raise RuntimeError(f"CUDA execution provider requested but onnxruntime offers {available}")
     if "CUDAExecutionProvider" in available and preference in ("auto", "cuda"):
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn]
+            ort.preload_dlls()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 

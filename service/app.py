@@ -113,6 +113,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         manifest = Manifest.load(settings.artifacts)
         runtime = TokenizerRuntime(settings.artifacts, manifest, settings.providers, settings.ort_threads or None)
         metrics = ServiceMetrics()
+        metrics.initialize([x.name for x in manifest.sources.sources], runtime.vocabulary.levels)
+        metrics.queue_capacity.set(settings.max_queue_windows)
         metrics.model_info.labels(manifest.model_version, ",".join(runtime.providers)).set(1)
         embedded = None
         url = settings.redis_url
@@ -131,7 +133,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.late_windows,
         )
         batcher = MicroBatcher(
-            runtime, metrics, settings.max_batch_size, settings.max_wait_ms, settings.max_queue_windows
+            runtime,
+            metrics,
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            settings.max_queue_windows,
+            settings.max_queue_delay_ms,
         )
         await batcher.start()
         state = ServiceState(

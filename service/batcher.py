@@ -19,7 +19,7 @@ from service.metrics import ServiceMetrics
 
 
 class QueueFull(Exception):
-    """More windows are waiting than the service is configured to hold."""
+    """Taking these windows would exceed the queue's size or its expected wait."""
 
 
 @dataclass
@@ -46,11 +46,16 @@ class MicroBatcher:
         max_batch_size: int = 64,
         max_wait_ms: float = 5.0,
         max_queue: int = 4096,
+        max_queue_delay_ms: float = 0.0,
         text_chunk: int = 32,
     ):
         self.runtime, self.metrics = runtime, metrics
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.text_chunk = text_chunk
+        # Admission by expected wait, not only by count: under overload the queue then stays as short as the
+        # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
+        self.max_delay_s = max_queue_delay_ms / 1000
+        self.rate: float | None = None  # windows/s the inference stage sustains (EWMA over batches)
         self.pending = 0  # windows submitted and not yet answered
         self._incoming: asyncio.Queue[WindowJob] | None = None
         self._prepared: asyncio.Queue[PreparedBatch | None] | None = None
@@ -64,7 +69,10 @@ class MicroBatcher:
         self._tasks = [asyncio.create_task(self._collect()), asyncio.create_task(self._infer())]
 
     def has_room(self, windows: int) -> bool:
-        return not self._closing and self.pending + windows <= self.max_queue
+        waiting = self.pending + windows
+        if self._closing or waiting > self.max_queue:
+            return False
+        return not (self.max_delay_s and self.rate and waiting / self.rate > self.max_delay_s)
 
     async def submit(self, jobs: list[WindowJob]) -> np.ndarray:
         """-> codes [len(jobs), levels]. Raises QueueFull when the queue cannot take them all."""
@@ -134,7 +142,10 @@ class MicroBatcher:
             except Exception as e:  # noqa: BLE001
                 self._fail(prepared.jobs, e)
                 continue
-            self.metrics.inference.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.inference.observe(elapsed)
+            sample = len(prepared.jobs) / max(elapsed, 1e-6)
+            self.rate = sample if self.rate is None else 0.8 * self.rate + 0.2 * sample
             self.metrics.batch_size.observe(len(prepared.jobs))
             for job, c in zip(prepared.jobs, codes, strict=True):
                 if not job.future.done():

@@ -5,6 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # 5 ms and 50 ms are bucket bounds: the GET p99 objective and a POST objective sit exactly on them.
+OUTCOMES = ("accepted", "duplicate", "late")
+REJECT_REASONS = ("queue_full", "redis_unavailable")
+REDIS_OPERATIONS = ("ingest", "commit", "read")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -32,6 +35,7 @@ class ServiceMetrics:
             "u2qt_inference_duration_seconds", "ONNX Runtime time per batch", buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("u2qt_queue_windows", "Windows waiting for or in inference", registry=r)
+        self.queue_capacity = Gauge("u2qt_queue_capacity_windows", "Most windows the queue takes", registry=r)
         self.events = Counter("u2qt_events_total", "Events received, by outcome", ["outcome"], registry=r)
         self.windows = Counter("u2qt_windows_tokenized_total", "Windows tokenized", ["source"], registry=r)
         self.tokens = Counter("u2qt_tokens_emitted_total", "Tokens emitted", ["level"], registry=r)
@@ -48,3 +52,19 @@ class ServiceMetrics:
             "u2qt_codebook_codes_used", "Distinct codes emitted since start", ["level"], registry=r
         )
         self.model_info = Gauge("u2qt_model_info", "Loaded model", ["model_version", "providers"], registry=r)
+
+    def initialize(self, sources: list[str], levels: int) -> None:
+        """Creates every known label set at zero, so dashboards and alerts see a series before the first event
+        (a rate over a missing series is no data, not 0)."""
+        for outcome in OUTCOMES:
+            self.events.labels(outcome)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for op in REDIS_OPERATIONS:
+            self.redis_errors.labels(op)
+            self.redis_latency.labels(op)
+        for source in sources:
+            self.windows.labels(source)
+        for level in range(1, levels + 1):
+            self.tokens.labels(str(level))
+            self.codebook_used.labels(str(level))

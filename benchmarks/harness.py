@@ -1,0 +1,251 @@
+"""What the benchmarks, the fault drill and the fault tests share: real processes (redis-server, `u2qt serve`),
+requests built from real Complete Journey events, a threaded load that behaves like an at-least-once upstream,
+and the check that every acknowledged window is stored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import redis
+
+from service.embedded_redis import redis_server_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, redis.RedisError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not happen within {timeout_s:g} s")
+
+
+class RedisProcess:
+    """A real redis-server on a free loopback port. `durable` = append-only file fsynced on every write, so a
+    kill -9 loses nothing it acknowledged (what deploy/compose.yaml runs)."""
+
+    def __init__(self, directory: Path | None = None, durable: bool = False, port: int | None = None):
+        self.port, self.directory, self.durable = port or free_port(), directory, durable
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisProcess:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (bash deploy/install.sh installs it)")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.durable:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server start")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    stop = kill
+
+
+class ServiceProcess:
+    """`u2qt serve` in its own process (so SIGTERM is a real signal), configured through U2QT_* variables."""
+
+    def __init__(self, artifacts: Path, redis_url: str, **settings):
+        self.port = free_port()
+        env = dict(os.environ, REDIS_URL=redis_url, **{f"U2QT_{k.upper()}": str(v) for k, v in settings.items()})
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the process; a file, not a pipe: a full pipe would block the server
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "training.cli", "serve", "--artifacts", str(artifacts), "--port", str(self.port)],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        try:
+            wait_until(lambda: httpx.get(f"{self.base}/readyz").status_code == 200, 120, "service readiness")
+        except RuntimeError:
+            self.process.kill()
+            raise RuntimeError(f"service did not become ready: {self.output()[-2000:]}") from None
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        """-> exit status. uvicorn re-raises SIGTERM once its graceful shutdown is complete, so -15 after
+        "Application shutdown complete." is a clean stop."""
+        return self.process.wait(timeout_s)
+
+    def shut_down_cleanly(self) -> bool:
+        return self.process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete." in self.output()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.terminate()
+            self.wait()
+
+
+def requests_by_user_week(events, sources, prefix: str = "") -> dict[str, list[list[dict]]]:
+    """user -> one request per week in time order: that week's events of every source, as upstream sends them."""
+    from training.events import to_service_events
+
+    ev = events.sort_values("ts").copy()
+    ev["week"] = ((ev["ts"] - 4 * 86400) // (7 * 86400)).astype(int)
+    out: dict[str, list[list[dict]]] = {}
+    for (user, _), g in ev.groupby(["user_id", "week"], sort=True):
+        out.setdefault(f"{prefix}{user}", []).append(to_service_events(g, sources, prefix))
+    return out
+
+
+Window = tuple[str, str, str]  # (user, source, window_start)
+
+
+@dataclass
+class LoadResult:
+    tried: int = 0
+    statuses: Counter = field(default_factory=Counter)  # HTTP status -> count
+    failures: Counter = field(default_factory=Counter)  # transport error class -> count
+    acknowledged: dict[Window, list[int]] = field(default_factory=dict)
+    latencies_ok: list[float] = field(default_factory=list)
+    retry_after_missing: int = 0  # 429/503 answers without a Retry-After header
+    finished_after: list[float] = field(default_factory=list)  # ok answers' completion times (perf_counter)
+    started_ok: list[float] = field(default_factory=list)  # ok answers' start times
+
+    def merge(self, other: LoadResult) -> None:
+        self.tried += other.tried
+        self.statuses += other.statuses
+        self.failures += other.failures
+        self.acknowledged.update(other.acknowledged)
+        self.latencies_ok += other.latencies_ok
+        self.retry_after_missing += other.retry_after_missing
+        self.finished_after += other.finished_after
+        self.started_ok += other.started_ok
+
+    def p99_ms(self) -> float:
+        return float(np.quantile(self.latencies_ok, 0.99) * 1e3) if self.latencies_ok else float("nan")
+
+    def errors_by_class(self) -> dict[str, int]:
+        out = {f"http {s}": n for s, n in sorted(self.statuses.items()) if s != 200}
+        out.update({f"transport {k}": n for k, n in sorted(self.failures.items())})
+        return out
+
+
+def drive(
+    base: str,
+    streams: list[list[list[dict]]],
+    stop: threading.Event,
+    retry: bool = True,
+    pause_s: float = 0.1,
+    loop: bool = False,
+) -> LoadResult:
+    """One thread per stream posts its requests in order. retry=True acts as an at-least-once upstream: a 429,
+    503 or transport error is retried (after a pause) until it succeeds or `stop` is set. loop=True starts the
+    stream over (replays) until `stop`."""
+    results = [LoadResult() for _ in streams]
+
+    def client(stream: list[list[dict]], res: LoadResult) -> None:
+        with httpx.Client(timeout=60) as http:
+            i = 0
+            while not stop.is_set():
+                if i == len(stream):
+                    if not loop:
+                        return
+                    i = 0
+                res.tried += 1
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(f"{base}/tokenize", json={"events": stream[i]})
+                except httpx.HTTPError as e:
+                    res.failures[type(e).__name__] += 1
+                    if retry:
+                        time.sleep(pause_s)
+                        continue
+                    i += 1
+                    continue
+                res.statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    t1 = time.perf_counter()
+                    res.latencies_ok.append(t1 - t0)
+                    res.started_ok.append(t0)
+                    res.finished_after.append(t1)
+                    for w in r.json()["windows"]:
+                        res.acknowledged[(w["user_id"], w["source"], w["window_start"])] = w["tokens"]
+                    i += 1
+                    continue
+                if r.status_code in (429, 503) and "retry-after" not in r.headers:
+                    res.retry_after_missing += 1
+                if retry and r.status_code in (429, 503):
+                    time.sleep(pause_s)
+                    continue
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(s, r), daemon=True) for s, r in zip(streams, results, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = LoadResult()
+    for r in results:
+        total.merge(r)
+    return total
+
+
+def lost_windows(base: str, acknowledged: dict[Window, list[int]]) -> list[Window]:
+    """Acknowledged windows whose stored tokens are missing or differ from what the service answered (serve with
+    a history cap longer than the data, or windows trimmed by the cap count as lost)."""
+    users = sorted({u for u, _, _ in acknowledged})
+    stored: dict[Window, list[int]] = {}
+    for i in range(0, len(users), 500):
+        r = httpx.post(f"{base}/users/tokens", json={"user_ids": users[i : i + 500]}, timeout=60)
+        r.raise_for_status()
+        for user, windows in r.json()["users"].items():
+            for w in windows:
+                stored[(user, w["source"], w["window_start"].replace("Z", "+00:00"))] = w["tokens"]
+    return [k for k, tokens in acknowledged.items() if stored.get(_norm(k)) != tokens]
+
+
+def _norm(k: Window) -> Window:
+    user, source, start = k
+    return user, source, start.replace("Z", "+00:00")

@@ -1,0 +1,142 @@
+"""Faults survived: SIGTERM under load, Redis killed mid-load, overload, and fuzzing of the OpenAPI schema.
+(Concurrent writers converging: tests/test_service.py.) benchmarks/fault_drill.py runs the same scenarios
+at a larger scale and prints the figures recorded in docs/operations.md."""
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from benchmarks.harness import RedisProcess, ServiceProcess, drive, lost_windows, requests_by_user_week, wait_until
+
+
+@pytest.fixture(scope="module")
+def user_streams(cj_events):
+    events, sources = cj_events
+    return requests_by_user_week(events, sources)
+
+
+def streams_for(user_streams, n, prefix):
+    users = sorted(user_streams)[:n]
+    return [[[dict(e, user_id=prefix + e["user_id"]) for e in req] for req in user_streams[u]] for u in users]
+
+
+def queue_depth(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return float(re.search(r"^u2qt_queue_windows (\S+)$", text, re.M).group(1))
+
+
+def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(trained_dir, redis_server, user_streams, serve):
+    svc = ServiceProcess(trained_dir[0], redis_server.url, key_prefix="sigterm", max_batch_size=8, history_days=400)
+    stop = threading.Event()
+    result = {}
+    load = threading.Thread(
+        target=lambda: result.update(r=drive(svc.base, streams_for(user_streams, 8, "term-"), stop, retry=False))
+    )
+    load.start()
+    wait_until(lambda: queue_depth(svc.base) > 0, 60, "windows queued")
+    signalled = time.perf_counter()
+    svc.terminate()
+    svc.wait(60)
+    assert svc.shut_down_cleanly(), svc.output()[-2000:]
+    stop.set()
+    load.join(120)
+    r = result["r"]
+    assert not [s for s in r.statuses if s >= 500], r.statuses
+    drained = sum(1 for t0, t1 in zip(r.started_ok, r.finished_after, strict=True) if t0 < signalled < t1)
+    assert drained > 0, "requests in flight at SIGTERM were answered"
+    assert r.acknowledged
+    reader, _ = serve(key_prefix="sigterm", history_days=400)  # a fresh instance on the same Redis
+    assert lost_windows(reader, r.acknowledged) == []
+
+
+def test_redis_killed_mid_load_gives_503_then_recovers_and_keeps_every_acknowledged_window(
+    serve, user_streams, tmp_path
+):
+    store = RedisProcess(tmp_path / "redis", durable=True).start()
+    try:
+        base, _ = serve(redis_url=store.url, history_days=400)  # a year: no window is trimmed
+        streams = streams_for(user_streams, 6, "kill-")
+        stop, result = threading.Event(), {}
+        load = threading.Thread(target=lambda: result.update(r=drive(base, streams, stop, retry=True, pause_s=0.2)))
+        load.start()
+        wait_until(
+            lambda: (
+                len(httpx.get(f"{base}/users/kill-{streams[0][0][0]['user_id'][5:]}/tokens").json()["windows"]) >= 2
+            ),
+            60,
+            "first windows stored",
+        )
+        store.kill()
+        time.sleep(1.0)
+        probe = {"event_id": "probe", "user_id": "probe", "source": "purchases", "ts": 1489060406, "text": "milk"}
+        r = httpx.post(f"{base}/tokenize", json={"events": [probe]}, timeout=30)
+        assert r.status_code == 503 and r.headers["Retry-After"], "no false 200 while Redis is down"
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        time.sleep(1.0)
+        store.start()  # same port, same append-only file
+        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "readiness after Redis returned")
+        load.join(600)
+        stop.set()
+        res = result["r"]
+        assert res.statuses[503] > 0 and not [s for s in res.statuses if s >= 500 and s != 503], res.statuses
+        assert res.statuses[200] == sum(len(s) for s in streams), "every request finally succeeded"
+        assert res.retry_after_missing == 0
+        assert lost_windows(base, res.acknowledged) == []
+    finally:
+        store.kill()
+
+
+def test_overload_is_refused_with_429_and_the_queue_stays_bounded(serve, user_streams):
+    base, _ = serve(max_queue_windows=64, max_queue_delay_ms=200, history_days=400)
+    stop, result, depths = threading.Event(), {}, []
+    load = threading.Thread(
+        target=lambda: result.update(
+            r=drive(base, streams_for(user_streams, 24, "over-"), stop, retry=False, loop=True)
+        )
+    )
+    load.start()
+    t_end = time.time() + 8
+    while time.time() < t_end:
+        depths.append(queue_depth(base))
+        time.sleep(0.1)
+    stop.set()
+    load.join(120)
+    r = result["r"]
+    assert r.statuses[429] > 0 and r.statuses[200] > 0, r.statuses
+    assert r.retry_after_missing == 0
+    assert not [s for s in r.statuses if s >= 500], r.statuses
+    assert max(depths) <= 64, "memory is bounded by the queue's capacity"
+    assert queue_depth(base) == 0
+    assert lost_windows(base, r.acknowledged) == []
+
+
+def test_fuzzing_the_openapi_schema_finds_no_server_error(serve):
+    base, _ = serve()
+    exe = shutil.which("schemathesis") or shutil.which("st")
+    assert exe, "schemathesis is installed by deploy/install.sh (dev extra)"
+    r = subprocess.run(
+        [
+            exe,
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "40",
+            "--request-timeout",
+            "60",
+            "--generation-deterministic",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    tested = re.search(r"Tested: (\d+)", r.stdout)
+    assert tested and int(tested.group(1)) >= 6, r.stdout[-1500:]  # every operation was exercised
