@@ -105,6 +105,35 @@ class _TooLarge(Exception):
     pass
 
 
+class RequestMetrics:
+    """Counts and times every request by route template and status. Plain ASGI: Starlette's
+    BaseHTTPMiddleware costs more than the whole read path."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t, status = time.perf_counter(), 500
+
+        async def observed_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            state = getattr(scope["app"].state, "u2qt", None)
+            if state is not None:
+                route = scope.get("route")
+                path = route.path if route is not None else "unmatched"
+                state.metrics.requests.labels(path, scope["method"], str(status)).inc()
+                state.metrics.latency.labels(path, scope["method"]).observe(time.perf_counter() - t)
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
 
@@ -173,12 +202,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         "their token histories to rankers.",
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
 
-    def state(request: Request) -> ServiceState:
+    # async dependencies: FastAPI runs a sync one in a thread pool, a hop that costs more than the check
+    async def state(request: Request) -> ServiceState:
         return request.app.state.u2qt
 
     def key_check(keys_attr: str):
-        def check(request: Request):
+        async def check(request: Request):
             keys = getattr(settings, keys_attr)
             if not keys:
                 return
@@ -193,18 +224,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return check
 
     writer, reader = Depends(key_check("writer_keys")), Depends(key_check("reader_keys"))
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        if hasattr(request.app.state, "u2qt"):
-            m = request.app.state.u2qt.metrics
-            m.requests.labels(path, request.method, str(response.status_code)).inc()
-            m.latency.labels(path, request.method).observe(time.perf_counter() - t)
-        return response
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(request, exc):

@@ -1,0 +1,146 @@
+"""GET /users/{id}/tokens latency at a fixed request rate, on 180-day histories of every Complete Journey household.
+
+    python3 benchmarks/read_bench.py --artifacts artifacts/cj [--rate 500] [--seconds 20]
+
+Histories: the tokens the training pipeline produced for every real window (TRAIN_DIR/windows.npz), written
+with the service's own store and COMMIT script, capped at 180 days (26 weekly windows per source). Load: wrk
+(a C load generator, Debian package `wrk`) with a Lua script that walks the users and paces each connection
+so that all together offer `--rate` requests/s; wrk reports latency percentiles. The service runs as `u2qt serve`
+in its own process with its own redis-server; wrk shares the machine's cores with both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import RedisProcess, ServiceProcess  # noqa: E402
+from model.manifest import Manifest  # noqa: E402
+from model.sources import window_index  # noqa: E402
+from service.settings import ServiceSettings  # noqa: E402
+from service.store import TokenHistoryStore  # noqa: E402
+
+LUA = """
+local users = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/users/" .. users[(i %% #users) + 1] .. "/tokens")
+end
+delay = function() return %d end
+"""
+
+
+async def fill(url: str, artifacts: Path, prefix: str) -> tuple[list[str], float]:
+    manifest = Manifest.load(artifacts)
+    s = ServiceSettings(key_prefix=prefix)
+    vocab = manifest.token_vocabulary()
+    client = aioredis.from_url(url)
+    store = TokenHistoryStore(
+        client,
+        prefix,
+        manifest.model_version,
+        vocab.levels,
+        manifest.sources.period_s,
+        s.history_days,
+        s.ttl_days,
+        s.late_windows,
+    )
+    with np.load(artifacts / "windows.npz") as npz:  # read each array once: NpzFile[...] re-reads the file
+        z = {k: npz[k] for k in ("user_id", "source_index", "window_start", "codes")}
+    names = [x.name for x in manifest.sources.sources]
+    order = np.argsort(z["window_start"], kind="stable")
+    writes = [
+        (
+            str(z["user_id"][i]),
+            names[z["source_index"][i]],
+            window_index(int(z["window_start"][i]), store.period_s),
+            1,
+            z["codes"][i],
+        )
+        for i in order
+    ]
+    for k in range(0, len(writes), 5000):
+        await store.commit(writes[k : k + 5000])
+    users = sorted({w[0] for w in writes})
+    lengths = []
+    for u in users[:200]:
+        lengths.append(sum([await client.llen(store.history_key(u, n)) for n in names]))
+    await client.aclose()
+    return users, float(np.mean(lengths))
+
+
+def wrk(base: str, users: list[str], rate: float, seconds: float, connections: int) -> dict:
+    delay_ms = max(0, round(connections * 1000 / rate) - 2)  # ~2 ms of each cycle is the request itself
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA % (",".join(f'"{u}"' for u in users), delay_ms))
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", f.name, base],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pct = {p: v for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "pct": pct, "non2xx": int(errors.group(1)) if errors else 0, "raw": out}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--artifacts", default="artifacts/cj", type=Path)
+    p.add_argument("--rate", type=float, default=500)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--connections", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=3, help="runs; the machine is noisy, so medians are reported")
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("read_bench: needs wrk (apt-get install wrk)")
+    store = RedisProcess().start()
+    try:
+        users, mean_windows = asyncio.run(fill(store.url, args.artifacts, "read"))
+        svc = ServiceProcess(args.artifacts, store.url, key_prefix="read", ort_threads=1)
+        try:
+            wrk(svc.base, users, args.rate, 3, args.connections)  # warm-up
+            runs = [wrk(svc.base, users, args.rate, args.seconds, args.connections) for _ in range(args.repeat)]
+        finally:
+            svc.stop()
+    finally:
+        store.kill()
+    print(
+        f"command: python3 benchmarks/read_bench.py --artifacts {args.artifacts} --rate {args.rate:g} "
+        f"--seconds {args.seconds:g} --connections {args.connections}"
+    )
+    print(f"machine: {os.cpu_count()} cores; service (1 uvicorn process), redis-server and wrk on one machine")
+    print(f"histories: {len(users)} users, mean {mean_windows:.1f} windows per user (180 days, 3 sources)")
+    for i, r in enumerate(runs, 1):
+        print(
+            f"run {i}: GET /users/{{id}}/tokens offered {args.rate:g} req/s -> achieved {r['rps']:.1f} req/s; latency "
+            f"p50 {r['pct'].get('50')}, p90 {r['pct'].get('90')}, p99 {r['pct'].get('99')}; non-2xx {r['non2xx']}"
+        )
+    med = {k: np.median([ms(r["pct"][k]) for r in runs]) for k in ("50", "99")}
+    print(
+        f"median of {len(runs)} runs: {np.median([r['rps'] for r in runs]):.1f} req/s, p50 {med['50']:.2f} ms, "
+        f"p99 {med['99']:.2f} ms (objective: p99 <= 5 ms at 500 req/s)"
+    )
+
+
+def ms(text: str) -> float:
+    """wrk's '812.00us' / '5.54ms' / '1.02s' -> milliseconds"""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+if __name__ == "__main__":
+    main()
