@@ -1,0 +1,241 @@
+"""Multi-scale alignment pretext tasks (paper 4.3, eq. 10-15) and how the history model learns from them.
+
+token     eq. 10-11: causal h_k -> the codeword of token k+1, weighted cosine, w_k = 1 + k / tau_t
+window    eq. 12: InfoNCE between two periodically matched views of one user's history (even and odd
+          weeks of the same span), other users in the batch as negatives
+semantic  eq. 13-14: InfoNCE between the user at t1 (history up to t1) and the text embedding of a
+          template description of what they did in the following weeks (t2)
+total     eq. 15: lambda_1 token + lambda_2 window + lambda_3 semantic
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from model.history import HistoryConfig, HistoryModel
+from model.sequence import history_sequence
+from model.sources import SourcesConfig, window_index
+from model.vocabulary import TokenVocabulary
+from model.windows import render_text_window
+
+
+class AlignConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    tasks: list[str] = ["token", "window", "semantic"]  # any subset; [] = no pretext task (untrained)
+    weights: dict[str, float] = {"token": 0.2, "window": 0.4, "semantic": 0.4}  # lambda_1..3
+    tau_token: float = 8.0  # tau_t of eq. 11
+    tau_window: float = 0.1
+    tau_semantic: float = 0.1
+    history_weeks: int = 26  # the paper's 180 days
+    future_weeks: int = 4  # t2: the span the semantic description covers
+    crop_every_weeks: int = 6  # one training sample per user every N weeks
+    d_model: int = 64
+    layers: int = 2
+    epochs: int = Field(4, ge=0)
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def token_alignment_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
+    """eq. 10-11. pred, target [B, K-1, D] (prediction at k, codeword of token k+1); valid [B, K-1]."""
+    k = torch.arange(1, pred.shape[1] + 1, dtype=pred.dtype, device=pred.device)
+    w = (1 + k / tau).unsqueeze(0) * valid.to(pred.dtype)
+    cos = F.cosine_similarity(pred, target, dim=-1)
+    return ((1 - cos) * w).sum() / w.sum().clamp(min=1e-9)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """eq. 12 / 14: row i of `a` should match row i of `b` among all rows of `b`."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+@dataclass
+class AlignmentSamples:
+    ids: np.ndarray  # [N, T] the history up to t1
+    level: np.ndarray
+    age: np.ndarray
+    view_a: tuple[np.ndarray, np.ndarray, np.ndarray]  # even weeks of the same span
+    view_b: tuple[np.ndarray, np.ndarray, np.ndarray]  # odd weeks
+    description: list[str]  # what the user did in (t1, t1 + future_weeks]
+    user: np.ndarray
+
+
+def describe(events: pd.DataFrame, sources: SourcesConfig) -> str:
+    """eq. 13's F(.): a template description of a span of a user's events, per source, rendered with the
+    same window rendering as the tokenizer's input."""
+    parts = []
+    for spec in sources.sources:
+        ev = events[events["source"] == spec.name]
+        if ev.empty:
+            continue
+        if spec.kind == "text":
+            amounts = ev["amount"].to_numpy(np.float64) if "amount" in ev else None
+            parts.append(
+                f"{spec.name}: "
+                + render_text_window(ev["text"].astype(str).to_numpy(), ev["ts"].to_numpy(), amounts, spec.template)
+            )
+        else:
+            parts.append(f"{spec.name}: {len(ev)} events")
+    return "; ".join(parts) if parts else "no activity"
+
+
+def build_samples(
+    windows: pd.DataFrame,
+    token_ids: np.ndarray,
+    events: pd.DataFrame,
+    sources: SourcesConfig,
+    cfg: AlignConfig,
+    hcfg: HistoryConfig,
+    until: int | None = None,
+    progress: bool = True,
+) -> AlignmentSamples:
+    """windows: user_id, source_index, window_start; token_ids [N, L]. Crops end every `crop_every_weeks`;
+    `until` (a timestamp) keeps t2 before a cut-off."""
+    period = sources.period_s
+    w_idx = window_index(windows["window_start"].to_numpy(), period)
+    ev_idx = window_index(events["ts"].to_numpy(), period)
+    ev_by_user = {u: np.flatnonzero(m) for u, m in _groups(events["user_id"].to_numpy())}
+    limit = None if until is None else window_index(np.array([until]), period)[0]
+    rows = {k: [] for k in ("ids", "level", "age", "a", "b", "desc", "user")}
+    src = windows["source_index"].to_numpy()
+    for user, idx in tqdm(
+        _groups(windows["user_id"].to_numpy()), desc="alignment samples", disable=not progress, leave=False
+    ):
+        uw = w_idx[idx]
+        first, last = uw.min(), uw.max()
+        if limit is not None:
+            last = min(last, limit - cfg.future_weeks)
+        uev = ev_by_user.get(user, np.zeros(0, np.int64))
+        for end in range(first + 4, last + 1, cfg.crop_every_weeks):
+            inside = idx[(uw < end) & (uw >= end - cfg.history_weeks)]
+            if len(inside) == 0:
+                continue
+            future = uev[(ev_idx[uev] >= end) & (ev_idx[uev] < end + cfg.future_weeks)]
+            seq = history_sequence(w_idx[inside], src[inside], token_ids[inside], hcfg.max_tokens, hcfg.max_age)
+            even = inside[w_idx[inside] % 2 == 0]
+            odd = inside[w_idx[inside] % 2 == 1]
+            if len(even) == 0 or len(odd) == 0:
+                continue
+            rows["ids"].append(seq[0])
+            rows["level"].append(seq[1])
+            rows["age"].append(seq[2])
+            rows["a"].append(history_sequence(w_idx[even], src[even], token_ids[even], hcfg.max_tokens, hcfg.max_age))
+            rows["b"].append(history_sequence(w_idx[odd], src[odd], token_ids[odd], hcfg.max_tokens, hcfg.max_age))
+            rows["desc"].append(describe(events.iloc[future], sources))
+            rows["user"].append(user)
+
+    def stack3(views):
+        return tuple(np.stack(x) for x in zip(*views, strict=True))
+
+    return AlignmentSamples(
+        np.stack(rows["ids"]),
+        np.stack(rows["level"]),
+        np.stack(rows["age"]),
+        stack3(rows["a"]),
+        stack3(rows["b"]),
+        rows["desc"],
+        np.array(rows["user"]),
+    )
+
+
+def _groups(keys: np.ndarray):
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    bounds = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1], True])
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+        yield sk[s], order[s:e]
+
+
+def token_table(quantizer, vocabulary: TokenVocabulary) -> torch.Tensor:
+    """[vocab, code_dim]: each token id's codeword in the trained MRQ-VAE (row 0, <pad>, is zero)."""
+    table = torch.zeros(vocabulary.size, quantizer.dim)
+    k = vocabulary.codebook_size
+    with torch.no_grad():
+        for lvl, off in enumerate(vocabulary.shared_offsets):
+            table[off : off + k] = quantizer.codebooks[lvl][:k]
+        for i, source in enumerate(vocabulary.sources):
+            for j, off in enumerate(vocabulary.specific_offsets[source]):
+                table[off : off + k] = quantizer.codebooks[vocabulary.shared_levels + j][i * k : (i + 1) * k]
+    return table
+
+
+def train_history_model(
+    samples: AlignmentSamples,
+    description_emb: np.ndarray,
+    table: torch.Tensor,
+    hcfg: HistoryConfig,
+    cfg: AlignConfig,
+    progress: bool = True,
+) -> tuple[HistoryModel, list[dict]]:
+    torch.manual_seed(cfg.seed)
+    model = HistoryModel(hcfg)
+    model.token_table.copy_(table)
+    history: list[dict] = []
+    if not cfg.tasks or cfg.epochs == 0:
+        return model.eval(), history
+    t = {k: torch.from_numpy(v) for k, v in (("ids", samples.ids), ("level", samples.level), ("age", samples.age))}
+    va = [torch.from_numpy(x) for x in samples.view_a]
+    vb = [torch.from_numpy(x) for x in samples.view_b]
+    desc = torch.from_numpy(description_emb.astype(np.float32))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(samples.ids)
+    steps = max(1, n // cfg.batch_size)
+    model.train()
+    with tqdm(total=cfg.epochs * steps, desc="align history model", unit="step", disable=not progress) as bar:
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=gen)
+            sums: dict[str, float] = {}
+            for s in range(steps):
+                b = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                losses = alignment_losses(
+                    model, cfg, t["ids"][b], t["level"][b], t["age"][b], [x[b] for x in va], [x[b] for x in vb], desc[b]
+                )
+                total = sum(cfg.weights[k] * v for k, v in losses.items())
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v.item() / steps
+                bar.update(1)
+            history.append({k: round(v, 4) for k, v in sums.items()})
+            bar.set_postfix(**{k: f"{v:.3f}" for k, v in sums.items()}, refresh=False)
+    return model.eval(), history
+
+
+def alignment_losses(model: HistoryModel, cfg: AlignConfig, ids, level, age, view_a, view_b, desc_emb) -> dict:
+    out = {}
+    h = model.hidden(ids, level, age)
+    if "token" in cfg.tasks:
+        valid = (ids[:, 1:] != 0) & (ids[:, :-1] != 0)
+        out["token"] = token_alignment_loss(
+            model.token_head(h[:, :-1]), model.token_table[ids[:, 1:]], valid, cfg.tau_token
+        )
+    if "window" in cfg.tasks:
+        out["window"] = info_nce(model(*view_a), model(*view_b), cfg.tau_window)
+    if "semantic" in cfg.tasks:
+        out["semantic"] = info_nce(model.semantic_head(model.pool(h, ids)), desc_emb, cfg.tau_semantic)
+    return out
+
+
+@torch.no_grad()
+def embed_users(model: HistoryModel, ids: np.ndarray, level: np.ndarray, age: np.ndarray, chunk: int = 256):
+    out = [
+        model(
+            torch.from_numpy(ids[s : s + chunk]),
+            torch.from_numpy(level[s : s + chunk]),
+            torch.from_numpy(age[s : s + chunk]),
+        ).numpy()
+        for s in range(0, len(ids), chunk)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, model.config.d_model), np.float32)
