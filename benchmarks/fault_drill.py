@@ -95,9 +95,11 @@ def redis_kill(artifacts, by_user, users, tmp: Path) -> dict:
 
 
 def overload(artifacts, by_user, users, clients, seconds, url) -> dict:
+    """Fresh events only (no replays: a duplicate is answered without inference and would flatter latency)."""
     svc = ServiceProcess(artifacts, url, key_prefix="drill-over", **KEEP_ALL)
     rss0 = svc.rss_bytes()
-    calm, _ = timed_load(svc.base, streams(by_user, users[:1], "calm-"), seconds, retry=False, loop=True)
+    calm_stream = [req for u in streams(by_user, users, "calm-") for req in u]
+    calm, _ = timed_load(svc.base, [calm_stream], seconds, retry=False)
     many = [users[i % len(users)] for i in range(clients)]
     s = [[[dict(e, user_id=f"over{i}-{e['user_id']}") for e in req] for req in by_user[u]] for i, u in enumerate(many)]
     rss = []
@@ -110,7 +112,7 @@ def overload(artifacts, by_user, users, clients, seconds, url) -> dict:
 
     th = threading.Thread(target=sample)
     th.start()
-    hot, depths = timed_load(svc.base, s, seconds, retry=False, loop=True)
+    hot, depths = timed_load(svc.base, s, seconds, retry=False)
     sampler_stop.set()
     th.join()
     lost = lost_windows(svc.base, hot.acknowledged)

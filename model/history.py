@@ -34,11 +34,11 @@ class Block(nn.Module):
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = (q @ k.transpose(-1, -2)) / (d // self.heads) ** 0.5 + bias
-        x = x + self.out((att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d))
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # fused: no [B, H, T, T] in Python
+        x = x + self.out(att.transpose(1, 2).reshape(b, t, d))
         return x + self.ff(self.ln2(x))
 
 
@@ -61,9 +61,9 @@ class HistoryModel(nn.Module):
         causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
         allowed = causal.unsqueeze(0) & (ids != 0).unsqueeze(1)  # [B, T, T]: earlier, real tokens only
         allowed = allowed | torch.eye(t, dtype=torch.bool, device=ids.device).unsqueeze(0)  # pads see themselves
-        bias = torch.zeros(allowed.shape, device=ids.device).masked_fill(~allowed, -1e9).unsqueeze(1)
+        allowed = allowed.unsqueeze(1)  # [B, 1, T, T], shared by the heads
         for block in self.blocks:
-            x = block(x, bias)
+            x = block(x, allowed)
         return self.ln(x)
 
     @staticmethod

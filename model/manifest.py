@@ -44,6 +44,16 @@ class TabularInfo(BaseModel):
     feature_names: list[str]
 
 
+class HistoryInfo(BaseModel):
+    """The history model (user embeddings from token histories), see model/history.py and model/sequence.py."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    dim: int
+    max_tokens: int
+    max_age: int
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     schema_version: int = SCHEMA_VERSION
@@ -54,6 +64,7 @@ class Manifest(BaseModel):
     quantizer: QuantizerInfo
     tabular: dict[str, TabularInfo]
     vocabulary: VocabularyLayout
+    history: HistoryInfo | None = None  # absent when training skipped the alignment stage
     files: dict[str, str]  # relative path -> sha256
 
     def token_vocabulary(self) -> TokenVocabulary:

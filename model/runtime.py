@@ -78,6 +78,11 @@ class OnnxTextEncoder:
         )
 
     def run_ids(self, ids: Sequence[list[int]]) -> np.ndarray:
+        if self.info.precision == "int8" and len(ids) > 1:
+            # Dynamic int8 quantization scales activations over the whole input tensor, so a batched window's
+            # embedding would depend on its batch-mates (measured: 71% of windows changed a code). One window
+            # per run keeps a window's tokens a function of the window alone, in training and in serving.
+            return np.concatenate([self.run_ids([x]) for x in ids])
         input_ids, mask = self.tokenizer.pad(ids)
         return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
@@ -121,6 +126,14 @@ class TokenizerRuntime:
             for name, t in self.manifest.tabular.items()
         }
         self.vocabulary = self.manifest.token_vocabulary()
+        h = self.manifest.history
+        self.history = ort.InferenceSession(str(self.directory / h.file), so, providers=self.providers) if h else None
+
+    def embed_histories(self, ids: np.ndarray, level: np.ndarray, age: np.ndarray) -> np.ndarray:
+        """Token-history sequences [B, max_tokens] (model.sequence) -> user embeddings [B, dim]."""
+        if self.history is None:
+            raise RuntimeError("these artifacts have no history model (trained with align.enabled: false)")
+        return self.history.run(None, {"token_ids": ids, "level": level, "age": age})[0]
 
     def embed_tabular(self, source: str, features: np.ndarray) -> np.ndarray:
         return self.tabular[source].run(None, {"features": np.asarray(features, dtype=np.float32)})[0]

@@ -33,9 +33,10 @@ def window_start(ts, period_s: int):
     return int(starts) if starts.ndim == 0 else starts
 
 
-def window_index(ts: float, period_s: int) -> int:
-    """Ordinal of the window holding `ts` (what the history store keeps, in 4 bytes)."""
-    return int((ts - WINDOW_ORIGIN) // period_s)
+def window_index(ts, period_s: int):
+    """Ordinal of the window holding `ts` (what the history store keeps, in 4 bytes); a number or an array."""
+    idx = np.floor_divide(np.asarray(ts, dtype=np.float64) - WINDOW_ORIGIN, period_s).astype(np.int64)
+    return int(idx) if idx.ndim == 0 else idx
 
 
 def index_start(index: int, period_s: int) -> int:

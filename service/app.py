@@ -20,12 +20,14 @@ from redis.exceptions import RedisError
 
 from model.manifest import Manifest
 from model.runtime import TokenizerRuntime
+from model.sequence import history_sequence
 from model.sources import index_start
-from service.batcher import MicroBatcher, QueueFull, WindowJob
+from service.batcher import EmbeddingBatcher, MicroBatcher, QueueFull, WindowJob
 from service.embedded_redis import EmbeddedRedis
 from service.ingest import EventTokenizer, timed_redis, validation_errors
 from service.metrics import ServiceMetrics
 from service.schemas import (
+    BatchEmbeddingRequest,
     BatchHistoryRequest,
     BatchHistoryResponse,
     HistoryResponse,
@@ -48,6 +50,7 @@ class ServiceState:
     batcher: MicroBatcher
     tokenizer: EventTokenizer
     embedded: EmbeddedRedis | None
+    embedder: EmbeddingBatcher | None
     warmed: bool = False
 
 
@@ -170,6 +173,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.max_queue_delay_ms,
         )
         await batcher.start()
+        embedder = None
+        if runtime.history is not None:
+            embedder = EmbeddingBatcher(runtime, settings.max_batch_size, settings.max_wait_ms)
+            await embedder.start()
         state = ServiceState(
             settings,
             manifest,
@@ -180,6 +187,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             batcher,
             EventTokenizer(manifest, store, batcher, metrics),
             embedded,
+            embedder,
         )
         for job in warm_up(batcher, manifest):  # one at a time: the queue may hold a single window
             await batcher.submit([job])
@@ -189,6 +197,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             await batcher.stop()  # drain: every window already submitted is finished and committed
+            if embedder:
+                await embedder.stop()
             await client.aclose()
             if embedded:
                 embedded.stop()
@@ -377,7 +387,65 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         h = await histories(s, users, srcs, body.since, body.until, body.limit, body.format)
         return ORJSONResponse({"model_version": s.manifest.model_version, "users": h})
 
+    async def user_embeddings(s: ServiceState, users: list[str]) -> dict[str, dict | None]:
+        if s.embedder is None:
+            raise _NoHistoryModel
+        h = s.manifest.history
+        with timed_redis(s.metrics, "read"):
+            raw = await s.store.read(users, s.tokenizer.source_names)
+        seqs, found = [], []
+        for user in users:
+            items = [
+                (e["window"].astype(np.int64), np.full(len(e), s.tokenizer.source_index[src]), e["codes"])
+                for src, e in raw[user].items()
+                if len(e)
+            ]
+            if not items:
+                continue
+            windows = np.concatenate([x[0] for x in items])
+            src_idx = np.concatenate([x[1] for x in items])
+            ids = s.tokenizer.vocabulary.ids(src_idx, np.concatenate([x[2] for x in items]))
+            seqs.append(history_sequence(windows, src_idx, ids, h.max_tokens, h.max_age))
+            found.append((user, len(windows)))
+        vectors = await s.embedder.embed(seqs) if seqs else []
+        out: dict[str, dict | None] = dict.fromkeys(users)
+        for (user, n), v in zip(found, vectors, strict=True):
+            out[user] = {"windows": n, "embedding": v.tolist()}
+        return out
+
+    @app.get("/users/{user_id}/embedding", tags=["embeddings"], dependencies=[reader])
+    async def user_embedding(user_id: UserId, s: ServiceState = Depends(state)):
+        """The user's dense embedding, computed from their stored token history by the history model."""
+        e = (await user_embeddings(s, [user_id]))[user_id]
+        if e is None:
+            return ORJSONResponse({"detail": f"no token history for user {user_id!r}"}, 404)
+        return ORJSONResponse({"user_id": user_id, "model_version": s.manifest.model_version, **e})
+
+    @app.post("/users/embeddings", tags=["embeddings"], dependencies=[reader])
+    async def many_user_embeddings(body: BatchEmbeddingRequest, s: ServiceState = Depends(state)):
+        """Embeddings of many users in one call (null for a user with no history)."""
+        if len(body.user_ids) > settings.max_users_per_read:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["body", "user_ids"],
+                        "type": "too_long",
+                        "msg": f"at most {settings.max_users_per_read} users per call",
+                    }
+                ]
+            )
+        users = list(dict.fromkeys(body.user_ids))
+        return ORJSONResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})
+
+    @app.exception_handler(_NoHistoryModel)
+    async def no_history_model(request, exc):
+        return ORJSONResponse({"detail": "this model has no history model (trained without the alignment stage)"}, 501)
+
     return app
+
+
+class _NoHistoryModel(Exception):
+    pass
 
 
 class _Unauthorized(Exception):

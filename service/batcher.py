@@ -180,3 +180,66 @@ class MicroBatcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._prep_pool.shutdown(wait=True)
         self._infer_pool.shutdown(wait=True)
+
+
+class EmbeddingBatcher:
+    """Gathers token histories from concurrent requests into one ONNX Runtime call of the history model
+    (up to `max_batch_size` histories or `max_wait_ms`), off the event loop."""
+
+    def __init__(self, runtime: TokenizerRuntime, max_batch_size: int = 64, max_wait_ms: float = 5.0):
+        self.runtime, self.max_batch_size, self.max_wait_s = runtime, max_batch_size, max_wait_ms / 1000
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-history")
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def embed(self, sequences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for seq in sequences:
+            fut = loop.create_future()
+            self._queue.put_nowait((seq, fut))
+            futures.append(fut)
+        return np.stack(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            batch, deadline = [item], loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - loop.time()
+                try:
+                    nxt = (
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                if nxt is None:
+                    self._queue.put_nowait(None)
+                    break
+                batch.append(nxt)
+            arrays = [np.stack([seq[i] for seq, _ in batch]) for i in range(3)]
+            try:
+                out = await loop.run_in_executor(self._pool, self.runtime.embed_histories, *arrays)
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the batcher
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), row in zip(batch, out, strict=True):
+                if not fut.done():
+                    fut.set_result(row)
+
+    async def stop(self) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._pool.shutdown(wait=True)

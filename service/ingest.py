@@ -98,6 +98,7 @@ class EventTokenizer:
         self.strings = [self.vocabulary.string(i) for i in range(self.vocabulary.size)]
         self.period = manifest.sources.period_s
         self.source_index = {s.name: i for i, s in enumerate(manifest.sources.sources)}
+        self.source_names = list(self.source_index)
         self._seen = [set() for _ in range(self.vocabulary.levels)]
 
     async def tokenize(self, events: list[EventIn]) -> TokenizeResponse:

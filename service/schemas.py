@@ -112,6 +112,11 @@ class BatchHistoryRequest(BaseModel):
     format: Literal["ids", "strings", "both"] = "ids"
 
 
+class BatchEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_ids: list[UserId] = Field(min_length=1, examples=[["1001", "1002"]])
+
+
 class BatchHistoryResponse(BaseModel):
     model_version: str
     users: dict[str, list[WindowTokens]]

@@ -24,7 +24,7 @@ class ServiceSettings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue_windows: int = Field(4096, ge=1)  # beyond this, POST /tokenize answers 429
     # ... and beyond this expected wait (queued windows / measured inference rate); 0 turns it off
-    max_queue_delay_ms: float = Field(500.0, ge=0)
+    max_queue_delay_ms: float = Field(100.0, ge=0)
 
     history_days: int = Field(180, ge=1)  # the paper's 180-day history
     ttl_days: int = Field(180, ge=1)  # a history untouched this long expires

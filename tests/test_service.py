@@ -272,3 +272,54 @@ def test_service_imports_without_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_embedding_endpoint_round_trip_matches_the_history_model_offline(serve, one_user, trained_dir):
+    import torch
+
+    from model.sequence import history_sequence
+    from model.sources import window_index
+    from training.alignment import load_history_model
+
+    base, _ = serve()
+    df, _ = one_user
+    user = df["user_id"].iloc[0]
+    assert post(base, api_events(df)).status_code == 200
+    got = httpx.get(f"{base}/users/{user}/embedding").json()
+    hist = httpx.get(f"{base}/users/{user}/tokens").json()
+
+    rt = TokenizerRuntime(trained_dir[0], providers="cpu")
+    names = [s.name for s in rt.manifest.sources.sources]
+    starts = np.array([int(np.datetime64(w["window_start"].rstrip("Z"), "s").astype(int)) for w in hist["windows"]])
+    seq = history_sequence(
+        window_index(starts, rt.manifest.sources.period_s),
+        np.array([names.index(w["source"]) for w in hist["windows"]]),
+        np.array([w["tokens"] for w in hist["windows"]]),
+        rt.manifest.history.max_tokens,
+        rt.manifest.history.max_age,
+    )
+    offline = rt.embed_histories(*(x[None] for x in seq))[0]
+    with torch.no_grad():
+        reference = load_history_model(trained_dir[0] / "checkpoint")(*(torch.from_numpy(x[None]) for x in seq))[0]
+    served = np.array(got["embedding"])
+    assert got["windows"] == len(hist["windows"]) and got["model_version"] == hist["model_version"]
+    assert len(served) == rt.manifest.history.dim and np.linalg.norm(served) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(served, offline, atol=1e-5)
+    np.testing.assert_allclose(served, reference.numpy(), atol=1e-4)  # ONNX Runtime vs PyTorch
+
+    assert httpx.get(f"{base}/users/nobody/embedding").status_code == 404
+    many = httpx.post(f"{base}/users/embeddings", json={"user_ids": [user, "nobody"]}).json()["users"]
+    assert many["nobody"] is None
+    np.testing.assert_allclose(many[user]["embedding"], served, atol=1e-6)
+
+
+def test_every_key_of_a_user_lives_in_one_redis_cluster_slot(serve, one_user, redis_server):
+    from redis.crc import key_slot
+
+    base, settings = serve()
+    df, _ = one_user
+    user = df["user_id"].iloc[0]
+    assert post(base, api_events(df)).status_code == 200
+    keys = list(redis.Redis(port=redis_server.port).scan_iter(f"{settings.key_prefix}:*"))
+    assert len(keys) > 3 and all(f"{{{user}}}".encode() in k for k in keys)
+    assert len({key_slot(k) for k in keys}) == 1

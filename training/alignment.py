@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from model.history import HistoryConfig, HistoryModel
@@ -24,25 +23,7 @@ from model.sequence import history_sequence
 from model.sources import SourcesConfig, window_index
 from model.vocabulary import TokenVocabulary
 from model.windows import render_text_window
-
-
-class AlignConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    tasks: list[str] = ["token", "window", "semantic"]  # any subset; [] = no pretext task (untrained)
-    weights: dict[str, float] = {"token": 0.2, "window": 0.4, "semantic": 0.4}  # lambda_1..3
-    tau_token: float = 8.0  # tau_t of eq. 11
-    tau_window: float = 0.1
-    tau_semantic: float = 0.1
-    history_weeks: int = 26  # the paper's 180 days
-    future_weeks: int = 4  # t2: the span the semantic description covers
-    crop_every_weeks: int = 6  # one training sample per user every N weeks
-    d_model: int = 64
-    layers: int = 2
-    epochs: int = Field(4, ge=0)
-    batch_size: int = 64
-    lr: float = 2e-3
-    seed: int = 0
+from training.config import AlignConfig
 
 
 def token_alignment_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
@@ -73,20 +54,31 @@ class AlignmentSamples:
 def describe(events: pd.DataFrame, sources: SourcesConfig) -> str:
     """eq. 13's F(.): a template description of a span of a user's events, per source, rendered with the
     same window rendering as the tokenizer's input."""
-    parts = []
-    for spec in sources.sources:
-        ev = events[events["source"] == spec.name]
-        if ev.empty:
-            continue
-        if spec.kind == "text":
-            amounts = ev["amount"].to_numpy(np.float64) if "amount" in ev else None
-            parts.append(
-                f"{spec.name}: "
-                + render_text_window(ev["text"].astype(str).to_numpy(), ev["ts"].to_numpy(), amounts, spec.template)
-            )
-        else:
-            parts.append(f"{spec.name}: {len(ev)} events")
-    return "; ".join(parts) if parts else "no activity"
+    cols = EventColumns(events)
+    return cols.describe(np.arange(len(events)), sources)
+
+
+class EventColumns:
+    """The events' columns as arrays, so describing thousands of spans needs no DataFrame slicing."""
+
+    def __init__(self, events: pd.DataFrame):
+        self.source = events["source"].to_numpy()
+        self.text = events["text"].fillna("").astype(str).to_numpy() if "text" in events else None
+        self.ts = events["ts"].to_numpy()
+        self.amount = events["amount"].to_numpy(np.float64) if "amount" in events else None
+
+    def describe(self, rows: np.ndarray, sources: SourcesConfig) -> str:
+        parts = []
+        for spec in sources.sources:
+            r = rows[self.source[rows] == spec.name]
+            if len(r) == 0:
+                continue
+            if spec.kind == "text":
+                amounts = None if self.amount is None else self.amount[r]
+                parts.append(f"{spec.name}: " + render_text_window(self.text[r], self.ts[r], amounts, spec.template))
+            else:
+                parts.append(f"{spec.name}: {len(r)} events")
+        return "; ".join(parts) if parts else "no activity"
 
 
 def build_samples(
@@ -104,7 +96,8 @@ def build_samples(
     period = sources.period_s
     w_idx = window_index(windows["window_start"].to_numpy(), period)
     ev_idx = window_index(events["ts"].to_numpy(), period)
-    ev_by_user = {u: np.flatnonzero(m) for u, m in _groups(events["user_id"].to_numpy())}
+    ev_by_user = dict(_groups(events["user_id"].to_numpy()))
+    cols = EventColumns(events)
     limit = None if until is None else window_index(np.array([until]), period)[0]
     rows = {k: [] for k in ("ids", "level", "age", "a", "b", "desc", "user")}
     src = windows["source_index"].to_numpy()
@@ -129,9 +122,10 @@ def build_samples(
             rows["ids"].append(seq[0])
             rows["level"].append(seq[1])
             rows["age"].append(seq[2])
-            rows["a"].append(history_sequence(w_idx[even], src[even], token_ids[even], hcfg.max_tokens, hcfg.max_age))
-            rows["b"].append(history_sequence(w_idx[odd], src[odd], token_ids[odd], hcfg.max_tokens, hcfg.max_age))
-            rows["desc"].append(describe(events.iloc[future], sources))
+            half = hcfg.max_tokens // 2  # a view holds half of the span's windows
+            rows["a"].append(history_sequence(w_idx[even], src[even], token_ids[even], half, hcfg.max_age))
+            rows["b"].append(history_sequence(w_idx[odd], src[odd], token_ids[odd], half, hcfg.max_age))
+            rows["desc"].append(cols.describe(np.sort(future), sources))
             rows["user"].append(user)
 
     def stack3(views):
@@ -239,3 +233,55 @@ def embed_users(model: HistoryModel, ids: np.ndarray, level: np.ndarray, age: np
         for s in range(0, len(ids), chunk)
     ]
     return np.concatenate(out) if out else np.zeros((0, model.config.d_model), np.float32)
+
+
+HISTORY_WEIGHTS = "history.safetensors"
+HISTORY_CONFIG = "history.json"
+
+
+def fit_alignment(
+    cfg,
+    windows: pd.DataFrame,
+    token_ids: np.ndarray,
+    events: pd.DataFrame,
+    quantizer,
+    vocabulary: TokenVocabulary,
+    encoder_dir,
+    encoder_info,
+    cache_dir,
+    progress: bool = True,
+) -> tuple[HistoryModel, list[dict], int]:
+    """The alignment stage of `u2qt train`: samples from every user's token history, descriptions embedded by
+    the same ONNX text encoder, then the history model trained on cfg.align's tasks."""
+    from training.embeddings import embed_texts_cached
+
+    a = cfg.align
+    hcfg = HistoryConfig(
+        vocab_size=vocabulary.size,
+        code_dim=quantizer.dim,
+        levels=vocabulary.levels,
+        text_dim=encoder_info.dim,
+        d_model=a.d_model,
+        layers=a.layers,
+    )
+    samples = build_samples(windows, token_ids, events, cfg.sources, a, hcfg, progress=progress)
+    desc, _ = embed_texts_cached(samples.description, encoder_dir, encoder_info, cache_dir, 64, progress)
+    model, log = train_history_model(samples, desc, token_table(quantizer, vocabulary), hcfg, a, progress)
+    return model, log, len(samples.ids)
+
+
+def save_history_model(directory, model: HistoryModel) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / HISTORY_WEIGHTS)
+    (directory / HISTORY_CONFIG).write_text(model.config.model_dump_json(indent=2))
+
+
+def load_history_model(directory) -> HistoryModel | None:
+    from safetensors.torch import load_file
+
+    if not (directory / HISTORY_WEIGHTS).is_file():
+        return None
+    model = HistoryModel(HistoryConfig.model_validate_json((directory / HISTORY_CONFIG).read_text()))
+    model.load_state_dict(load_file(directory / HISTORY_WEIGHTS))
+    return model.eval()

@@ -68,6 +68,94 @@ def cmd_train(args) -> None:
     print(f"next: u2qt export {args.out}")
 
 
+def _load_events(args, sources, max_users=None, seed=0):
+    from training.events import keep_users, normalize_events, read_events
+
+    if getattr(args, "events", None):
+        events = read_events(args.events)
+    else:
+        from training.completejourney import load_events
+
+        print("loading The Complete Journey ...", flush=True)
+        events = load_events()
+    return keep_users(normalize_events(events, sources), max_users, seed)
+
+
+def cmd_align(args) -> None:
+    """The alignment stage alone, on an existing training directory (e.g. one trained without it)."""
+    import numpy as np
+
+    from model.vocabulary import TokenVocabulary
+    from training.alignment import fit_alignment, save_history_model
+    from training.train import CHECKPOINT_DIR, load_checkpoint
+
+    out = Path(args.train_dir)
+    ck = load_checkpoint(out)
+    cfg = ck.train_config
+    if args.epochs is not None:
+        cfg.align.epochs = args.epochs
+    events = _load_events(args, cfg.sources, cfg.max_users, cfg.optim.seed)
+    z = np.load(out / "windows.npz")
+    c = ck.model.config
+    vocab = TokenVocabulary(c.sources, c.shared_levels, c.specific_levels, c.codebook_size)
+    import pandas as pd
+
+    windows = pd.DataFrame(
+        {"user_id": z["user_id"], "source_index": z["source_index"], "window_start": z["window_start"]}
+    )
+    t0 = time.perf_counter()
+    model, log, n = fit_alignment(
+        cfg,
+        windows,
+        vocab.ids(z["source_index"], z["codes"]),
+        events,
+        ck.model.quantizer,
+        vocab,
+        out / "encoder",
+        ck.encoder,
+        out / "cache",
+    )
+    save_history_model(out / CHECKPOINT_DIR, model)
+    report_path = out / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["alignment"] = {"samples": n, "losses_by_epoch": log, "seconds": round(time.perf_counter() - t0, 1)}
+    report_path.write_text(json.dumps(report, indent=2))
+    print(f"history model trained on {n:,} samples in {time.perf_counter() - t0:.0f} s; losses by epoch: {log}")
+    print(f"next: u2qt export {out}")
+
+
+def cmd_eval(args) -> None:
+    from training.config import AlignConfig
+    from training.evaluation import EvalConfig, run_eval
+    from training.train import load_checkpoint
+
+    train_dir = Path(args.train_dir)
+    cfg = EvalConfig(
+        cutoff=args.cutoff,
+        seeds=args.seeds,
+        tokenizer_epochs=args.tokenizer_epochs,
+        align=AlignConfig(epochs=args.align_epochs),
+        ablations=not args.no_ablations,
+    )
+    events = labels = None
+    if args.events or args.labels:
+        if not (args.events and args.labels):
+            raise CLIError("--events and --labels go together (labels: user_id + one 0/1 column per task)")
+        import pandas as pd
+
+        events = _load_events(args, load_checkpoint(train_dir).train_config.sources)
+        lp = Path(args.labels)
+        labels = pd.read_parquet(lp) if lp.suffix == ".parquet" else pd.read_csv(lp)
+        if "user_id" not in labels:
+            raise CLIError(f"{lp}: needs a user_id column")
+        labels = labels.assign(user_id=labels["user_id"].astype(str)).set_index("user_id").astype(float)
+    report = run_eval(train_dir, Path(args.out), cfg, events, labels)
+    print(
+        f"wrote {args.out}/report.md ({len(report['results'])} tasks, {report['users']} users, "
+        f"{report['wall_s']:.0f} s)"
+    )
+
+
 def format_report(r: dict) -> str:
     lines = [
         f"windows: {r['windows']:,}  " + ", ".join(f"{k} {v:,}" for k, v in r.get("windows_by_source", {}).items())
@@ -108,6 +196,8 @@ def cmd_export(args) -> None:
         f"ONNX Runtime vs PyTorch on {check['windows']:,} training windows: identical codes "
         f"{check['identical_codes']:.2%}, max latent difference {check['max_latent_diff']:.1e}"
     )
+    if "history_max_diff" in check:
+        print(f"history model, ONNX Runtime vs PyTorch: max embedding difference {check['history_max_diff']:.1e}")
 
 
 def cmd_inspect(args) -> None:
@@ -207,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--code-dim", type=int)
     t.add_argument("--text-model", help="'all-MiniLM-L6-v2' (bundled) or a local Hugging Face model dir")
     t.add_argument("--pooling", choices=["mean", "last_token"])
-    t.add_argument("--precision", choices=["fp32", "int8"], help="text encoder precision (default int8)")
+    t.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        help="text encoder precision (default fp32; int8 runs one window at a time)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="export a trained tokenizer to ONNX + manifest.json")
@@ -219,6 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("train_dir")
     i.add_argument("--plot", help="where to save the PNG (default TRAIN_DIR/utilization.png)")
     i.set_defaults(func=cmd_inspect)
+    al = sub.add_parser("align", help="train the history model (alignment pretext tasks) on a training dir")
+    al.add_argument("train_dir")
+    al.add_argument("--dataset", choices=["completejourney"], default="completejourney")
+    al.add_argument("--events", help="the canonical events the directory was trained on")
+    al.add_argument("--epochs", type=int)
+    al.set_defaults(func=cmd_align)
+
+    ev = sub.add_parser("eval", help="linear probes (AUC/KS), ablations and storage: a markdown report")
+    ev.add_argument("train_dir")
+    ev.add_argument("--out", required=True, help="report directory (report.md, report.json, PNG plots)")
+    ev.add_argument("--cutoff", default="2017-10-01", help="representations use data before this date")
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ev.add_argument("--tokenizer-epochs", type=int, default=10)
+    ev.add_argument("--align-epochs", type=int, default=3)
+    ev.add_argument("--no-ablations", action="store_true", help="skip the source-removal tokenizers")
+    ev.add_argument("--events", help="your canonical events (default: The Complete Journey)")
+    ev.add_argument("--labels", help="csv/parquet: user_id + one 0/1 column per task")
+    ev.set_defaults(func=cmd_eval)
+
     sv = sub.add_parser("serve", help="serve an exported tokenizer over HTTP")
     sv.add_argument("--artifacts", help="artifact directory with manifest.json (default $U2QT_ARTIFACTS)")
     sv.add_argument("--host", default="127.0.0.1")

@@ -21,8 +21,9 @@ class EncoderConfig(BaseModel):
     normalize: bool = True
     max_tokens: int = Field(96, ge=8, le=8192)
     text_prefix: str = ""
-    # int8 = dynamic per-channel quantization of the exported text model (faster on CPU than fp32).
-    precision: Literal["fp32", "int8"] = "int8"
+    # fp32: a window's embedding does not depend on what else is in its batch. int8 (dynamic quantization)
+    # is smaller, but its activation scales span the batch, so it runs one window at a time.
+    precision: Literal["fp32", "int8"] = "fp32"
     batch_size: int = 64
 
 
@@ -50,12 +51,34 @@ class OptimConfig(BaseModel):
     seed: int = 0
 
 
+class AlignConfig(BaseModel):
+    """The alignment stage (paper 4.3): the history model and its pretext tasks, see training/alignment.py."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    tasks: list[str] = ["token", "window", "semantic"]  # any subset; [] = no pretext task (untrained)
+    weights: dict[str, float] = {"token": 0.2, "window": 0.4, "semantic": 0.4}  # lambda_1..3
+    tau_token: float = 8.0  # tau_t of eq. 11
+    tau_window: float = 0.1
+    tau_semantic: float = 0.1
+    history_weeks: int = 26  # the paper's 180 days
+    future_weeks: int = 4  # t2: the span the semantic description covers
+    crop_every_weeks: int = 8  # one training sample per user every N weeks
+    d_model: int = 64
+    layers: int = 2
+    epochs: int = Field(3, ge=0)
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: SourcesConfig
     encoder: EncoderConfig = EncoderConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
     optim: OptimConfig = OptimConfig()
+    align: AlignConfig = AlignConfig()
     max_users: int | None = None
 
     @classmethod

@@ -11,17 +11,19 @@ import numpy as np
 import torch
 
 from model.architecture import QuantizerGraph, U2QTModel
-from model.manifest import Manifest, QuantizerInfo, TabularInfo, sha256_file
+from model.manifest import HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
 from model.runtime import TokenizerRuntime
 from model.windows import tabular_feature_names
-from training.train import load_checkpoint
+from training.alignment import load_history_model
+from training.train import CHECKPOINT_DIR, load_checkpoint
 
 QUANTIZER_FILE = "quantizer.onnx"
+HISTORY_FILE = "history.onnx"
 VERIFY_SAMPLE = "verify_sample.npz"
 
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
-    batch = torch.export.Dim("batch")
+    batch = torch.export.Dim("batch", min=1)
     shapes = tuple({0: batch} for _ in args)
     with torch.no_grad():
         torch.onnx.export(
@@ -67,10 +69,30 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
         _export(enc.eval(), (torch.randn(n, enc.mean.numel()),), out / f, ["features"], ["tabular_embedding"])
         tabular[name] = TabularInfo(file=f, feature_names=tabular_feature_names(specs[name]))
 
+    history = None
+    history_model = load_history_model(train_dir / CHECKPOINT_DIR)
+    if history_model is not None:
+        hc = history_model.config
+        ids = torch.randint(1, hc.vocab_size, (3, hc.max_tokens))
+        ids[0, 40:] = 0  # a short, padded history among the examples
+        _export(
+            history_model,
+            (
+                ids,
+                torch.arange(hc.max_tokens).repeat(3, 1) % hc.levels,
+                torch.zeros(3, hc.max_tokens, dtype=torch.long),
+            ),
+            out / HISTORY_FILE,
+            ["token_ids", "level", "age"],
+            ["user_embedding"],
+        )
+        history = HistoryInfo(file=HISTORY_FILE, dim=hc.d_model, max_tokens=hc.max_tokens, max_age=hc.max_age)
+
     encoder = ck.encoder.model_copy(
         update={"file": f"encoder/{ck.encoder.file}", "tokenizer_file": f"encoder/{ck.encoder.tokenizer_file}"}
     )
     rels = [QUANTIZER_FILE, *(t.file for t in tabular.values()), encoder.tokenizer_file]
+    rels += [HISTORY_FILE] if history else []
     rels += [str(p.relative_to(out)) for p in (out / "encoder").glob(ck.encoder.file + "*")]
     files = {r: sha256_file(out / r) for r in sorted(rels)}
     digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in files.items()).encode())
@@ -89,6 +111,7 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
         ),
         tabular=tabular,
         vocabulary=_layout(c),
+        history=history,
         files=files,
     )
     manifest.save(out)
@@ -124,8 +147,22 @@ def verify_against_torch(train_dir: str | Path, export_dir: str | Path | None = 
             )
         )
         ref_codes = ck.model.quantizer.encode(z, torch.from_numpy(src))[0].numpy()
-    return {
+    out = {
         "windows": int(len(src)),
         "identical_codes": float((codes == ref_codes).all(1).mean()),
         "max_latent_diff": float(np.abs(latent - z.numpy()).max()),
     }
+    history = load_history_model(train_dir / CHECKPOINT_DIR)
+    if history is not None and rt.history is not None:
+        hc = history.config
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, hc.vocab_size, (16, hc.max_tokens), generator=gen)
+        for i in range(16):
+            ids[i, int(torch.randint(1, hc.max_tokens, (1,), generator=gen)) :] = 0
+        level = torch.arange(hc.max_tokens).repeat(16, 1) % hc.levels
+        age = torch.randint(0, hc.max_age + 1, (16, hc.max_tokens), generator=gen)
+        with torch.no_grad():
+            ref = history(ids, level, age).numpy()
+        got = rt.embed_histories(ids.numpy(), level.numpy(), age.numpy())
+        out["history_max_diff"] = float(np.abs(got - ref).max())
+    return out

@@ -101,29 +101,25 @@ def encode_all(model: U2QTModel, text_emb, source, features, chunk: int = 8192):
     return torch.cat(codes).numpy(), torch.cat(cos).numpy()
 
 
-def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = True) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    o, timings = cfg.optim, {}
+def fit_mrq(
+    cfg: TrainConfig,
+    corpus: WindowCorpus,
+    text_emb: np.ndarray,
+    text_dim: int,
+    holdout: np.ndarray,
+    progress: bool,
+    rng: np.random.Generator | None = None,
+) -> tuple[U2QTModel, list[dict], int, dict]:
+    """Standardization statistics, k-means init and the MRQ-VAE training loop on one window corpus."""
+    o, q, timings = cfg.optim, cfg.quantizer, {}
     torch.manual_seed(o.seed)
-    torch.use_deterministic_algorithms(True)
-    t = time.perf_counter()
-    corpus = build_corpus(events, cfg.sources, progress)
-    if len(corpus) == 0:
-        raise ValueError("no windows: the events are empty after filtering")
-    timings["windows_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    info, text_emb, text_stats = embed_corpus(corpus, cfg, out, progress)
-    timings["encode_s"] = time.perf_counter() - t
-
     names = [s.name for s in cfg.sources.sources]
-    q = cfg.quantizer
+    rng = rng or np.random.default_rng(o.seed)
     model = U2QTModel(
         ModelConfig(
             sources=names,
             tabular_features={k: v.shape[1] for k, v in corpus.features.items()},
-            text_dim=info.dim,
+            text_dim=text_dim,
             hidden_dim=q.hidden_dim,
             code_dim=q.code_dim,
             shared_levels=q.shared_levels,
@@ -133,12 +129,6 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
         )
     )
     emb, source, features = corpus_tensors(corpus, text_emb)
-
-    users = np.sort(corpus.windows["user_id"].unique())
-    rng = np.random.default_rng(o.seed)
-    n_hold = int(len(users) * o.holdout_fraction)
-    held = set(rng.permutation(users)[:n_hold])
-    holdout = corpus.windows["user_id"].isin(held).to_numpy()
     train_idx = torch.from_numpy(np.flatnonzero(~holdout))
     for i, spec in enumerate(cfg.sources.sources):
         rows = ((source == i) & torch.from_numpy(~holdout)).numpy()
@@ -190,6 +180,35 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
             history.append(dict(zip(["loss", "recon", "rq"], (sums / steps_per_epoch).round(5).tolist(), strict=True)))
     timings["train_s"] = time.perf_counter() - t
     model.eval()
+    return model, history, restarted, timings
+
+
+def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = True) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    o, timings = cfg.optim, {}
+    torch.manual_seed(o.seed)
+    torch.use_deterministic_algorithms(True)
+    t = time.perf_counter()
+    corpus = build_corpus(events, cfg.sources, progress)
+    if len(corpus) == 0:
+        raise ValueError("no windows: the events are empty after filtering")
+    timings["windows_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    info, text_emb, text_stats = embed_corpus(corpus, cfg, out, progress)
+    timings["encode_s"] = time.perf_counter() - t
+
+    names = [s.name for s in cfg.sources.sources]
+    q = cfg.quantizer
+    users = np.sort(corpus.windows["user_id"].unique())
+    rng = np.random.default_rng(o.seed)
+    n_hold = int(len(users) * o.holdout_fraction)
+    held = set(rng.permutation(users)[:n_hold])
+    holdout = corpus.windows["user_id"].isin(held).to_numpy()
+    model, history, restarted, fit_timings = fit_mrq(cfg, corpus, text_emb, info.dim, holdout, progress, rng)
+    timings.update(fit_timings)
+    emb, source, features = corpus_tensors(corpus, text_emb)
 
     codes, recon_cos = encode_all(model, emb, source, features)
     save_checkpoint(out, model, cfg, info)
@@ -210,8 +229,30 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
         source_index=source.numpy()[pick],
         **{f"features_{k}": v[pick] for k, v in corpus.features.items()},
     )
+    align_log, align_samples = [], 0
+    if cfg.align.enabled:
+        from model.vocabulary import TokenVocabulary
+        from training.alignment import fit_alignment, save_history_model
+
+        t = time.perf_counter()
+        vocab = TokenVocabulary(names, q.shared_levels, q.specific_levels, q.codebook_size)
+        history_model, align_log, align_samples = fit_alignment(
+            cfg,
+            corpus.windows,
+            vocab.ids(source.numpy(), codes),
+            events,
+            model.quantizer,
+            vocab,
+            out / "encoder",
+            info,
+            out / "cache",
+            progress,
+        )
+        save_history_model(out / CHECKPOINT_DIR, history_model)
+        timings["align_s"] = time.perf_counter() - t
     report = {
         "config": cfg.model_dump(),
+        "alignment": {"samples": align_samples, "losses_by_epoch": align_log},
         "users": int(len(users)),
         "holdout_users": n_hold,
         "windows_by_source": corpus.windows["source"].value_counts().to_dict(),

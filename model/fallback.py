@@ -1,0 +1,35 @@
+"""The collision fallback (paper eq. 9): users whose full token sequences are identical get a distinguishing
+special token, ordered by engagement.
+
+Deterministic: the order is (engagement descending, user id ascending), a function of the data alone, so the
+same data gives the same fallback ids in every process, on every re-run and after every restart (no hash
+randomization, no arrival order). Index 0 means "no collision" and adds no token.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable
+
+
+def assign_fallback(sequences: dict[str, Hashable], engagement: dict[str, float]) -> dict[str, int]:
+    """-> {user: fallback index} for users that share their sequence with another user (1, 2, ... in order
+    of engagement); users with a unique sequence are left out (index 0)."""
+    groups: dict[Hashable, list[str]] = defaultdict(list)
+    for user, seq in sequences.items():
+        groups[seq].append(user)
+    out = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ranked = sorted(members, key=lambda u: (-float(engagement.get(u, 0.0)), u))
+        out.update({u: i + 1 for i, u in enumerate(ranked)})
+    return dict(sorted(out.items()))
+
+
+def collision_rate(sequences: dict[str, Hashable]) -> float:
+    """Fraction of users whose full sequence is also some other user's."""
+    counts: dict[Hashable, int] = defaultdict(int)
+    for seq in sequences.values():
+        counts[seq] += 1
+    return sum(n for n in counts.values() if n > 1) / len(sequences) if sequences else 0.0

@@ -1,0 +1,432 @@
+"""`u2qt eval`: how good the tokens are, measured with linear probes on data a reader can check.
+
+Everything a representation sees comes from before the cut-off; the future-behaviour labels come from after
+it. The tokenizers compared here are trained by this harness on the pre-cut-off windows only (the encoder and
+its embedding cache are the training directory's), so no variant gets to see the period it is judged on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
+
+from model.fallback import assign_fallback, collision_rate
+from model.history import HistoryConfig
+from model.sequence import batch_sequences
+from model.sources import SourcesConfig, window_index
+from model.vocabulary import TokenVocabulary
+from training.alignment import build_samples, embed_users, token_table, train_history_model
+from training.config import AlignConfig, TrainConfig
+from training.corpus import WindowCorpus, build_corpus
+from training.embeddings import embed_texts_cached
+from training.probes import probe_seeds
+from training.train import corpus_tensors, fit_mrq, load_checkpoint
+
+ENTRY_BYTES_PER_WINDOW = {"window index": 4, "per token": 2}  # service/store.py's packed entry
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cutoff: str = "2017-10-01"
+    history_weeks: int = 26  # the representation span before the cut-off: the paper's 180 days
+    seeds: list[int] = [0, 1, 2]
+    tokenizer_epochs: int = 10
+    align: AlignConfig = AlignConfig()
+    ctr_categories: int = 100
+    ablations: bool = True
+    min_users: int = 50  # a task with fewer labelled users (or one class) is left out
+
+
+@dataclass
+class Tokenized:
+    name: str
+    vocabulary: TokenVocabulary
+    codes: np.ndarray  # [n_windows of the sub-corpus, L]
+    rows: np.ndarray  # indices into the full corpus
+    source_index: np.ndarray  # per row, into vocabulary.sources
+    model: object
+
+
+def subset(corpus: WindowCorpus, text_emb: np.ndarray, rows: np.ndarray, sources: SourcesConfig, keep: list[str]):
+    keep_rows = rows[corpus.windows["source"].to_numpy()[rows] != ""]
+    keep_rows = keep_rows[np.isin(corpus.windows["source"].to_numpy()[keep_rows], keep)]
+    w = corpus.windows.iloc[keep_rows].reset_index(drop=True).copy()
+    w["source_index"] = w["source"].map({s: i for i, s in enumerate(keep)})
+    feats = {k: v[keep_rows] for k, v in corpus.features.items() if k in keep}
+    sub_sources = SourcesConfig(window=sources.window, sources=[s for s in sources.sources if s.name in keep])
+    return WindowCorpus(w, feats), text_emb[keep_rows], keep_rows, sub_sources
+
+
+def fit_variant(name, base: TrainConfig, corpus, text_emb, pre_rows, keep, shared, specific, epochs, progress):
+    sub, emb, rows, srcs = subset(corpus, text_emb, pre_rows, base.sources, keep)
+    cfg = base.model_copy(deep=True)
+    cfg.sources = srcs
+    cfg.quantizer.shared_levels, cfg.quantizer.specific_levels = shared, specific
+    cfg.optim.epochs = epochs
+    model, *_ = fit_mrq(cfg, sub, emb, emb.shape[1], np.zeros(len(sub), bool), progress)
+    e, s, f = corpus_tensors(sub, emb)
+    with torch.no_grad():
+        codes = torch.cat(
+            [
+                model.quantizer.encode(
+                    model.encoder(
+                        model.source_embedding(
+                            e[i : i + 8192], s[i : i + 8192], {k: v[i : i + 8192] for k, v in f.items()}
+                        )
+                    ),
+                    s[i : i + 8192],
+                )[0]
+                for i in range(0, len(s), 8192)
+            ]
+        ).numpy()
+    vocab = TokenVocabulary(keep, shared, specific, cfg.quantizer.codebook_size)
+    return Tokenized(name, vocab, codes, rows, sub.windows["source_index"].to_numpy(), model)
+
+
+def bag_of_tokens(tok: Tokenized, corpus: WindowCorpus, span: np.ndarray, users: list[str]) -> np.ndarray:
+    in_span = span[tok.rows]
+    src = corpus.windows["source"].to_numpy()[tok.rows][in_span]
+    src_idx = np.array([tok.vocabulary.sources.index(x) for x in src], dtype=np.int64)
+    ids = tok.vocabulary.ids(src_idx, tok.codes[in_span])
+    uid = corpus.windows["user_id"].to_numpy()[tok.rows][in_span]
+    pos = {u: i for i, u in enumerate(users)}
+    x = np.zeros((len(users), tok.vocabulary.size), np.float32)
+    for u, row in zip(uid, ids, strict=True):
+        if u in pos:
+            np.add.at(x[pos[u]], row, 1.0)
+    return np.log1p(x)
+
+
+def pooled(values: np.ndarray, corpus: WindowCorpus, span: np.ndarray, users: list[str], sources: list[str]):
+    """mean of `values` over each user's windows in the span, per source, concatenated."""
+    w = corpus.windows
+    pos = {u: i for i, u in enumerate(users)}
+    out = np.zeros((len(users), len(sources), values.shape[1]), np.float32)
+    counts = np.zeros((len(users), len(sources), 1), np.float32)
+    for j, s in enumerate(sources):
+        rows = np.flatnonzero(span & (w["source"] == s).to_numpy())
+        for r in rows:
+            i = pos.get(w["user_id"].iat[r])
+            if i is not None:
+                out[i, j] += values[r]
+                counts[i, j] += 1
+    return (out / np.maximum(counts, 1)).reshape(len(users), -1)
+
+
+def raw_baseline(events: pd.DataFrame, sources: SourcesConfig, users: list[str], lo, hi, top: int = 1000):
+    """Bag of event texts (product categories, campaign types) and tabular attribute sums: what a team would
+    build by hand from the raw logs."""
+    ev = events[(events["ts"] >= lo) & (events["ts"] < hi) & events["user_id"].isin(users)]
+    parts = []
+    text = ev[ev["text"].notna()] if "text" in ev else ev.iloc[:0]
+    if len(text):
+        vocab = text["text"].value_counts().index[:top]
+        t = text[text["text"].isin(vocab)]
+        parts.append(pd.crosstab(t["user_id"], t["text"]).reindex(index=users, columns=vocab, fill_value=0))
+    for spec in sources.sources:
+        if spec.kind == "tabular":
+            tab = ev[ev["source"] == spec.name]
+            agg = tab.groupby("user_id")[spec.attributes].agg(["sum", "mean", "count"])
+            parts.append(agg.reindex(users).fillna(0))
+    x = pd.concat(parts, axis=1).to_numpy(np.float64) if parts else np.zeros((len(users), 1))
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def cj_labels(cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Complete Journey tasks: household profile (demographics) and Q4 behaviour after the cut-off.
+    -> (labels [user x task] with NaN where unknown, demographics one-hot for the CTR check)."""
+    from training.completejourney import data_dir
+
+    d = data_dir()
+    demo = pd.read_parquet(d / "demographics.parquet")
+    demo["user_id"] = demo["household_id"].astype(str)
+    demo = demo.set_index("user_id")
+    income_low = demo["income"].astype(str).str.extract(r"^(\d+)")[0].astype(float)
+    profile = pd.DataFrame(
+        {
+            "age >= 45": demo["age"].astype(str).isin(["45-54", "55-64", "65+"]).astype(float),
+            "income >= 50K": (income_low >= 50).astype(float),
+            "has kids": (demo["kids_count"].astype(str) != "0").astype(float),
+            "homeowner": demo["home_ownership"].map(lambda v: np.nan if pd.isna(v) else float(v == "Homeowner")),
+        }
+    )
+    tx = pd.read_parquet(d / "transactions.parquet", columns=["household_id", "product_id", "transaction_timestamp"])
+    products = pd.read_parquet(d / "products.parquet", columns=["product_id", "department"])
+    tx = tx.merge(products, on="product_id", how="left")
+    ts = pd.to_datetime(tx["transaction_timestamp"])
+    if ts.dt.tz is None:
+        ts = ts.dt.tz_localize("UTC")
+    before, after = tx[ts < cutoff], tx[ts >= cutoff]
+    active = before["household_id"].astype(str).unique()
+    bought = after.groupby("department")["household_id"].apply(lambda s: set(s.astype(str)))
+    rate = bought.map(lambda s: len(s & set(active)) / len(active))
+    picks = (rate - 0.5).abs().sort_values().index[:3]
+    future = pd.DataFrame(index=pd.Index(active, name="user_id"))
+    for dep in sorted(picks):
+        future[f"buys {dep.lower()} in Q4"] = future.index.isin(bought[dep]).astype(float)
+    red = pd.read_parquet(d / "coupon_redemptions.parquet")
+    red_ts = pd.to_datetime(red["redemption_date"])
+    red_ts = red_ts.dt.tz_localize("UTC") if red_ts.dt.tz is None else red_ts
+    redeemers = set(red.loc[red_ts >= cutoff, "household_id"].astype(str))
+    future["redeems a coupon in Q4"] = future.index.isin(redeemers).astype(float)
+    labels = future.join(profile, how="outer")
+    onehot = pd.get_dummies(demo.drop(columns=["household_id"]).astype(str)).astype(np.float32)
+    return labels, onehot
+
+
+def storage_per_user(events, corpus, span, users, emb_dim, levels, lo, hi) -> dict:
+    ev = events[(events["ts"] >= lo) & (events["ts"] < hi) & events["user_id"].isin(users)]
+    raw = ev.to_json(orient="records", lines=True)
+    windows = int(span.sum()) / len(users)
+    token_bytes = windows * (ENTRY_BYTES_PER_WINDOW["window index"] + levels * ENTRY_BYTES_PER_WINDOW["per token"])
+    return {
+        "raw events (canonical JSON)": len(raw.encode()) / len(users),
+        f"continuous window embeddings (float32 x {emb_dim})": windows * emb_dim * 4,
+        f"tokens ({levels} x uint16 + window index, as stored in Redis)": token_bytes,
+        "windows per user": windows,
+    }
+
+
+def run_eval(
+    train_dir: Path,
+    out: Path,
+    cfg: EvalConfig,
+    events: pd.DataFrame | None = None,
+    labels: pd.DataFrame | None = None,
+    progress: bool = True,
+) -> dict:
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    ck = load_checkpoint(train_dir)
+    base, sources = ck.train_config, ck.train_config.sources
+    names = [s.name for s in sources.sources]
+    cutoff = pd.Timestamp(cfg.cutoff, tz="UTC")
+    onehot = None
+    if events is None:
+        from training.completejourney import load_events
+        from training.events import normalize_events
+
+        events = normalize_events(load_events(), sources)
+    if labels is None:  # The Complete Journey's own tasks (its households, its demographics)
+        labels, onehot = cj_labels(cutoff)
+    period = sources.period_s
+    corpus = build_corpus(events, sources, progress)
+    text = (corpus.windows["text"] != "").to_numpy()
+    text_emb = np.zeros((len(corpus), ck.encoder.dim), np.float32)
+    text_emb[text], _ = embed_texts_cached(
+        corpus.windows.loc[text, "text"].tolist(), train_dir / "encoder", ck.encoder, train_dir / "cache", 64, progress
+    )
+    cut_s = int(cutoff.timestamp())
+    starts = corpus.windows["window_start"].to_numpy()
+    pre = starts + period <= cut_s
+    span = pre & (starts >= cut_s - cfg.history_weeks * period)
+    pre_rows = np.flatnonzero(pre)
+    users = sorted(set(corpus.windows.loc[span, "user_id"]) & set(labels.index))
+    lo, hi = cut_s - cfg.history_weeks * period, cut_s  # unix seconds, as normalized events hold them
+
+    variants = {"MRQ-VAE": (names, base.quantizer.shared_levels, base.quantizer.specific_levels)}
+    levels = base.quantizer.shared_levels + base.quantizer.specific_levels
+    variants["RQ-VAE, shared levels only"] = (names, levels, 0)
+    variants["specific levels only"] = (names, 0, levels)
+    if cfg.ablations:
+        for s in names:
+            variants[f"MRQ-VAE without {s}"] = ([x for x in names if x != s], *variants["MRQ-VAE"][1:])
+    toks = {}
+    for name, (keep, sh, sp) in tqdm(variants.items(), desc="tokenizers", disable=not progress):
+        toks[name] = fit_variant(name, base, corpus, text_emb, pre_rows, keep, sh, sp, cfg.tokenizer_epochs, False)
+    mrq = toks["MRQ-VAE"]
+
+    reps: dict[str, np.ndarray] = {}
+    reps["baseline: bag of event texts + tabular sums (raw data)"] = raw_baseline(events, sources, users, lo, hi)
+    e, s, f = corpus_tensors(corpus, text_emb)
+    with torch.no_grad():
+        src_emb = torch.cat(
+            [
+                mrq.model.source_embedding(e[i : i + 8192], s[i : i + 8192], {k: v[i : i + 8192] for k, v in f.items()})
+                for i in range(0, len(s), 8192)
+            ]
+        ).numpy()
+    reps["continuous: window embeddings before quantization, pooled"] = pooled(src_emb, corpus, span, users, names)
+    for name, tok in toks.items():
+        reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, corpus, span, users)
+
+    # the history model over MRQ-VAE tokens, without and with the pretext tasks (Table 5)
+    align_log = {}
+    full_ids = np.zeros((len(corpus), levels), np.int64)
+    src_all = corpus.windows["source_index"].to_numpy()
+    full_ids[mrq.rows] = mrq.vocabulary.ids(src_all[mrq.rows], mrq.codes)
+    hcfg = HistoryConfig(
+        vocab_size=mrq.vocabulary.size,
+        code_dim=base.quantizer.code_dim,
+        levels=levels,
+        text_dim=ck.encoder.dim,
+        d_model=cfg.align.d_model,
+        layers=cfg.align.layers,
+    )
+    pre_w = corpus.windows.iloc[pre_rows]
+    pre_events = events[events["ts"] < cut_s]
+    samples = build_samples(
+        pre_w, full_ids[pre_rows], pre_events, sources, cfg.align, hcfg, until=cut_s, progress=progress
+    )
+    desc_emb, _ = embed_texts_cached(
+        samples.description, train_dir / "encoder", ck.encoder, train_dir / "cache", 64, progress
+    )
+    table = token_table(mrq.model.quantizer, mrq.vocabulary)
+    span_rows = np.flatnonzero(span)
+    w_idx = window_index(starts, period)
+    by_user = {}
+    for r in span_rows:
+        by_user.setdefault(corpus.windows["user_id"].iat[r], []).append(r)
+    seq = batch_sequences(
+        [
+            (w_idx[by_user[u]], src_all[by_user[u]], full_ids[by_user[u]])
+            if u in by_user
+            else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, levels), np.int64))
+            for u in users
+        ],
+        hcfg.max_tokens,
+        hcfg.max_age,
+    )
+    for label, tasks in (
+        ("no pretext task", []),
+        ("S", ["semantic"]),
+        ("S+T", ["semantic", "token"]),
+        ("S+T+W", ["semantic", "token", "window"]),
+    ):
+        acfg = cfg.align.model_copy(update={"tasks": tasks})
+        model, log = train_history_model(samples, desc_emb, table, hcfg, acfg, progress)
+        align_log[label] = log
+        reps[f"history model: {label}"] = embed_users(model, *seq)
+
+    results: dict[str, dict[str, dict]] = {}
+    for task in labels.columns:
+        y = labels.reindex(users)[task]
+        keep = y.notna().to_numpy()
+        yk = y[keep].to_numpy().astype(int)
+        if keep.sum() < cfg.min_users or yk.min() == yk.max():
+            continue
+        results[task] = {}
+        for rname, x in tqdm(reps.items(), desc=f"probe {task}", disable=not progress, leave=False):
+            results[task][rname] = probe_seeds(x[keep], yk, cfg.seeds)
+
+    # collisions of users' full token sequences in the span, before and after the fallback token (eq. 9)
+    engagement = events[(events["ts"] >= lo) & (events["ts"] < hi)].groupby("user_id").size()
+    seq_by_user = {
+        u: tuple(map(tuple, full_ids[sorted(by_user[u], key=lambda r: (w_idx[r], src_all[r]))]))
+        for u in users
+        if u in by_user
+    }
+    fb = assign_fallback(seq_by_user, engagement.to_dict())
+    (out / "fallback.json").write_text(json.dumps(fb, indent=0, sort_keys=True))
+    collisions = {
+        "users": len(seq_by_user),
+        "before fallback": collision_rate(seq_by_user),
+        "after fallback": collision_rate({u: (*s, ("fb", fb.get(u, 0))) for u, s in seq_by_user.items()}),
+        "window tuples (distinct inputs, same tokens)": window_collisions(corpus, mrq, span),
+    }
+
+    storage = storage_per_user(events, corpus, span, users, ck.encoder.dim, levels, lo, hi)
+    ctr = ctr_check(events, corpus, toks["MRQ-VAE"], span, users, cut_s, onehot, cfg) if onehot is not None else {}
+    report = {
+        "config": cfg.model_dump(),
+        "train_dir": str(train_dir),
+        "users": len(users),
+        "windows in span": int(span.sum()),
+        "tasks": {
+            t: {
+                "users": int(labels.reindex(users)[t].notna().sum()),
+                "positive rate": float(labels.reindex(users)[t].mean()),
+            }
+            for t in results
+        },
+        "results": results,
+        "storage_bytes_per_user": storage,
+        "collisions": collisions,
+        "ctr": ctr,
+        "alignment_losses": align_log,
+        "utilization": {name: level_usage(t) for name, t in toks.items()},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    from training.eval_report import write_report
+
+    write_report(report, out, src_emb[span_rows], corpus.windows["source"].to_numpy()[span_rows], toks)
+    return report
+
+
+def level_usage(tok: Tokenized) -> list[float]:
+    """Share of each level's codes used (a specific level counts every source's block)."""
+    k, v = tok.vocabulary.codebook_size, tok.vocabulary
+    return [
+        len(np.unique(tok.codes[:, lvl])) / k
+        if lvl < v.shared_levels
+        else len(np.unique(tok.source_index * k + tok.codes[:, lvl])) / (len(v.sources) * k)
+        for lvl in range(v.levels)
+    ]
+
+
+def window_collisions(corpus: WindowCorpus, tok: Tokenized, span: np.ndarray) -> float:
+    keys = corpus.input_keys()[tok.rows]
+    src = corpus.windows["source"].to_numpy()[tok.rows]
+    df = pd.DataFrame({"key": keys, "src": src, "code": [c.tobytes() for c in tok.codes]}).drop_duplicates("key")
+    counts = df.groupby(["src", "code"]).size()
+    return float((counts[counts > 1].sum()) / len(df)) if len(df) else 0.0
+
+
+def ctr_check(events, corpus, tok, span, users, cutoff: float, onehot, cfg) -> dict:
+    """Appendix C / Table 8 on public data: will a household buy from a product category next quarter? A
+    gradient-boosted ranker on profile features + the category, with and without the user's tokens."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    prof_users = sorted(set(users) & set(onehot.index))
+    purchases = events[events["source"] == "purchases"]
+    before = purchases[(purchases["ts"] < cutoff) & purchases["user_id"].isin(prof_users)]
+    after = purchases[(purchases["ts"] >= cutoff) & purchases["user_id"].isin(prof_users)]
+    cats = before.groupby("text")["user_id"].nunique().sort_values(ascending=False).index[: cfg.ctr_categories]
+    bought = set(zip(after["user_id"], after["text"], strict=True))
+    bag = bag_of_tokens(tok, corpus, span, prof_users)
+    svd = TruncatedSVD(32, random_state=0).fit_transform(bag)
+    prof = onehot.reindex(prof_users).to_numpy(np.float32)
+    results = {"with tokens": [], "profile only": []}
+    for seed in cfg.seeds:
+        tr_u, te_u = train_test_split(np.arange(len(prof_users)), test_size=0.3, random_state=seed)
+        for name, user_x in (("profile only", prof), ("with tokens", np.hstack([prof, svd]))):
+
+            def pairs(idx, user_x=user_x):
+                x = np.repeat(user_x[idx], len(cats), 0)
+                c = np.tile(np.arange(len(cats)), len(idx))[:, None].astype(np.float32)
+                y = np.array([(prof_users[i], cats[j]) in bought for i in idx for j in range(len(cats))], int)
+                return np.hstack([x, c]), y
+
+            xtr, ytr = pairs(tr_u)
+            xte, yte = pairs(te_u)
+            clf = HistGradientBoostingClassifier(
+                categorical_features=[xtr.shape[1] - 1], max_iter=200, random_state=seed
+            ).fit(xtr, ytr)
+            score = clf.predict_proba(xte)[:, 1].reshape(len(te_u), len(cats))
+            truth = yte.reshape(len(te_u), len(cats))
+            hr = {}
+            for k in (10, 20):
+                top = np.argsort(-score, 1)[:, :k]
+                hits = np.take_along_axis(truth, top, 1).sum(1)
+                has = truth.sum(1) > 0
+                hr[k] = float((hits[has] / np.minimum(k, truth.sum(1)[has])).mean())
+            results[name].append((roc_auc_score(yte, score.reshape(-1)), hr[10], hr[20]))
+    return {
+        name: {
+            m: (float(np.mean([r[i] for r in rs])), float(np.std([r[i] for r in rs])))
+            for i, m in enumerate(("AUC", "HR@10", "HR@20"))
+        }
+        for name, rs in results.items()
+    } | {"users": len(prof_users), "categories": len(cats)}
