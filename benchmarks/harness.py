@@ -214,11 +214,12 @@ def drive(
                         res.acknowledged[(w["user_id"], w["source"], w["window_start"])] = w["tokens"]
                     i += 1
                     continue
-                if r.status_code in (429, 503) and "retry-after" not in r.headers:
-                    res.retry_after_missing += 1
-                if retry and r.status_code in (429, 503):
-                    time.sleep(pause_s)
-                    continue
+                if r.status_code in (429, 503):
+                    if "retry-after" not in r.headers:
+                        res.retry_after_missing += 1
+                    time.sleep(pause_s)  # a pause, not Retry-After's full second: keeps the overload on
+                    if retry:
+                        continue
                 i += 1
 
     threads = [threading.Thread(target=client, args=(s, r), daemon=True) for s, r in zip(streams, results, strict=True)]

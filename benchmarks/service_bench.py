@@ -87,6 +87,7 @@ class Service:
             U2QT_KEY_PREFIX=prefix,
             U2QT_MAX_BATCH_SIZE=str(max_batch),
             U2QT_MAX_QUEUE_WINDOWS="100000",
+            U2QT_MAX_QUEUE_DELAY_MS="0",  # saturation throughput: no admission by expected wait
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "training.cli", "serve", "--artifacts", str(artifacts), "--port", str(self.port)],

@@ -27,6 +27,11 @@ def assign_fallback(sequences: dict[str, Hashable], engagement: dict[str, float]
     return dict(sorted(out.items()))
 
 
+def fallback_token(index: int) -> str:
+    """The special token appended to a colliding user's sequence (index >= 1)."""
+    return f"<fb_{index}>"
+
+
 def collision_rate(sequences: dict[str, Hashable]) -> float:
     """Fraction of users whose full sequence is also some other user's."""
     counts: dict[Hashable, int] = defaultdict(int)

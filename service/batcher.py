@@ -72,6 +72,8 @@ class MicroBatcher:
         waiting = self.pending + windows
         if self._closing or waiting > self.max_queue:
             return False
+        if self.pending == 0:  # an idle service takes any request that fits the queue, however large
+            return True
         return not (self.max_delay_s and self.rate and waiting / self.rate > self.max_delay_s)
 
     async def submit(self, jobs: list[WindowJob]) -> np.ndarray:

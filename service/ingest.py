@@ -127,6 +127,9 @@ class EventTokenizer:
         codes = await self.batcher.submit(jobs)
         with timed_redis(self.metrics, "commit"):
             await self.store.commit([(*k, res.event_count, c) for (k, res), c in zip(todo, codes, strict=True)])
+        if todo:
+            with timed_redis(self.metrics, "fallback"):
+                await self.store.refresh_fallback(sorted({k[0] for k, _ in todo}), self.source_names)
 
         windows = []
         for ((user, source, w), res), c in zip(todo, codes, strict=True):

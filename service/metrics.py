@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # 5 ms and 50 ms are bucket bounds: the GET p99 objective and a POST objective sit exactly on them.
 OUTCOMES = ("accepted", "duplicate", "late")
 REJECT_REASONS = ("queue_full", "redis_unavailable")
-REDIS_OPERATIONS = ("ingest", "commit", "read")
+REDIS_OPERATIONS = ("ingest", "commit", "fallback", "read")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 

@@ -100,6 +100,10 @@ class HistoryResponse(BaseModel):
     user_id: str
     model_version: str
     windows: list[WindowTokens]
+    # only when another user's full token sequence (all sources) is identical: paper eq. 9's fallback,
+    # 1, 2, ... in order of engagement (accepted events), then user id
+    fallback: int | None = None
+    fallback_token: str | None = None
 
 
 class BatchHistoryRequest(BaseModel):

@@ -7,6 +7,11 @@ multi-key scripts below stay legal there):
     {prefix}:{<user>}:e:<source>:<window_index>    HASH event_id -> event JSON, for windows still open
     {prefix}:{<user>}:n:<source>:<window_index>    STRING: how many events the stored tokens were built
                                                    from (open windows only)
+    {prefix}:{<user>}:x                            STRING: events accepted for the user (engagement)
+    {prefix}:{<user>}:d:<model_version>            STRING: sha1 of the user's whole history, all sources
+    {prefix}:{<user>}:f:<model_version>            STRING: the user's fallback index, only while colliding
+    {prefix}:fb:<model_version>:<digest>           ZSET: users whose histories have this digest, scored by
+                                                   -engagement (the only key not in a user's slot)
 
 Packed entry (little endian): uint32 window index, then one uint16 code per level (12 bytes for 4
 tokens). The model version is part of the history key, so tokens of two model versions can never mix
@@ -18,6 +23,7 @@ Every change to one (user, source) is one Lua script, so it is atomic without lo
   COMMIT  appends or replaces the window's entry unless one built from more events is already stored,
           trims the history to its cap and sets the TTL.
 Concurrent writers therefore converge: the entry built from the most events wins.
+  STATE   (after COMMIT) files the user under their history's digest for the collision fallback.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ if #tail > 0 then
   if w < newest - late then closed = true end
 end
 local status, added = {}, 0
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
     status[#status + 1] = 0
   elseif closed then
@@ -49,7 +55,11 @@ for i = 4, #ARGV, 2 do
     added = added + 1
   end
 end
-if added > 0 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3])) end
+if added > 0 then
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+  redis.call('INCRBY', KEYS[4], added)
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+end
 local n = redis.call('HLEN', KEYS[2])
 if closed or n == 0 then return {0, n, status, {}} end
 local stored = tonumber(redis.call('GET', KEYS[3]) or '-1')
@@ -86,8 +96,27 @@ return 1
 # pipeline object costs more than the reads themselves.
 READ = """
 local out = {}
-for i = 1, #KEYS do out[i] = redis.call('LRANGE', KEYS[i], 0, -1) end
+for i = 1, #KEYS - 1 do out[i] = redis.call('LRANGE', KEYS[i], 0, -1) end
+out[#KEYS] = redis.call('GET', KEYS[#KEYS]) or '0'
 return out
+"""
+
+# The collision fallback (paper eq. 9, model/fallback.py) kept current by the write path, so reads pay nothing:
+# STATE hashes the user's whole history (every source) and swaps it into the user's digest key; users with the
+# same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's tie
+# order) is the fallback order. Each member's rank is written into its own key, read by READ in the same call.
+STATE = """
+local parts, entries = {}, 0
+for i = 1, #KEYS - 2 do
+  local l = redis.call('LRANGE', KEYS[i], 0, -1)
+  entries = entries + #l
+  parts[i] = table.concat(l)
+end
+local old = redis.call('GET', KEYS[#KEYS - 1]) or ''
+if entries == 0 then return {'', old, 0} end
+local digest = redis.sha1hex(table.concat(parts, '|'))
+redis.call('SET', KEYS[#KEYS - 1], digest, 'EX', tonumber(ARGV[1]))
+return {digest, old, tonumber(redis.call('GET', KEYS[#KEYS]) or '0')}
 """
 
 ACCEPTED, DUPLICATE, LATE = 1, 0, 2
@@ -122,6 +151,7 @@ class TokenHistoryStore:
         self._ingest = redis.register_script(INGEST)
         self._commit = redis.register_script(COMMIT)
         self._read = redis.register_script(READ)
+        self._state = redis.register_script(STATE)
 
     def history_key(self, user: str, source: str) -> str:
         return f"{self.prefix}:{{{user}}}:h:{self.model_version}:{source}"
@@ -132,11 +162,66 @@ class TokenHistoryStore:
     def count_key(self, user: str, source: str, window: int) -> str:
         return f"{self.prefix}:{{{user}}}:n:{source}:{window}"
 
+    def engagement_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:x"
+
+    def digest_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:d:{self.model_version}"
+
+    def fallback_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:f:{self.model_version}"
+
+    def collision_set(self, digest: str) -> str:
+        return f"{self.prefix}:fb:{self.model_version}:{digest}"
+
+    async def refresh_fallback(self, users: list[str], sources: list[str]) -> None:
+        """Re-files `users` under their histories' digests and re-ranks every collision set they left or joined."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                keys = [self.history_key(user, s) for s in sources] + [self.digest_key(user), self.engagement_key(user)]
+                await self._state(keys=keys, args=[self.ttl_s], client=pipe)
+            states = await pipe.execute()
+        touched: set[str] = set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user, (digest, old, engagement) in zip(users, states, strict=True):
+                digest, old = _text(digest), _text(old)
+                if old and old != digest:
+                    pipe.zrem(self.collision_set(old), user)
+                    touched.add(old)
+                if digest:
+                    pipe.zadd(self.collision_set(digest), {user: -float(engagement)})
+                    pipe.expire(self.collision_set(digest), self.ttl_s)
+                    touched.add(digest)
+            await pipe.execute()
+        for digest in sorted(touched):
+            await self._rank(digest)
+
+    async def _rank(self, digest: str) -> None:
+        members = [_text(m) for m in await self.redis.zrange(self.collision_set(digest), 0, -1)]
+        current = [_text(d) for d in await self._get_each([self.digest_key(m) for m in members])]
+        stale = [m for m, d in zip(members, current, strict=True) if d != digest]
+        live = [m for m, d in zip(members, current, strict=True) if d == digest]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if stale:
+                pipe.zrem(self.collision_set(digest), *stale)
+            for rank, m in enumerate(live, 1):
+                if len(live) > 1:
+                    pipe.set(self.fallback_key(m), rank, ex=self.ttl_s)
+                else:
+                    pipe.delete(self.fallback_key(m))
+            await pipe.execute()
+
+    async def _get_each(self, keys: list[str]) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:  # one GET per key: keys span cluster slots
+            for k in keys:
+                pipe.get(k)
+            return await pipe.execute()
+
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
         """groups: (user, source, window index, [(event_id, event)]) -> one result per group."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for user, source, window, events in groups:
-                args = [window, self.late_windows, self.events_ttl_s]
+                args = [window, self.late_windows, self.events_ttl_s, self.ttl_s]
                 for event_id, event in events:
                     args += [event_id, orjson.dumps(event)]
                 await self._ingest(
@@ -144,6 +229,7 @@ class TokenHistoryStore:
                         self.history_key(user, source),
                         self.events_key(user, source, window),
                         self.count_key(user, source, window),
+                        self.engagement_key(user),
                     ],
                     args=args,
                     client=pipe,
@@ -177,16 +263,26 @@ class TokenHistoryStore:
                 )
             await pipe.execute()
 
-    async def read(self, users: list[str], sources: list[str]) -> dict[str, dict[str, np.ndarray]]:
-        """-> {user: {source: structured array of entries (window, codes)}} in one round trip."""
+    async def read(self, users: list[str], sources: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+        """-> ({user: {source: structured array of entries (window, codes)}}, {user: fallback index}) in one
+        round trip."""
+
+        def keys(user):
+            return [self.history_key(user, s) for s in sources] + [self.fallback_key(user)]
+
         if len(users) == 1:
-            replies = [await self._read(keys=[self.history_key(users[0], s) for s in sources])]
+            replies = [await self._read(keys=keys(users[0]))]
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for user in users:  # one script per user: its keys share a Redis Cluster slot
-                    await self._read(keys=[self.history_key(user, s) for s in sources], client=pipe)
+                    await self._read(keys=keys(user), client=pipe)
                 replies = await pipe.execute()
-        return {
-            user: {s: np.frombuffer(b"".join(entries), self.entry) for s, entries in zip(sources, lists, strict=True)}
-            for user, lists in zip(users, replies, strict=True)
+        histories = {
+            user: {s: np.frombuffer(b"".join(entries), self.entry) for s, entries in zip(sources, r[:-1], strict=True)}
+            for user, r in zip(users, replies, strict=True)
         }
+        return histories, {user: int(r[-1]) for user, r in zip(users, replies, strict=True)}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -35,7 +35,7 @@ def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(trained_d
     stop = threading.Event()
     result = {}
     load = threading.Thread(
-        target=lambda: result.update(r=drive(svc.base, streams_for(user_streams, 8, "term-"), stop, retry=False))
+        target=lambda: result.update(r=drive(svc.base, streams_for(user_streams, 8, "term-"), stop))
     )
     load.start()
     wait_until(lambda: queue_depth(svc.base) > 0, 60, "windows queued")

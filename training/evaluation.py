@@ -318,7 +318,8 @@ def run_eval(
             results[task][rname] = probe_seeds(x[keep], yk, cfg.seeds)
 
     # collisions of users' full token sequences in the span, before and after the fallback token (eq. 9)
-    engagement = events[(events["ts"] >= lo) & (events["ts"] < hi)].groupby("user_id").size()
+    # engagement as the service counts it: every event accepted for the user (here: before the cut-off)
+    engagement = events[events["ts"] < hi].groupby("user_id").size()
     seq_by_user = {
         u: tuple(map(tuple, full_ids[sorted(by_user[u], key=lambda r: (w_idx[r], src_all[r]))]))
         for u in users
