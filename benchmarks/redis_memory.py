@@ -3,7 +3,8 @@
     python3 benchmarks/redis_memory.py [--users 100000] [--days 180] [--levels 4]
 
 Starts its own redis-server, writes each user's history with the service's key layout and packed entry
-format (TokenHistoryStore.history_key / pack; daily windows, one source), then reads INFO memory and
+format (TokenHistoryStore.history_key / pack; daily windows, one source) and the per-user metadata hash
+(engagement, history digest: TokenHistoryStore.meta_key), then reads INFO memory and
 MEMORY USAGE. Prints bytes per token including every per-user overhead (key, list header, allocator).
 """
 
@@ -60,7 +61,10 @@ def main() -> None:
             arr["codes"] = rng.integers(0, 1024, size=(args.days, args.levels))
             raw, size = arr.tobytes(), store.entry.itemsize
             entries = [raw[i * size : (i + 1) * size] for i in range(args.days)]
-            pipe.rpush(store.history_key(f"user-{u:09d}", "purchases"), *entries)
+            user = f"user-{u:09d}"
+            pipe.rpush(store.history_key(user, "purchases"), *entries)
+            # the per-user metadata the service keeps (engagement and history digest, as INGEST and STATE write)
+            pipe.hset(store.meta_key(user), mapping={"x": int(rng.integers(1, 5000)), "d": f"{u:016x}"})
             if u % 1000 == 999:
                 pipe.execute()
         pipe.execute()

@@ -7,9 +7,9 @@ multi-key scripts below stay legal there):
     {prefix}:{<user>}:e:<source>:<window_index>    HASH event_id -> event JSON, for windows still open
     {prefix}:{<user>}:n:<source>:<window_index>    STRING: how many events the stored tokens were built
                                                    from (open windows only)
-    {prefix}:{<user>}:x                            STRING: events accepted for the user (engagement)
-    {prefix}:{<user>}:d:<model_version>            STRING: sha1 of the user's whole history, all sources
-    {prefix}:{<user>}:f:<model_version>            STRING: the user's fallback index, only while colliding
+    {prefix}:{<user>}:m:<model_version>            HASH: x = events accepted (engagement), d = digest of the
+                                                   whole history (all sources; 64 bits of sha1), f = the
+                                                   fallback index, only while another user collides
     {prefix}:fb:<model_version>:<digest>           ZSET: users whose histories have this digest, scored by
                                                    -engagement (the only key not in a user's slot)
 
@@ -57,7 +57,7 @@ for i = 5, #ARGV, 2 do
 end
 if added > 0 then
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-  redis.call('INCRBY', KEYS[4], added)
+  redis.call('HINCRBY', KEYS[4], 'x', added)
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
 end
 local n = redis.call('HLEN', KEYS[2])
@@ -97,7 +97,7 @@ return 1
 READ = """
 local out = {}
 for i = 1, #KEYS - 1 do out[i] = redis.call('LRANGE', KEYS[i], 0, -1) end
-out[#KEYS] = redis.call('GET', KEYS[#KEYS]) or '0'
+out[#KEYS] = redis.call('HGET', KEYS[#KEYS], 'f') or '0'
 return out
 """
 
@@ -107,16 +107,18 @@ return out
 # order) is the fallback order. Each member's rank is written into its own key, read by READ in the same call.
 STATE = """
 local parts, entries = {}, 0
-for i = 1, #KEYS - 2 do
+for i = 1, #KEYS - 1 do
   local l = redis.call('LRANGE', KEYS[i], 0, -1)
   entries = entries + #l
   parts[i] = table.concat(l)
 end
-local old = redis.call('GET', KEYS[#KEYS - 1]) or ''
+local meta = KEYS[#KEYS]
+local old = redis.call('HGET', meta, 'd') or ''
 if entries == 0 then return {'', old, 0} end
-local digest = redis.sha1hex(table.concat(parts, '|'))
-redis.call('SET', KEYS[#KEYS - 1], digest, 'EX', tonumber(ARGV[1]))
-return {digest, old, tonumber(redis.call('GET', KEYS[#KEYS]) or '0')}
+local digest = string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
+redis.call('HSET', meta, 'd', digest)
+redis.call('EXPIRE', meta, tonumber(ARGV[1]))
+return {digest, old, tonumber(redis.call('HGET', meta, 'x') or '0')}
 """
 
 ACCEPTED, DUPLICATE, LATE = 1, 0, 2
@@ -162,14 +164,8 @@ class TokenHistoryStore:
     def count_key(self, user: str, source: str, window: int) -> str:
         return f"{self.prefix}:{{{user}}}:n:{source}:{window}"
 
-    def engagement_key(self, user: str) -> str:
-        return f"{self.prefix}:{{{user}}}:x"
-
-    def digest_key(self, user: str) -> str:
-        return f"{self.prefix}:{{{user}}}:d:{self.model_version}"
-
-    def fallback_key(self, user: str) -> str:
-        return f"{self.prefix}:{{{user}}}:f:{self.model_version}"
+    def meta_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:m:{self.model_version}"
 
     def collision_set(self, digest: str) -> str:
         return f"{self.prefix}:fb:{self.model_version}:{digest}"
@@ -178,7 +174,7 @@ class TokenHistoryStore:
         """Re-files `users` under their histories' digests and re-ranks every collision set they left or joined."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in users:
-                keys = [self.history_key(user, s) for s in sources] + [self.digest_key(user), self.engagement_key(user)]
+                keys = [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
                 await self._state(keys=keys, args=[self.ttl_s], client=pipe)
             states = await pipe.execute()
         touched: set[str] = set()
@@ -198,7 +194,7 @@ class TokenHistoryStore:
 
     async def _rank(self, digest: str) -> None:
         members = [_text(m) for m in await self.redis.zrange(self.collision_set(digest), 0, -1)]
-        current = [_text(d) for d in await self._get_each([self.digest_key(m) for m in members])]
+        current = [_text(d or b"") for d in await self._digests(members)]
         stale = [m for m, d in zip(members, current, strict=True) if d != digest]
         live = [m for m, d in zip(members, current, strict=True) if d == digest]
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -206,15 +202,15 @@ class TokenHistoryStore:
                 pipe.zrem(self.collision_set(digest), *stale)
             for rank, m in enumerate(live, 1):
                 if len(live) > 1:
-                    pipe.set(self.fallback_key(m), rank, ex=self.ttl_s)
+                    pipe.hset(self.meta_key(m), "f", rank)
                 else:
-                    pipe.delete(self.fallback_key(m))
+                    pipe.hdel(self.meta_key(m), "f")
             await pipe.execute()
 
-    async def _get_each(self, keys: list[str]) -> list:
-        async with self.redis.pipeline(transaction=False) as pipe:  # one GET per key: keys span cluster slots
-            for k in keys:
-                pipe.get(k)
+    async def _digests(self, users: list[str]) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:  # one HGET per user: users span cluster slots
+            for u in users:
+                pipe.hget(self.meta_key(u), "d")
             return await pipe.execute()
 
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
@@ -229,7 +225,7 @@ class TokenHistoryStore:
                         self.history_key(user, source),
                         self.events_key(user, source, window),
                         self.count_key(user, source, window),
-                        self.engagement_key(user),
+                        self.meta_key(user),
                     ],
                     args=args,
                     client=pipe,
@@ -268,7 +264,7 @@ class TokenHistoryStore:
         round trip."""
 
         def keys(user):
-            return [self.history_key(user, s) for s in sources] + [self.fallback_key(user)]
+            return [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
 
         if len(users) == 1:
             replies = [await self._read(keys=keys(users[0]))]
