@@ -55,18 +55,21 @@ def targets(report: dict) -> list[str]:
     ]
 
 
-def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.ndarray, toks: dict) -> None:
+def plot_levels(report: dict, out: Path) -> None:
+    """Figure 5: share of each level's codes used, per tokenizer variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(report["utilization"])
+    levels = max(len(u) for u in report["utilization"].values())
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
     for i, n in enumerate(names):
         u = report["utilization"][n]
         ax.bar(np.arange(len(u)) + i * width, u, width, label=n)
+    ax.set_xticks(np.arange(levels) + 0.4 - width / 2, [f"L{i + 1}" for i in range(levels)])
     ax.set_xlabel("codebook level")
     ax.set_ylabel("share of codes used")
     ax.set_title("Codebook utilization by level (pre-cut-off windows)")
@@ -74,6 +77,15 @@ def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.nda
     fig.tight_layout()
     fig.savefig(out / "utilization.png", dpi=120)
     plt.close(fig)
+
+
+def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.ndarray, toks: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_levels(report, out)
 
     from sklearn.decomposition import PCA
 
