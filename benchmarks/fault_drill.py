@@ -33,8 +33,10 @@ from benchmarks.harness import (  # noqa: E402
     RedisProcess,
     ServiceProcess,
     drive,
+    latency_buckets,
     lost_windows,
     requests_by_user_week,
+    server_quantile,
     wait_until,
 )
 
@@ -99,7 +101,9 @@ def overload(artifacts, by_user, users, clients, seconds, url) -> dict:
     svc = ServiceProcess(artifacts, url, key_prefix="drill-over", **KEEP_ALL)
     rss0 = svc.rss_bytes()
     calm_stream = [req for u in streams(by_user, users, "calm-") for req in u]
+    b0 = latency_buckets(svc.base)
     calm, _ = timed_load(svc.base, [calm_stream], seconds, retry=False)
+    b1 = latency_buckets(svc.base)
     # each client: every household's weeks under its own prefix, so no request is a replay within the run
     s = [[req for u in streams(by_user, users, f"over{i}-") for req in u] for i in range(clients)]
     rss = []
@@ -113,6 +117,8 @@ def overload(artifacts, by_user, users, clients, seconds, url) -> dict:
     th = threading.Thread(target=sample)
     th.start()
     hot, depths = timed_load(svc.base, s, seconds, retry=False, pause_s=0.0)
+    b2 = latency_buckets(svc.base)
+    calm_server, hot_server = server_quantile(b0, b1, 0.99) * 1e3, server_quantile(b1, b2, 0.99) * 1e3
     sampler_stop.set()
     th.join()
     lost = lost_windows(svc.base, hot.acknowledged)
@@ -128,7 +134,9 @@ def overload(artifacts, by_user, users, clients, seconds, url) -> dict:
             sum(n for st, n in hot.statuses.items() if st >= 500),
         ),
         "overload: accepted p99 ms": round(hot.p99_ms(), 1),
-        "accepted p99 / unloaded p99": round(hot.p99_ms() / calm.p99_ms(), 2),
+        "accepted p99 / unloaded p99 (clients' clocks)": round(hot.p99_ms() / calm.p99_ms(), 2),
+        "server-side p99 of 200s, ms: unloaded / overload": (round(calm_server, 1), round(hot_server, 1)),
+        "server-side ratio": round(hot_server / calm_server, 2),
         "429 without Retry-After": hot.retry_after_missing,
         "queue depth max / capacity (windows)": (max(depths), capacity),
         "service RSS MiB: start / peak under overload": (rss0 // 2**20, max(rss) // 2**20),

@@ -5,6 +5,7 @@ and the check that every acknowledged window is stored."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -250,3 +251,33 @@ def lost_windows(base: str, acknowledged: dict[Window, list[int]]) -> list[Windo
 def _norm(k: Window) -> Window:
     user, source, start = k
     return user, source, start.replace("Z", "+00:00")
+
+
+def latency_buckets(base: str, route: str = "/tokenize", status: str = "200") -> dict[float, float]:
+    """The service's own cumulative latency histogram for one route and status: {upper bound: count}."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    out = {}
+    pattern = re.compile(r"^u2qt_http_request_duration_seconds_bucket\{(.*)\} (\S+)$", re.M)
+    for labels, value in pattern.findall(text):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if lab.get("route") == route and lab.get("status") == status:
+            out[float(lab["le"])] = float(value)
+    return out
+
+
+def server_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Quantile (seconds) of the requests observed between two scrapes, interpolated within a bucket as
+    Prometheus's histogram_quantile does."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for b, c in zip(bounds, counts, strict=True):
+        if c >= rank:
+            if b == float("inf"):
+                return lower
+            return lower + (b - lower) * (rank - below) / max(c - below, 1e-12)
+        lower, below = b, c
+    return lower

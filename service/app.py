@@ -166,7 +166,7 @@ class RequestMetrics:
                 route = scope.get("route")
                 path = route.path if route is not None else scope.get("u2qt_route", "unmatched")
                 state.metrics.requests.labels(path, scope["method"], str(status)).inc()
-                state.metrics.latency.labels(path, scope["method"]).observe(time.perf_counter() - t)
+                state.metrics.latency.labels(path, scope["method"], str(status)).observe(time.perf_counter() - t)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

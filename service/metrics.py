@@ -17,8 +17,8 @@ class ServiceMetrics:
         self.requests = Counter("u2qt_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
         self.latency = Histogram(
             "u2qt_http_request_duration_seconds",
-            "HTTP request latency",
-            ["route", "method"],
+            "HTTP request latency (by status: a fast 429 must not hide a slow 200)",
+            ["route", "method", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
