@@ -63,8 +63,10 @@ def main() -> None:
             entries = [raw[i * size : (i + 1) * size] for i in range(args.days)]
             user = f"user-{u:09d}"
             pipe.rpush(store.history_key(user, "purchases"), *entries)
+            pipe.expire(store.history_key(user, "purchases"), store.ttl_s)  # COMMIT sets a TTL on every history
             # the per-user metadata the service keeps (engagement and history digest, as INGEST and STATE write)
             pipe.hset(store.meta_key(user), mapping={"x": int(rng.integers(1, 5000)), "d": f"{u:016x}"})
+            pipe.expire(store.meta_key(user), store.ttl_s)
             if u % 1000 == 999:
                 pipe.execute()
         pipe.execute()
