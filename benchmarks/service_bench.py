@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,18 +24,12 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import RedisProcess, ServiceProcess  # noqa: E402
 from model.manifest import Manifest  # noqa: E402
 from model.runtime import TokenizerRuntime  # noqa: E402
 from service.batcher import MicroBatcher, WindowJob  # noqa: E402
-from service.embedded_redis import redis_server_binary  # noqa: E402
 from service.ingest import EventTokenizer  # noqa: E402
 from service.metrics import ServiceMetrics  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def requests_by_user_week(max_users: int) -> list[list[dict]]:
@@ -78,36 +70,16 @@ def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float) -> fl
     return done / (time.perf_counter() - t0)
 
 
-class Service:
-    def __init__(self, artifacts: Path, redis_url: str, prefix: str, max_batch: int):
-        self.port = free_port()
-        env = dict(
-            os.environ,
-            REDIS_URL=redis_url,
-            U2QT_KEY_PREFIX=prefix,
-            U2QT_MAX_BATCH_SIZE=str(max_batch),
-            U2QT_MAX_QUEUE_WINDOWS="100000",
-            U2QT_MAX_QUEUE_DELAY_MS="0",  # saturation throughput: no admission by expected wait
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve", "--artifacts", str(artifacts), "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-        for _ in range(600):
-            try:
-                if httpx.get(f"{self.base}/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("service did not become ready")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(30)
+def saturation_service(artifacts: Path, redis_url: str, prefix: str, max_batch: int) -> ServiceProcess:
+    # saturation throughput: a queue that never refuses, no admission by expected wait
+    return ServiceProcess(
+        artifacts,
+        redis_url,
+        key_prefix=prefix,
+        max_batch_size=max_batch,
+        max_queue_windows=100000,
+        max_queue_delay_ms=0,
+    )
 
 
 async def post_load(base: str, payloads: list[list[dict]], clients: int, seconds: float) -> dict:
@@ -172,15 +144,11 @@ def main() -> None:
     p.add_argument("--get-rate", type=float, default=500)
     args = p.parse_args()
     payloads = requests_by_user_week(args.users)
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{redis_port}/0"
+    store = RedisProcess().start()
+    url = store.url
     try:
         raw = raw_limit(args.artifacts, payloads, args.seconds)
-        svc = Service(args.artifacts, url, "bench-batched", 64)
+        svc = saturation_service(args.artifacts, url, "bench-batched", 64)
         try:
             batched = asyncio.run(post_load(svc.base, payloads, args.clients, args.seconds))
             users = sorted({e["user_id"] for pl in payloads for e in pl})
@@ -188,13 +156,13 @@ def main() -> None:
             hist = httpx.get(f"{svc.base}/users/{users[0]}/tokens").json()["windows"]
         finally:
             svc.stop()
-        svc = Service(args.artifacts, url, "bench-unbatched", 1)
+        svc = saturation_service(args.artifacts, url, "bench-unbatched", 1)
         try:
             unbatched = asyncio.run(post_load(svc.base, payloads, args.clients, args.seconds))
         finally:
             svc.stop()
     finally:
-        redis_proc.terminate()
+        store.kill()
     print(
         f"command: python3 benchmarks/service_bench.py --artifacts {args.artifacts} --clients {args.clients} "
         f"--seconds {args.seconds:g} --users {args.users} --get-rate {args.get_rate:g}"

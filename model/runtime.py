@@ -80,8 +80,9 @@ class OnnxTextEncoder:
     def run_ids(self, ids: Sequence[list[int]]) -> np.ndarray:
         if self.info.precision == "int8" and len(ids) > 1:
             # Dynamic int8 quantization scales activations over the whole input tensor, so a batched window's
-            # embedding would depend on its batch-mates (measured: 71% of windows changed a code). One window
-            # per run keeps a window's tokens a function of the window alone, in training and in serving.
+            # embedding would depend on its batch-mates (benchmarks/encoder_batch_dependence.py: two thirds of
+            # windows changed a code). One window per run keeps a window's tokens a function of the window alone,
+            # in training and in serving.
             return np.concatenate([self.run_ids([x]) for x in ids])
         input_ids, mask = self.tokenizer.pad(ids)
         return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]

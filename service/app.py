@@ -113,7 +113,7 @@ class _TooLarge(Exception):
 class AdmissionGate:
     """Sheds POST /tokenize with 429 before its body is read or parsed when the queue has no room: under
     overload, refusing must cost far less than accepting, or the refusals themselves starve the accepted
-    requests (measured: without it, 64 clients got 46 requests through in 20 s, at a p99 of 1.4 s)."""
+    requests."""
 
     def __init__(self, app):
         self.app = app
@@ -311,16 +311,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def tokenize(body: TokenizeRequest, s: ServiceState = Depends(state)):
         """Tokenize events: each (user, source, window) they touch is re-rendered from all of its events,
         tokenized, and stored in the user's history. Replays are no-ops; late events are refused per event."""
-        if len(body.events) > settings.max_events_per_request:
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ["body", "events"],
-                        "type": "too_long",
-                        "msg": f"at most {settings.max_events_per_request} events per request",
-                    }
-                ]
-            )
+        at_most(len(body.events), settings.max_events_per_request, "events", "events per request")
         errors = validation_errors(body.events, s.manifest)
         if errors:
             raise RequestValidationError(errors)
@@ -413,16 +404,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def many_user_tokens(body: BatchHistoryRequest, s: ServiceState = Depends(state)):
         """Histories of many users in one call (one Redis round trip), for rankers scoring many users."""
-        if len(body.user_ids) > settings.max_users_per_read:
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ["body", "user_ids"],
-                        "type": "too_long",
-                        "msg": f"at most {settings.max_users_per_read} users per call",
-                    }
-                ]
-            )
+        at_most(len(body.user_ids), settings.max_users_per_read, "user_ids", "users per call")
         srcs = parse_sources(s, body.sources)
         users = list(dict.fromkeys(body.user_ids))
         h, fb = await histories(s, users, srcs, body.since, body.until, body.limit, body.format)
@@ -468,16 +450,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.post("/users/embeddings", tags=["embeddings"], dependencies=[reader])
     async def many_user_embeddings(body: BatchEmbeddingRequest, s: ServiceState = Depends(state)):
         """Embeddings of many users in one call (null for a user with no history)."""
-        if len(body.user_ids) > settings.max_users_per_read:
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ["body", "user_ids"],
-                        "type": "too_long",
-                        "msg": f"at most {settings.max_users_per_read} users per call",
-                    }
-                ]
-            )
+        at_most(len(body.user_ids), settings.max_users_per_read, "user_ids", "users per call")
         users = list(dict.fromkeys(body.user_ids))
         return ORJSONResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})
 
@@ -486,6 +459,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return ORJSONResponse({"detail": "this model has no history model (trained without the alignment stage)"}, 501)
 
     return app
+
+
+def at_most(n: int, limit: int, field: str, what: str) -> None:
+    """A body list over its configured size: 422 naming the field, as the schema's own checks do."""
+    if n > limit:
+        raise RequestValidationError([{"loc": ["body", field], "type": "too_long", "msg": f"at most {limit} {what}"}])
 
 
 class _NoHistoryModel(Exception):

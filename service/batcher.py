@@ -18,6 +18,29 @@ from model.runtime import TokenizerRuntime
 from service.metrics import ServiceMetrics
 
 
+async def gather_batch(queue: asyncio.Queue, first, max_size: int, max_wait_s: float) -> list:
+    """`first` plus whatever arrives within `max_wait_s`, up to `max_size` items. A None (stop marker) ends the
+    batch and is put back, so the caller finishes this batch and then sees it."""
+    loop = asyncio.get_running_loop()
+    batch, deadline = [first], loop.time() + max_wait_s
+    while len(batch) < max_size:
+        try:
+            nxt = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                nxt = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                break
+        if nxt is None:
+            queue.put_nowait(None)
+            break
+        batch.append(nxt)
+    return batch
+
+
 class QueueFull(Exception):
     """Taking these windows would exceed the queue's size or its expected wait."""
 
@@ -102,22 +125,7 @@ class MicroBatcher:
             if job is None:
                 await self._prepared.put(None)
                 return
-            batch, deadline = [job], loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
-                try:
-                    nxt = self._incoming.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(self._incoming.get(), remaining)
-                    except TimeoutError:
-                        break
-                if nxt is None:  # stop marker: finish this batch, then stop
-                    self._incoming.put_nowait(None)
-                    break
-                batch.append(nxt)
+            batch = await gather_batch(self._incoming, job, self.max_batch_size, self.max_wait_s)
             try:
                 prepared = await loop.run_in_executor(self._prep_pool, self._tokenize, batch)
             except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the batcher
@@ -213,21 +221,7 @@ class EmbeddingBatcher:
             item = await self._queue.get()
             if item is None:
                 return
-            batch, deadline = [item], loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
-                remaining = deadline - loop.time()
-                try:
-                    nxt = (
-                        self._queue.get_nowait()
-                        if remaining <= 0
-                        else await asyncio.wait_for(self._queue.get(), remaining)
-                    )
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                if nxt is None:
-                    self._queue.put_nowait(None)
-                    break
-                batch.append(nxt)
+            batch = await gather_batch(self._queue, item, self.max_batch_size, self.max_wait_s)
             arrays = [np.stack([seq[i] for seq, _ in batch]) for i in range(3)]
             try:
                 out = await loop.run_in_executor(self._pool, self.runtime.embed_histories, *arrays)

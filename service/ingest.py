@@ -103,8 +103,9 @@ class EventTokenizer:
 
     async def tokenize(self, events: list[EventIn]) -> TokenizeResponse:
         groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
-        for i, e in enumerate(events):
-            groups[(e.user_id, e.source, window_index(e.ts, self.period))].append(i)
+        windows = window_index(np.array([e.ts for e in events], dtype=np.float64), self.period).tolist()
+        for i, (e, w) in enumerate(zip(events, windows, strict=True)):  # one vectorized call per request
+            groups[(e.user_id, e.source, w)].append(i)
         if not self.batcher.has_room(len(groups)):
             raise QueueFull
         keys = list(groups)

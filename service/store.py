@@ -189,29 +189,33 @@ class TokenHistoryStore:
                     pipe.expire(self.collision_set(digest), self.ttl_s)
                     touched.add(digest)
             await pipe.execute()
-        for digest in sorted(touched):
-            await self._rank(digest)
+        await self._rank(sorted(touched))
 
-    async def _rank(self, digest: str) -> None:
-        members = [_text(m) for m in await self.redis.zrange(self.collision_set(digest), 0, -1)]
-        current = [_text(d or b"") for d in await self._digests(members)]
-        stale = [m for m, d in zip(members, current, strict=True) if d != digest]
-        live = [m for m, d in zip(members, current, strict=True) if d == digest]
+    async def _rank(self, digests: list[str]) -> None:
+        """Writes each live member's rank (or clears it when alone) for all `digests` in three round trips,
+        however many sets a request touched; members whose digest moved on are dropped from the set."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            if stale:
-                pipe.zrem(self.collision_set(digest), *stale)
-            for rank, m in enumerate(live, 1):
-                if len(live) > 1:
-                    pipe.hset(self.meta_key(m), "f", rank)
-                else:
-                    pipe.hdel(self.meta_key(m), "f")
-            await pipe.execute()
-
-    async def _digests(self, users: list[str]) -> list:
+            for digest in digests:
+                pipe.zrange(self.collision_set(digest), 0, -1)
+            members = [[_text(m) for m in ms] for ms in await pipe.execute()]
         async with self.redis.pipeline(transaction=False) as pipe:  # one HGET per user: users span cluster slots
-            for u in users:
-                pipe.hget(self.meta_key(u), "d")
-            return await pipe.execute()
+            for ms in members:
+                for m in ms:
+                    pipe.hget(self.meta_key(m), "d")
+            current = iter(await pipe.execute())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for digest, ms in zip(digests, members, strict=True):
+                now = [_text(next(current) or b"") for _ in ms]
+                live = [m for m, d in zip(ms, now, strict=True) if d == digest]
+                stale = [m for m, d in zip(ms, now, strict=True) if d != digest]
+                if stale:
+                    pipe.zrem(self.collision_set(digest), *stale)
+                for rank, m in enumerate(live, 1):
+                    if len(live) > 1:
+                        pipe.hset(self.meta_key(m), "f", rank)
+                    else:
+                        pipe.hdel(self.meta_key(m), "f")
+            await pipe.execute()
 
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
         """groups: (user, source, window index, [(event_id, event)]) -> one result per group."""

@@ -3,6 +3,12 @@ import warnings
 
 import pytest
 
+# one implementation of real processes (redis-server, u2qt serve) for tests, benchmarks and the fault drill
+from benchmarks.harness import RedisProcess as RedisServer
+from benchmarks.harness import free_port
+
+__all__ = ["RedisServer", "free_port"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -35,57 +41,6 @@ def trained_dir(tmp_path_factory, cj_events):
     report = train(cfg, events, out, progress=False)
     export_artifacts(out)
     return out, cfg, report
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server (Debian package) on a free loopback port, owned by the test."""
-
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.process = None
-
-    def start(self):
-        import subprocess
-        import time
-
-        import redis
-
-        from service.embedded_redis import redis_server_binary
-
-        binary = redis_server_binary()
-        if binary is None:
-            pytest.fail("redis-server is not installed (bash deploy/install.sh installs it)")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self):
-        if self.process:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 @pytest.fixture(scope="session")

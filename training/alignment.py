@@ -51,15 +51,10 @@ class AlignmentSamples:
     user: np.ndarray
 
 
-def describe(events: pd.DataFrame, sources: SourcesConfig) -> str:
-    """eq. 13's F(.): a template description of a span of a user's events, per source, rendered with the
-    same window rendering as the tokenizer's input."""
-    cols = EventColumns(events)
-    return cols.describe(np.arange(len(events)), sources)
-
-
 class EventColumns:
-    """The events' columns as arrays, so describing thousands of spans needs no DataFrame slicing."""
+    """The events' columns as arrays, so describing thousands of spans needs no DataFrame slicing.
+    `describe` is eq. 13's F(.): a template description of a span of a user's events, per source, rendered
+    with the same window rendering as the tokenizer's input."""
 
     def __init__(self, events: pd.DataFrame):
         self.source = events["source"].to_numpy()
