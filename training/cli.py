@@ -65,7 +65,8 @@ def cmd_train(args) -> None:
     report = train(cfg, events, Path(args.out))
     print(format_report(report))
     print(f"trained in {time.perf_counter() - t0:.0f} s -> {args.out} (report.json, utilization.png)")
-    print(f"next: u2qt export {args.out}")
+    if not getattr(args, "then_serve", False):
+        print(f"next: u2qt export {args.out}")
 
 
 def _load_events(args, sources, max_users=None, seed=0):
@@ -241,6 +242,17 @@ def cmd_serve(args) -> None:
         f"store: {'REDIS_URL' if settings.redis_url else 'embedded redis in ' + str(settings.embedded_redis_dir)})",
         flush=True,
     )
+    base = f"http://{args.host}:{args.port}"
+    print(
+        "try it:\n"
+        f"  curl -s -X POST {base}/tokenize -H 'content-type: application/json' -d "
+        """'{"events":[{"event_id":"e1","user_id":"alice","source":"purchases","ts":1489060406,"""
+        """"text":"milk","amount":2.5}]}'\n"""
+        f"  curl -s {base}/users/alice/tokens?format=strings\n"
+        f"  curl -s {base}/users/alice/embedding\n"
+        "stop with Ctrl+C (in-flight batches are finished first)",
+        flush=True,
+    )
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -272,6 +284,7 @@ def cmd_up(args) -> None:
                 text_model=None,
                 pooling=None,
                 precision=None,
+                then_serve=True,
             )
         )
     if not (out / "manifest.json").is_file():
