@@ -52,6 +52,7 @@ async def fill(url: str, artifacts: Path, prefix: str) -> tuple[list[str], float
         prefix,
         manifest.model_version,
         vocab.levels,
+        vocab.codebook_size,
         manifest.sources.period_s,
         s.history_days,
         s.ttl_days,

@@ -1,10 +1,10 @@
 """Redis memory per stored token at a full 180-day history, over many users.
 
-    python3 benchmarks/redis_memory.py [--users 100000] [--days 180] [--levels 4]
+    python3 benchmarks/redis_memory.py [--users 100000] [--days 180] [--levels 4] [--codebook-size 1024]
 
 Starts its own redis-server, writes each user's history with the service's key layout and packed entry
-format (TokenHistoryStore.history_key / pack; daily windows, one source) and the per-user metadata hash
-(engagement, history digest: TokenHistoryStore.meta_key), then reads INFO memory and
+format (TokenHistoryStore.history_key, PackedEntries.pack; daily windows, one source) and the per-user
+metadata hash (engagement, history digest: TokenHistoryStore.meta_key), then reads INFO memory and
 MEMORY USAGE. Prints bytes per token including every per-user overhead (key, list header, allocator).
 """
 
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--days", type=int, default=180)
     p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--codebook-size", type=int, default=1024)
     args = p.parse_args()
     port = free_port()
     proc = subprocess.Popen(
@@ -50,17 +51,16 @@ def main() -> None:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        store = TokenHistoryStore(r, "u2qt", "0b7848f0125f", args.levels, 86400, args.days, args.days, 1)
+        store = TokenHistoryStore(
+            r, "u2qt", "0b7848f0125f", args.levels, args.codebook_size, 86400, args.days, args.days, 1
+        )
         rng = np.random.default_rng(0)
         base = r.info("memory")["used_memory"]
         first_day = 20_000
         pipe = r.pipeline(transaction=False)
         for u in tqdm(range(args.users), desc="write histories", unit="user"):
-            arr = np.zeros(args.days, store.entry)  # the same dtype store.pack writes, filled for all days at once
-            arr["window"] = first_day + np.arange(args.days)
-            arr["codes"] = rng.integers(0, 1024, size=(args.days, args.levels))
-            raw, size = arr.tobytes(), store.entry.itemsize
-            entries = [raw[i * size : (i + 1) * size] for i in range(args.days)]
+            codes = rng.integers(0, args.codebook_size, size=(args.days, args.levels))
+            entries = store.entries.pack(first_day + np.arange(args.days), codes)  # what COMMIT stores
             user = f"user-{u:09d}"
             pipe.rpush(store.history_key(user, "purchases"), *entries)
             pipe.expire(store.history_key(user, "purchases"), store.ttl_s)  # COMMIT sets a TTL on every history
@@ -83,11 +83,11 @@ def main() -> None:
         tokens = args.users * args.days * args.levels
         print(
             f"command: python3 benchmarks/redis_memory.py --users {args.users} --days {args.days} "
-            f"--levels {args.levels}"
+            f"--levels {args.levels} --codebook-size {args.codebook_size}"
         )
         print(
-            f"redis {r.info('server')['redis_version']}, entry = {store.entry.itemsize} bytes "
-            f"(uint32 window, {args.levels} x uint16 code)"
+            f"redis {r.info('server')['redis_version']}, entry = {store.entries.size} bytes "
+            f"(uint32 window, {args.levels} codes x {store.entries.bits} bits)"
         )
         print(f"users {args.users:,}, windows per user {args.days}, tokens {tokens:,}")
         print(

@@ -1,23 +1,30 @@
 """End-to-end service benchmark on real Complete Journey windows, measured side by side in one run.
 
     python3 benchmarks/service_bench.py --artifacts artifacts/cj [--clients 32] [--seconds 20]
+        [--providers auto|cpu|cuda] [--max-batch 64] [--replicas 1] [--client-procs 1]
 
-1. raw limit: the service's own batch stages (tokenize + ONNX Runtime) on 64-window batches, no HTTP/Redis;
-2. POST /tokenize with `--clients` concurrent clients, micro-batching on (max_batch_size 64);
+1. raw limit: the service's own batch stages (tokenize + ONNX Runtime) on `--max-batch`-window batches, no
+   HTTP/Redis;
+2. POST /tokenize with `--clients` concurrent clients, micro-batching on (max_batch_size `--max-batch`);
 3. the same load with batching off (max_batch_size 1);
 4. GET /users/{id}/tokens at a fixed rate (default 500 req/s) over the users written, histories capped at
    180 days.
-The service runs as `u2qt serve` in its own process against its own redis-server; clients share this
-machine, so figures are for a 2-core box running both. Medians of latencies; throughput = windows/s.
+The service runs as `u2qt serve` in its own process against its own redis-server (`--replicas` such
+processes sharing one Redis and, on a GPU, one GPU: what a deployment with several pods per node does; clients
+spread over them). Clients run in `--client-procs` processes on the same machine, so on a small box they take
+cores from the service. Medians of latencies; throughput = windows/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -45,13 +52,14 @@ def requests_by_user_week(max_users: int) -> list[list[dict]]:
     return [to_service_events(g, sources) for _, g in ev.groupby(["week", "user_id"], sort=True)]
 
 
-def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float) -> float:
-    """Windows/s of the service's batch stages alone (render -> tokenize -> ONNX Runtime), 64 per batch."""
+def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int) -> float:
+    """Windows/s of the service's batch stages alone (render -> tokenize -> ONNX Runtime), `batch` per batch,
+    split into encoder runs as the service splits them."""
     from service.schemas import EventIn
 
     manifest = Manifest.load(artifacts)
-    rt = TokenizerRuntime(artifacts, manifest, providers="auto")
-    batcher = MicroBatcher(rt, ServiceMetrics(), 64)
+    rt = TokenizerRuntime(artifacts, manifest, providers=providers)
+    batcher = MicroBatcher(rt, ServiceMetrics(), batch, text_chunk=batch if rt.on_gpu else 32)
     tok = EventTokenizer(manifest, None, batcher, ServiceMetrics())
     jobs: list[WindowJob] = []
     for p in payloads[:400]:
@@ -59,36 +67,58 @@ def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float) -> fl
         for e in p:
             groups.setdefault(e["source"], []).append(tok._stored(EventIn(**e)))  # as stored in Redis
         jobs += [tok._job(src, evs) for src, evs in groups.items()]
+    for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: first runs of new shapes are slow on CUDA
+        batcher._run(batcher._tokenize(jobs[s : s + batch]))
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for s in range(0, len(jobs), 64):
-            batch = jobs[s : s + 64]
-            batcher._run(batcher._tokenize(batch))
-            done += len(batch)
+        for s in range(0, len(jobs), batch):
+            chunk = jobs[s : s + batch]
+            batcher._run(batcher._tokenize(chunk))
+            done += len(chunk)
             if time.perf_counter() - t0 >= seconds:
                 break
     return done / (time.perf_counter() - t0)
 
 
-def saturation_service(artifacts: Path, redis_url: str, prefix: str, max_batch: int) -> ServiceProcess:
-    # saturation throughput: a queue that never refuses, no admission by expected wait
-    return ServiceProcess(
-        artifacts,
-        redis_url,
-        key_prefix=prefix,
-        max_batch_size=max_batch,
-        max_queue_windows=100000,
-        max_queue_delay_ms=0,
-    )
+class Replicas:
+    """`n` service processes sharing one Redis, tuned for saturation: a queue that never refuses, no
+    admission by expected wait."""
+
+    def __init__(self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str):
+        self.services: list[ServiceProcess] = []
+        try:
+            for _ in range(n):
+                self.services.append(
+                    ServiceProcess(
+                        artifacts,
+                        redis_url,
+                        key_prefix=prefix,
+                        max_batch_size=max_batch,
+                        max_queue_windows=100000,
+                        max_queue_delay_ms=0,
+                        providers=providers,
+                    )
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self.bases = [s.base for s in self.services]
+
+    def stop(self) -> None:
+        for s in self.services:
+            s.stop()
 
 
-async def post_load(base: str, payloads: list[list[dict]], clients: int, seconds: float) -> dict:
+async def post_clients(
+    bases: list[str], payloads: list[list[dict]], clients: int, t_start: float, t_end: float
+) -> dict:
+    """`clients` concurrent clients (client i talks to replica i mod n) from wall time `t_start` to `t_end`."""
     it, lat, windows, errors = iter(payloads), [], 0, 0
-    t_end = time.perf_counter() + seconds
+    await asyncio.sleep(max(0.0, t_start - time.time()))
 
-    async def client(c: httpx.AsyncClient):
+    async def client(c: httpx.AsyncClient, base: str):
         nonlocal windows, errors
-        while time.perf_counter() < t_end:
+        while time.time() < t_end:
             p = next(it, None)
             if p is None:
                 return
@@ -100,16 +130,35 @@ async def post_load(base: str, payloads: list[list[dict]], clients: int, seconds
             else:
                 errors += 1
 
-    t0 = time.perf_counter()
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as c:
-        await asyncio.gather(*(client(c) for _ in range(clients)))
-    wall = time.perf_counter() - t0
+        await asyncio.gather(*(client(c, bases[i % len(bases)]) for i in range(clients)))
+    return {"windows": windows, "latencies": lat, "errors": errors, "end": time.time()}
+
+
+def _client_process(args: tuple) -> dict:
+    return asyncio.run(post_clients(*args))
+
+
+def post_load(bases: list[str], payloads: list[list[dict]], clients: int, seconds: float, procs: int) -> dict:
+    """Runs the clients in `procs` processes (one Python process tops out well below a GPU's rate), each with its
+    share of clients and of the requests, all starting and stopping on the same wall clock."""
+    t0 = time.time() + 2.0 * procs  # every process started before the clock runs
+    t_end = t0 + seconds
+    shares = [(bases, payloads[i::procs], clients // procs + (i < clients % procs), t0, t_end) for i in range(procs)]
+    if procs == 1:
+        parts = [_client_process(shares[0])]
+    else:
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_client_process, shares))
+    lat = np.concatenate([p["latencies"] for p in parts])
+    wall = max(p["end"] for p in parts) - t0
+    windows = sum(p["windows"] for p in parts)
     return {
         "windows_s": windows / wall,
         "p50": np.median(lat),
         "p99": np.quantile(lat, 0.99),
         "requests": len(lat),
-        "errors": errors,
+        "errors": sum(p["errors"] for p in parts),
     }
 
 
@@ -135,6 +184,14 @@ async def get_load(base: str, users: list[str], rate: float, seconds: float) -> 
     return {"rate": len(lat) / wall, "p50": np.median(lat), "p99": np.quantile(lat, 0.99), "errors": errors}
 
 
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True)
+        return ", " + out.stdout.decode().strip()
+    except OSError:
+        return ""
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)
@@ -142,36 +199,42 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--users", type=int, default=400)
     p.add_argument("--get-rate", type=float, default=500)
+    p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--client-procs", type=int, default=1)
     args = p.parse_args()
     payloads = requests_by_user_week(args.users)
     store = RedisProcess().start()
     url = store.url
     try:
-        raw = raw_limit(args.artifacts, payloads, args.seconds)
-        svc = saturation_service(args.artifacts, url, "bench-batched", 64)
+        raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch)
+        svc = Replicas(args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers)
         try:
-            batched = asyncio.run(post_load(svc.base, payloads, args.clients, args.seconds))
+            batched = post_load(svc.bases, payloads, args.clients, args.seconds, args.client_procs)
             users = sorted({e["user_id"] for pl in payloads for e in pl})
-            reads = asyncio.run(get_load(svc.base, users, args.get_rate, args.seconds / 2))
-            hist = httpx.get(f"{svc.base}/users/{users[0]}/tokens").json()["windows"]
+            reads = asyncio.run(get_load(svc.bases[0], users, args.get_rate, args.seconds / 2))
+            hist = httpx.get(f"{svc.bases[0]}/users/{users[0]}/tokens").json()["windows"]
         finally:
             svc.stop()
-        svc = saturation_service(args.artifacts, url, "bench-unbatched", 1)
+        svc = Replicas(args.replicas, args.artifacts, url, "bench-unbatched", 1, args.providers)
         try:
-            unbatched = asyncio.run(post_load(svc.base, payloads, args.clients, args.seconds))
+            unbatched = post_load(svc.bases, payloads, args.clients, args.seconds, args.client_procs)
         finally:
             svc.stop()
     finally:
         store.kill()
     print(
         f"command: python3 benchmarks/service_bench.py --artifacts {args.artifacts} --clients {args.clients} "
-        f"--seconds {args.seconds:g} --users {args.users} --get-rate {args.get_rate:g}"
+        f"--seconds {args.seconds:g} --users {args.users} --get-rate {args.get_rate:g} --providers "
+        f"{args.providers} --max-batch {args.max_batch} --replicas {args.replicas} --client-procs {args.client_procs}"
     )
+    rt = TokenizerRuntime(args.artifacts, providers=args.providers)
     print(
-        f"machine: {os.cpu_count()} cores; service, redis-server and clients on one machine; "
-        f"providers {TokenizerRuntime(args.artifacts, providers='auto').providers[0]}"
+        f"machine: {os.cpu_count()} cores{gpu_name() if rt.on_gpu else ''}; {args.replicas} service process(es), "
+        f"redis-server and {args.client_procs} client process(es) on one machine; providers {rt.providers[0]}"
     )
-    print(f"raw batched ONNX Runtime (no HTTP, no Redis): {raw:8.1f} windows/s")
+    print(f"raw batched ONNX Runtime, {args.max_batch} per batch (no HTTP, no Redis): {raw:8.1f} windows/s")
     for name, r in (("POST /tokenize, batching on ", batched), ("POST /tokenize, batching off", unbatched)):
         print(
             f"{name}: {r['windows_s']:8.1f} windows/s  p50 {r['p50'] * 1e3:7.1f} ms  p99 {r['p99'] * 1e3:7.1f} ms"

@@ -117,6 +117,7 @@ class TokenizerRuntime:
         self.directory = Path(directory)
         self.manifest = manifest or Manifest.load(self.directory)
         self.providers = pick_providers(providers)
+        self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
         self.text = OnnxTextEncoder(self.directory, self.manifest.encoder, self.providers, threads)
         so = session_options(threads)
         self.quantizer = ort.InferenceSession(

@@ -192,6 +192,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.key_prefix,
             manifest.model_version,
             runtime.vocabulary.levels,
+            runtime.vocabulary.codebook_size,
             manifest.sources.period_s,
             settings.history_days,
             settings.ttl_days,
@@ -204,6 +205,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.max_wait_ms,
             settings.max_queue_windows,
             settings.max_queue_delay_ms,
+            text_chunk=settings.encoder_batch or (settings.max_batch_size if runtime.on_gpu else 32),
         )
         await batcher.start()
         embedder = None

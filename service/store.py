@@ -3,7 +3,7 @@
 Keys (a user's keys share the hash tag `{user}`, so they live in one Redis Cluster slot and the
 multi-key scripts below stay legal there):
 
-    {prefix}:{<user>}:h:<model_version>:<source>   LIST, one packed entry per window, oldest first
+    {prefix}:{<user>}:t:<model_version>:<source>   LIST, one packed entry per window, oldest first
     {prefix}:{<user>}:e:<source>:<window_index>    HASH event_id -> event JSON, for windows still open
     {prefix}:{<user>}:n:<source>:<window_index>    STRING: how many events the stored tokens were built
                                                    from (open windows only)
@@ -13,9 +13,12 @@ multi-key scripts below stay legal there):
     {prefix}:fb:<model_version>:<digest>           ZSET: users whose histories have this digest, scored by
                                                    -engagement (the only key not in a user's slot)
 
-Packed entry (little endian): uint32 window index, then one uint16 code per level (12 bytes for 4
-tokens). The model version is part of the history key, so tokens of two model versions can never mix
-in one history. Keys of open windows expire once no late event can reach them any more.
+Packed entry (PackedEntries): uint32 window index (little endian), then the levels' codes in
+ceil(log2(codebook size)) bits each, most significant bit first, zero-padded to a whole byte (9 bytes for
+4 codes of a 1024-entry codebook). The model version is part of the history key, so tokens of two model
+versions can never mix in one history; the key's `t` names this entry format (`h` held uint16 codes), so a
+history written in another format is never misread. Keys of open windows expire once no late event can
+reach them any more.
 
 Every change to one (user, source) is one Lua script, so it is atomic without locks:
   INGEST  adds events (idempotent on event_id), rejects events of closed windows, and says whether the
@@ -124,6 +127,38 @@ return {digest, old, tonumber(redis.call('HGET', meta, 'x') or '0')}
 ACCEPTED, DUPLICATE, LATE = 1, 0, 2
 
 
+class PackedEntries:
+    """History entries as Redis stores them, and back. Bit-packed codes: a 180-day history of one source is
+    180 list entries, and Redis spends 1 + entry size + 1 bytes on each (benchmarks/redis_memory.py)."""
+
+    def __init__(self, levels: int, codebook_size: int):
+        self.levels, self.bits = levels, max(1, (codebook_size - 1).bit_length())
+        if self.bits > 16:
+            raise ValueError(f"codebook size {codebook_size} needs more than 16 bits per code")
+        self.stored = np.dtype([("window", "<u4"), ("codes", "u1", (-(-levels * self.bits // 8),))])
+        self.decoded = np.dtype([("window", "<u4"), ("codes", "<u2", (levels,))])
+        self.size = self.stored.itemsize
+        self._shifts = np.arange(self.bits - 1, -1, -1)
+
+    def pack(self, windows: np.ndarray, codes: np.ndarray) -> list[bytes]:
+        """windows [N], codes [N, levels] -> N entries."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(len(windows), self.levels)
+        bits = ((codes[:, :, None] >> self._shifts) & 1).astype(np.uint8).reshape(len(codes), -1)
+        arr = np.zeros(len(codes), self.stored)
+        arr["window"], arr["codes"] = windows, np.packbits(bits, axis=1)
+        raw = arr.tobytes()
+        return [raw[i : i + self.size] for i in range(0, len(raw), self.size)]
+
+    def unpack(self, raw: bytes) -> np.ndarray:
+        """Concatenated entries -> structured array (window uint32, codes uint16 [levels])."""
+        arr = np.frombuffer(raw, self.stored)
+        bits = np.unpackbits(arr["codes"], axis=1)[:, : self.levels * self.bits]
+        out = np.empty(len(arr), self.decoded)
+        out["window"] = arr["window"]
+        out["codes"] = bits.reshape(len(arr), self.levels, self.bits).astype(np.int64) @ (1 << self._shifts)
+        return out
+
+
 @dataclass
 class IngestResult:
     statuses: list[int]  # per event: ACCEPTED, DUPLICATE or LATE
@@ -138,6 +173,7 @@ class TokenHistoryStore:
         prefix: str,
         model_version: str,
         levels: int,
+        codebook_size: int,
         period_s: int,
         history_days: int,
         ttl_days: int,
@@ -145,7 +181,7 @@ class TokenHistoryStore:
     ):
         self.redis, self.prefix, self.model_version = redis, prefix, model_version
         self.period_s, self.late_windows = period_s, late_windows
-        self.entry = np.dtype([("window", "<u4"), ("codes", "<u2", (levels,))])
+        self.entries = PackedEntries(levels, codebook_size)
         self.max_entries = max(1, -(-history_days * 86400 // period_s))
         self.ttl_s = ttl_days * 86400
         # an open window's events are kept while late events may still arrive for it
@@ -156,7 +192,7 @@ class TokenHistoryStore:
         self._state = redis.register_script(STATE)
 
     def history_key(self, user: str, source: str) -> str:
-        return f"{self.prefix}:{{{user}}}:h:{self.model_version}:{source}"
+        return f"{self.prefix}:{{{user}}}:t:{self.model_version}:{source}"
 
     def events_key(self, user: str, source: str, window: int) -> str:
         return f"{self.prefix}:{{{user}}}:e:{source}:{window}"
@@ -247,18 +283,16 @@ class TokenHistoryStore:
             results.append(IngestResult([int(s) for s in statuses], int(n), events))
         return results
 
-    def pack(self, window: int, codes: np.ndarray) -> bytes:
-        e = np.zeros(1, self.entry)
-        e["window"], e["codes"] = window, codes
-        return e.tobytes()
-
     async def commit(self, writes: list[tuple[str, str, int, int, np.ndarray]]) -> None:
         """writes: (user, source, window index, event count, codes [levels])."""
+        if not writes:
+            return
+        packed = self.entries.pack(np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user, source, window, n, codes in writes:
+            for (user, source, window, n, _), entry in zip(writes, packed, strict=True):
                 await self._commit(
                     keys=[self.history_key(user, source), self.count_key(user, source, window)],
-                    args=[window, n, self.pack(window, codes), self.max_entries, self.ttl_s, self.events_ttl_s],
+                    args=[window, n, entry, self.max_entries, self.ttl_s, self.events_ttl_s],
                     client=pipe,
                 )
             await pipe.execute()
@@ -277,10 +311,11 @@ class TokenHistoryStore:
                 for user in users:  # one script per user: its keys share a Redis Cluster slot
                     await self._read(keys=keys(user), client=pipe)
                 replies = await pipe.execute()
-        histories = {
-            user: {s: np.frombuffer(b"".join(entries), self.entry) for s, entries in zip(sources, r[:-1], strict=True)}
-            for user, r in zip(users, replies, strict=True)
-        }
+        # one unpack for every list of the call, then split: per-list numpy calls would dominate a batch read
+        lists = [entries for r in replies for entries in r[:-1]]
+        decoded = self.entries.unpack(b"".join(e for entries in lists for e in entries))
+        parts = iter(np.split(decoded, np.cumsum([len(entries) for entries in lists])[:-1]))
+        histories = {user: {s: next(parts) for s in sources} for user in users}
         return histories, {user: int(r[-1]) for user, r in zip(users, replies, strict=True)}
 
 

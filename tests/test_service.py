@@ -171,7 +171,7 @@ def test_history_is_capped_and_expires(serve, one_user, redis_server):
     post(base, api_events(df[df["source"] == "visits"]))
     hist = httpx.get(f"{base}/users/{user}/tokens").json()["windows"]
     assert len(hist) == 3
-    keys = redis.Redis(port=redis_server.port).keys(f"{settings.key_prefix}:{{{user}}}:h:*")
+    keys = redis.Redis(port=redis_server.port).keys(f"{settings.key_prefix}:{{{user}}}:t:*")
     assert len(keys) == 1, redis.Redis(port=redis_server.port).keys(f"{settings.key_prefix}*")[:5]
     ttl = redis.Redis(port=redis_server.port).ttl(keys[0])
     assert 29 * 86400 < ttl <= 30 * 86400
