@@ -73,7 +73,7 @@ async def fill(url: str, artifacts: Path, prefix: str) -> tuple[list[str], float
         for i in order
     ]
     for k in range(0, len(writes), 5000):
-        await store.commit(writes[k : k + 5000])
+        await store.commit(writes[k : k + 5000], names)
     users = sorted({w[0] for w in writes})
     lengths = []
     for u in users[:200]:

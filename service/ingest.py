@@ -127,10 +127,12 @@ class EventTokenizer:
         jobs = [self._job(k[1], res.events) for k, res in todo]
         codes = await self.batcher.submit(jobs)
         with timed_redis(self.metrics, "commit"):
-            await self.store.commit([(*k, res.event_count, c) for (k, res), c in zip(todo, codes, strict=True)])
-        if todo:
+            moves = await self.store.commit(
+                [(*k, res.event_count, c) for (k, res), c in zip(todo, codes, strict=True)], self.source_names
+            )
+        if moves:
             with timed_redis(self.metrics, "fallback"):
-                await self.store.refresh_fallback(sorted({k[0] for k, _ in todo}), self.source_names)
+                await self.store.refresh_fallback(moves)
 
         windows = []
         for ((user, source, w), res), c in zip(todo, codes, strict=True):

@@ -24,9 +24,9 @@ Every change to one (user, source) is one Lua script, so it is atomic without lo
   INGEST  adds events (idempotent on event_id), rejects events of closed windows, and says whether the
           window must be (re)tokenized, returning its events if so;
   COMMIT  appends or replaces the window's entry unless one built from more events is already stored,
-          trims the history to its cap and sets the TTL.
+          trims the history to its cap, sets the TTL, and re-hashes the user's whole history (every
+          source) into the metadata's digest, in the same atomic step, for the collision fallback.
 Concurrent writers therefore converge: the entry built from the most events wins.
-  STATE   (after COMMIT) files the user under their history's digest for the collision fallback.
 """
 
 from __future__ import annotations
@@ -70,9 +70,13 @@ if stored >= n then return {0, n, status, {}} end
 return {1, n, status, redis.call('HGETALL', KEYS[2])}
 """
 
+# KEYS: this source's history, the window's count, every source's history (this one included), the metadata.
+# -> {applied, digest after, digest before, engagement}. The digest is the collision fallback's key (paper eq. 9,
+# model/fallback.py): users with the same digest share a sorted set scored by -engagement, whose order
+# (engagement desc, then user id, Redis's tie order) is the fallback order.
 COMMIT = """
 local w, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tonumber(redis.call('GET', KEYS[2]) or '-1') > n then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '-1') > n then return {0, '', '', 0} end
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local placed = false
 for j = #entries, 1, -1 do
@@ -92,7 +96,14 @@ if not placed then redis.call('LPUSH', KEYS[1], ARGV[3]) end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 redis.call('SET', KEYS[2], n, 'EX', tonumber(ARGV[6]))
-return 1
+local parts = {}
+for i = 3, #KEYS - 1 do parts[#parts + 1] = table.concat(redis.call('LRANGE', KEYS[i], 0, -1)) end
+local meta = KEYS[#KEYS]
+local old = redis.call('HGET', meta, 'd') or ''
+local digest = string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
+redis.call('HSET', meta, 'd', digest)
+redis.call('EXPIRE', meta, tonumber(ARGV[5]))
+return {1, digest, old, tonumber(redis.call('HGET', meta, 'x') or '0')}
 """
 
 # One command per user instead of one LRANGE per source: the read path is the hot one, and a client-side
@@ -102,26 +113,6 @@ local out = {}
 for i = 1, #KEYS - 1 do out[i] = redis.call('LRANGE', KEYS[i], 0, -1) end
 out[#KEYS] = redis.call('HGET', KEYS[#KEYS], 'f') or '0'
 return out
-"""
-
-# The collision fallback (paper eq. 9, model/fallback.py) kept current by the write path, so reads pay nothing:
-# STATE hashes the user's whole history (every source) and swaps it into the user's digest key; users with the
-# same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's tie
-# order) is the fallback order. Each member's rank is written into its own key, read by READ in the same call.
-STATE = """
-local parts, entries = {}, 0
-for i = 1, #KEYS - 1 do
-  local l = redis.call('LRANGE', KEYS[i], 0, -1)
-  entries = entries + #l
-  parts[i] = table.concat(l)
-end
-local meta = KEYS[#KEYS]
-local old = redis.call('HGET', meta, 'd') or ''
-if entries == 0 then return {'', old, 0} end
-local digest = string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
-redis.call('HSET', meta, 'd', digest)
-redis.call('EXPIRE', meta, tonumber(ARGV[1]))
-return {digest, old, tonumber(redis.call('HGET', meta, 'x') or '0')}
 """
 
 ACCEPTED, DUPLICATE, LATE = 1, 0, 2
@@ -189,7 +180,6 @@ class TokenHistoryStore:
         self._ingest = redis.register_script(INGEST)
         self._commit = redis.register_script(COMMIT)
         self._read = redis.register_script(READ)
-        self._state = redis.register_script(STATE)
 
     def history_key(self, user: str, source: str) -> str:
         return f"{self.prefix}:{{{user}}}:t:{self.model_version}:{source}"
@@ -206,17 +196,13 @@ class TokenHistoryStore:
     def collision_set(self, digest: str) -> str:
         return f"{self.prefix}:fb:{self.model_version}:{digest}"
 
-    async def refresh_fallback(self, users: list[str], sources: list[str]) -> None:
-        """Re-files `users` under their histories' digests and re-ranks every collision set they left or joined."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                keys = [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
-                await self._state(keys=keys, args=[self.ttl_s], client=pipe)
-            states = await pipe.execute()
+    async def refresh_fallback(self, moves: dict[str, tuple[str, str, int]]) -> None:
+        """moves: user -> (digest now, digest before, engagement), as COMMIT returned them. Re-files each user
+        under their history's digest and re-ranks every collision set they left or joined. Each member's rank
+        is written into its own metadata, which READ returns with the history, so reads pay nothing."""
         touched: set[str] = set()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user, (digest, old, engagement) in zip(users, states, strict=True):
-                digest, old = _text(digest), _text(old)
+            for user, (digest, old, engagement) in moves.items():
                 if old and old != digest:
                     pipe.zrem(self.collision_set(old), user)
                     touched.add(old)
@@ -283,19 +269,31 @@ class TokenHistoryStore:
             results.append(IngestResult([int(s) for s in statuses], int(n), events))
         return results
 
-    async def commit(self, writes: list[tuple[str, str, int, int, np.ndarray]]) -> None:
-        """writes: (user, source, window index, event count, codes [levels])."""
+    async def commit(
+        self, writes: list[tuple[str, str, int, int, np.ndarray]], sources: list[str]
+    ) -> dict[str, tuple[str, str, int]]:
+        """writes: (user, source, window index, event count, codes [levels]); `sources`: every source name.
+        -> user: (history digest now, digest before this call, engagement) for users whose history changed,
+        what refresh_fallback takes."""
         if not writes:
-            return
+            return {}
         packed = self.entries.pack(np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]))
         async with self.redis.pipeline(transaction=False) as pipe:
             for (user, source, window, n, _), entry in zip(writes, packed, strict=True):
+                keys = [self.history_key(user, source), self.count_key(user, source, window)]
+                keys += [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
                 await self._commit(
-                    keys=[self.history_key(user, source), self.count_key(user, source, window)],
+                    keys=keys,
                     args=[window, n, entry, self.max_entries, self.ttl_s, self.events_ttl_s],
                     client=pipe,
                 )
-            await pipe.execute()
+            replies = await pipe.execute()
+        moves: dict[str, tuple[str, str, int]] = {}
+        for (user, *_), (applied, digest, old, engagement) in zip(writes, replies, strict=True):
+            if applied:  # a user's later commits in this call move on from their first one's "before"
+                first_old = moves[user][1] if user in moves else _text(old)
+                moves[user] = (_text(digest), first_old, int(engagement))
+        return moves
 
     async def read(self, users: list[str], sources: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
         """-> ({user: {source: structured array of entries (window, codes)}}, {user: fallback index}) in one
