@@ -82,7 +82,8 @@ class RedisProcess:
 class ServiceProcess:
     """`u2qt serve` in its own process (so SIGTERM is a real signal), configured through U2QT_* variables."""
 
-    def __init__(self, artifacts: Path, redis_url: str, **settings):
+    def __init__(self, artifacts: Path, redis_url: str, wait: bool = True, **settings):
+        """wait=False returns once the process is started; call wait_ready() before using it."""
         self.port = free_port()
         env = dict(os.environ, REDIS_URL=redis_url, **{f"U2QT_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the process; a file, not a pipe: a full pipe would block the server
@@ -95,6 +96,10 @@ class ServiceProcess:
             text=True,
         )
         self.base = f"http://127.0.0.1:{self.port}"
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         try:
             wait_until(lambda: httpx.get(f"{self.base}/readyz").status_code == 200, 120, "service readiness")
         except RuntimeError:

@@ -87,11 +87,12 @@ class Replicas:
     def __init__(self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str):
         self.services: list[ServiceProcess] = []
         try:
-            for _ in range(n):
+            for _ in range(n):  # all start at once, then all are waited for
                 self.services.append(
                     ServiceProcess(
                         artifacts,
                         redis_url,
+                        wait=False,
                         key_prefix=prefix,
                         max_batch_size=max_batch,
                         max_queue_windows=100000,
@@ -99,6 +100,8 @@ class Replicas:
                         providers=providers,
                     )
                 )
+            for s in self.services:
+                s.wait_ready()
         except BaseException:
             self.stop()
             raise

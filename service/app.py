@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -110,6 +111,11 @@ class _TooLarge(Exception):
     pass
 
 
+# one 429 for both places that refuse: the admission gate (before the body is read) and the batcher
+QUEUE_FULL = {"detail": "tokenization queue is full; retry later"}
+QUEUE_FULL_RETRY_AFTER = "1"
+
+
 class AdmissionGate:
     """Sheds POST /tokenize with 429 before its body is read or parsed when the queue has no room: under
     overload, refusing must cost far less than accepting, or the refusals themselves starve the accepted
@@ -124,7 +130,7 @@ class AdmissionGate:
             if state is not None and not state.batcher.has_room(1):
                 state.metrics.rejected.labels("queue_full").inc()
                 scope["u2qt_route"] = "/tokenize"
-                body = b'{"detail":"tokenization queue is full; retry later"}'
+                body = orjson.dumps(QUEUE_FULL)
                 await send(
                     {
                         "type": "http.response.start",
@@ -132,7 +138,7 @@ class AdmissionGate:
                         "headers": [
                             (b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", b"1"),
+                            (b"retry-after", QUEUE_FULL_RETRY_AFTER.encode()),
                         ],
                     }
                 )
@@ -282,7 +288,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.exception_handler(QueueFull)
     async def queue_full(request, exc):
         request.app.state.u2qt.metrics.rejected.labels("queue_full").inc()
-        return ORJSONResponse({"detail": "tokenization queue is full; retry later"}, 429, headers={"Retry-After": "1"})
+        return ORJSONResponse(QUEUE_FULL, 429, headers={"Retry-After": QUEUE_FULL_RETRY_AFTER})
 
     @app.exception_handler(RedisError)
     async def redis_down(request, exc):
