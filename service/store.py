@@ -71,12 +71,12 @@ return {1, n, status, redis.call('HGETALL', KEYS[2])}
 """
 
 # KEYS: this source's history, the window's count, every source's history (this one included), the metadata.
-# -> {applied, digest after, digest before, engagement}. The digest is the collision fallback's key (paper eq. 9,
-# model/fallback.py): users with the same digest share a sorted set scored by -engagement, whose order
-# (engagement desc, then user id, Redis's tie order) is the fallback order.
+# -> {applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
+# fallback's key (paper eq. 9, model/fallback.py): users with the same digest share a sorted set scored by
+# -engagement, whose order (engagement desc, then user id, Redis's tie order) is the fallback order.
 COMMIT = """
 local w, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tonumber(redis.call('GET', KEYS[2]) or '-1') > n then return {0, '', '', 0} end
+if tonumber(redis.call('GET', KEYS[2]) or '-1') > n then return {0, '', '', 0, 0} end
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local placed = false
 for j = #entries, 1, -1 do
@@ -103,7 +103,8 @@ local old = redis.call('HGET', meta, 'd') or ''
 local digest = string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
 redis.call('HSET', meta, 'd', digest)
 redis.call('EXPIRE', meta, tonumber(ARGV[5]))
-return {1, digest, old, tonumber(redis.call('HGET', meta, 'x') or '0')}
+local x = tonumber(redis.call('HGET', meta, 'x') or '0')
+return {1, digest, old, x, redis.call('HEXISTS', meta, 'f')}
 """
 
 # One command per user instead of one LRANGE per source: the read path is the hot one, and a client-side
@@ -196,22 +197,40 @@ class TokenHistoryStore:
     def collision_set(self, digest: str) -> str:
         return f"{self.prefix}:fb:{self.model_version}:{digest}"
 
-    async def refresh_fallback(self, moves: dict[str, tuple[str, str, int]]) -> None:
-        """moves: user -> (digest now, digest before, engagement), as COMMIT returned them. Re-files each user
-        under their history's digest and re-ranks every collision set they left or joined. Each member's rank
-        is written into its own metadata, which READ returns with the history, so reads pay nothing."""
-        touched: set[str] = set()
+    async def refresh_fallback(self, moves: dict[str, tuple[str, str, int, bool]]) -> None:
+        """moves: user -> (digest now, digest before, engagement, has a fallback index), as COMMIT returned them.
+        Re-files each user under their history's digest and re-ranks the collision sets that hold more than one
+        user after the move. Each member's rank is written into its own metadata, which READ returns with the
+        history, so reads pay nothing. Without collisions (the common case) this is one round trip."""
+        sizes: list[tuple[str, str | None, int]] = []  # (digest, user, members needed to re-rank)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user, (digest, old, engagement) in moves.items():
+            for user, (digest, old, engagement, _) in moves.items():
                 if old and old != digest:
                     pipe.zrem(self.collision_set(old), user)
-                    touched.add(old)
-                if digest:
-                    pipe.zadd(self.collision_set(digest), {user: -float(engagement)})
-                    pipe.expire(self.collision_set(digest), self.ttl_s)
-                    touched.add(digest)
-            await pipe.execute()
-        await self._rank(sorted(touched))
+                    pipe.zcard(self.collision_set(old))
+                    sizes.append((old, None, 1))  # whoever is left may hold a rank that is now wrong
+                pipe.zadd(self.collision_set(digest), {user: -float(engagement)})
+                pipe.expire(self.collision_set(digest), self.ttl_s)
+                pipe.zcard(self.collision_set(digest))
+                sizes.append((digest, user, 2))
+            replies = iter(await pipe.execute())
+        crowded, alone = set(), []
+        for digest, user, needed in sizes:
+            if user is None:
+                next(replies)  # ZREM
+            else:
+                next(replies), next(replies)  # ZADD, EXPIRE
+            if next(replies) >= needed:
+                crowded.add(digest)
+            elif user is not None and moves[user][3]:
+                alone.append(user)  # collided before, alone now: its old rank must go
+        if alone:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user in alone:
+                    pipe.hdel(self.meta_key(user), "f")
+                await pipe.execute()
+        if crowded:
+            await self._rank(sorted(crowded))
 
     async def _rank(self, digests: list[str]) -> None:
         """Writes each live member's rank (or clears it when alone) for all `digests` in three round trips,
@@ -271,10 +290,10 @@ class TokenHistoryStore:
 
     async def commit(
         self, writes: list[tuple[str, str, int, int, np.ndarray]], sources: list[str]
-    ) -> dict[str, tuple[str, str, int]]:
+    ) -> dict[str, tuple[str, str, int, bool]]:
         """writes: (user, source, window index, event count, codes [levels]); `sources`: every source name.
-        -> user: (history digest now, digest before this call, engagement) for users whose history changed,
-        what refresh_fallback takes."""
+        -> user: (history digest now, digest before this call, engagement, has a fallback index) for users
+        whose history changed, what refresh_fallback takes."""
         if not writes:
             return {}
         packed = self.entries.pack(np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]))
@@ -288,11 +307,11 @@ class TokenHistoryStore:
                     client=pipe,
                 )
             replies = await pipe.execute()
-        moves: dict[str, tuple[str, str, int]] = {}
-        for (user, *_), (applied, digest, old, engagement) in zip(writes, replies, strict=True):
+        moves: dict[str, tuple[str, str, int, bool]] = {}
+        for (user, *_), (applied, digest, old, engagement, ranked) in zip(writes, replies, strict=True):
             if applied:  # a user's later commits in this call move on from their first one's "before"
-                first_old = moves[user][1] if user in moves else _text(old)
-                moves[user] = (_text(digest), first_old, int(engagement))
+                first_old, first_ranked = moves[user][1::2] if user in moves else (_text(old), bool(ranked))
+                moves[user] = (_text(digest), first_old, int(engagement), first_ranked)
         return moves
 
     async def read(self, users: list[str], sources: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
