@@ -28,7 +28,7 @@ from training.config import AlignConfig, TrainConfig
 from training.corpus import WindowCorpus, build_corpus
 from training.embeddings import embed_texts_cached
 from training.probes import probe_seeds
-from training.train import corpus_tensors, fit_mrq, load_checkpoint
+from training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
 
 ENTRY_BYTES_PER_WINDOW = {"window index": 4, "per token": 2}  # service/store.py's packed entry
 
@@ -74,19 +74,7 @@ def fit_variant(name, base: TrainConfig, corpus, text_emb, pre_rows, keep, share
     model, *_ = fit_mrq(cfg, sub, emb, emb.shape[1], np.zeros(len(sub), bool), progress)
     e, s, f = corpus_tensors(sub, emb)
     with torch.no_grad():
-        codes = torch.cat(
-            [
-                model.quantizer.encode(
-                    model.encoder(
-                        model.source_embedding(
-                            e[i : i + 8192], s[i : i + 8192], {k: v[i : i + 8192] for k, v in f.items()}
-                        )
-                    ),
-                    s[i : i + 8192],
-                )[0]
-                for i in range(0, len(s), 8192)
-            ]
-        ).numpy()
+        codes, _ = encode_all(model, e, s, f, cosine=False)
     vocab = TokenVocabulary(keep, shared, specific, cfg.quantizer.codebook_size)
     return Tokenized(name, vocab, codes, rows, sub.windows["source_index"].to_numpy(), model)
 

@@ -89,16 +89,18 @@ def embed_corpus(corpus: WindowCorpus, cfg: TrainConfig, out: Path, progress: bo
 
 
 @torch.no_grad()
-def encode_all(model: U2QTModel, text_emb, source, features, chunk: int = 8192):
+def encode_all(model: U2QTModel, text_emb, source, features, chunk: int = 8192, cosine: bool = True):
+    """-> (codes [N, levels], reconstruction cosine [N] or None when `cosine` is False), in chunks."""
     codes, cos = [], []
     for s in range(0, len(source), chunk):
         sl = slice(s, s + chunk)
         feats = {k: v[sl] for k, v in features.items()}
         z = model.encoder(model.source_embedding(text_emb[sl], source[sl], feats))
         codes.append(model.quantizer.encode(z, source[sl])[0])
-        rec, tgt = model.reconstruct(text_emb[sl], source[sl], feats)
-        cos.append(torch.nn.functional.cosine_similarity(rec, tgt, dim=-1))
-    return torch.cat(codes).numpy(), torch.cat(cos).numpy()
+        if cosine:
+            rec, tgt = model.reconstruct(text_emb[sl], source[sl], feats)
+            cos.append(torch.nn.functional.cosine_similarity(rec, tgt, dim=-1))
+    return torch.cat(codes).numpy(), torch.cat(cos).numpy() if cosine else None
 
 
 def fit_mrq(
