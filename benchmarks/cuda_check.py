@@ -15,7 +15,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,26 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def throughput(rt, jobs, batch: int, seconds: float) -> float:
-    from service.batcher import MicroBatcher
-    from service.metrics import ServiceMetrics
-
-    b = MicroBatcher(rt, ServiceMetrics(), batch, text_chunk=batch if rt.on_gpu else 32)
-    for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: a new shape's first run is slow on CUDA
-        b._run(b._tokenize(jobs[s : s + batch]))
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for s in range(0, len(jobs), batch):
-            b._run(b._tokenize(jobs[s : s + batch]))
-            done += len(jobs[s : s + batch])
-            if time.perf_counter() - t0 >= seconds:
-                break
-    return done / (time.perf_counter() - t0)
-
-
 def main() -> None:
     import onnxruntime as ort
 
+    from benchmarks.harness import batch_stage_throughput as throughput
     from model.runtime import TokenizerRuntime
     from service.batcher import WindowJob
     from training.completejourney import load_events, sources_config

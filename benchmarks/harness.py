@@ -133,6 +133,25 @@ class ServiceProcess:
             self.wait()
 
 
+def batch_stage_throughput(runtime, jobs: list, batch: int, seconds: float) -> float:
+    """Windows/s of the service's own batch stages (subword tokenizer, encoders, quantizer: MicroBatcher's
+    _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between."""
+    from service.batcher import MicroBatcher
+    from service.metrics import ServiceMetrics
+
+    b = MicroBatcher(runtime, ServiceMetrics(), batch)
+    for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: a new shape's first run is slow on CUDA
+        b._run(b._tokenize(jobs[s : s + batch]))
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for s in range(0, len(jobs), batch):
+            b._run(b._tokenize(jobs[s : s + batch]))
+            done += len(jobs[s : s + batch])
+            if time.perf_counter() - t0 >= seconds:
+                break
+    return done / (time.perf_counter() - t0)
+
+
 def requests_by_user_week(events, sources, prefix: str = "") -> dict[str, list[list[dict]]]:
     """user -> one request per week in time order: that week's events of every source, as upstream sends them."""
     from training.events import to_service_events

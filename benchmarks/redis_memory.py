@@ -11,10 +11,7 @@ MEMORY USAGE. Prints bytes per token including every per-user overhead (key, lis
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +19,8 @@ import redis
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.embedded_redis import redis_server_binary  # noqa: E402
+from benchmarks.harness import RedisProcess  # noqa: E402
 from service.store import TokenHistoryStore  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -39,18 +30,9 @@ def main() -> None:
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--codebook-size", type=int, default=1024)
     args = p.parse_args()
-    port = free_port()
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
+    server = RedisProcess().start()  # no persistence: memory is what the dataset costs
     try:
-        r = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        r = redis.Redis(port=server.port)
         store = TokenHistoryStore(
             r, "u2qt", "0b7848f0125f", args.levels, args.codebook_size, 86400, args.days, args.days, 1
         )
@@ -103,7 +85,7 @@ def main() -> None:
             f"{per_key / (args.days * args.levels):.2f} bytes/token"
         )
     finally:
-        proc.terminate()
+        server.kill()
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import RedisProcess, ServiceProcess  # noqa: E402
+from benchmarks.harness import RedisProcess, ServiceProcess, batch_stage_throughput  # noqa: E402
 from model.manifest import Manifest  # noqa: E402
 from model.runtime import TokenizerRuntime  # noqa: E402
-from service.batcher import MicroBatcher, WindowJob  # noqa: E402
+from service.batcher import WindowJob  # noqa: E402
 from service.ingest import EventTokenizer  # noqa: E402
 from service.metrics import ServiceMetrics  # noqa: E402
 
@@ -59,25 +59,14 @@ def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float, provi
 
     manifest = Manifest.load(artifacts)
     rt = TokenizerRuntime(artifacts, manifest, providers=providers)
-    batcher = MicroBatcher(rt, ServiceMetrics(), batch, text_chunk=batch if rt.on_gpu else 32)
-    tok = EventTokenizer(manifest, None, batcher, ServiceMetrics())
+    tok = EventTokenizer(manifest, None, None, ServiceMetrics())  # renders windows into jobs; no store, no queue
     jobs: list[WindowJob] = []
     for p in payloads[:400]:
         groups: dict = {}
         for e in p:
             groups.setdefault(e["source"], []).append(tok._stored(EventIn(**e)))  # as stored in Redis
         jobs += [tok._job(src, evs) for src, evs in groups.items()]
-    for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: first runs of new shapes are slow on CUDA
-        batcher._run(batcher._tokenize(jobs[s : s + batch]))
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for s in range(0, len(jobs), batch):
-            chunk = jobs[s : s + batch]
-            batcher._run(batcher._tokenize(chunk))
-            done += len(chunk)
-            if time.perf_counter() - t0 >= seconds:
-                break
-    return done / (time.perf_counter() - t0)
+    return batch_stage_throughput(rt, jobs, batch, seconds)
 
 
 class Replicas:

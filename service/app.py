@@ -211,7 +211,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.max_wait_ms,
             settings.max_queue_windows,
             settings.max_queue_delay_ms,
-            text_chunk=settings.encoder_batch or (settings.max_batch_size if runtime.on_gpu else 32),
+            text_chunk=settings.encoder_batch,
         )
         await batcher.start()
         embedder = None

@@ -70,11 +70,12 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 4096,
         max_queue_delay_ms: float = 0.0,
-        text_chunk: int = 32,
+        text_chunk: int = 0,
     ):
         self.runtime, self.metrics = runtime, metrics
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
-        self.text_chunk = text_chunk
+        # windows per text-encoder run; 0: 32 on CPU (sorted by length, so less padding), the whole batch on a GPU
+        self.text_chunk = text_chunk or (max_batch_size if runtime.on_gpu else 32)
         # Admission by expected wait, not only by count: under overload the queue then stays as short as the
         # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
         self.max_delay_s = max_queue_delay_ms / 1000

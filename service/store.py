@@ -37,6 +37,8 @@ import numpy as np
 import orjson
 from redis.asyncio import Redis
 
+from model.entries import PackedEntries
+
 INGEST = """
 local w = tonumber(ARGV[1])
 local late = tonumber(ARGV[2])
@@ -119,38 +121,6 @@ return out
 ACCEPTED, DUPLICATE, LATE = 1, 0, 2
 
 
-class PackedEntries:
-    """History entries as Redis stores them, and back. Bit-packed codes: a 180-day history of one source is
-    180 list entries, and Redis spends 1 + entry size + 1 bytes on each (benchmarks/redis_memory.py)."""
-
-    def __init__(self, levels: int, codebook_size: int):
-        self.levels, self.bits = levels, max(1, (codebook_size - 1).bit_length())
-        if self.bits > 16:
-            raise ValueError(f"codebook size {codebook_size} needs more than 16 bits per code")
-        self.stored = np.dtype([("window", "<u4"), ("codes", "u1", (-(-levels * self.bits // 8),))])
-        self.decoded = np.dtype([("window", "<u4"), ("codes", "<u2", (levels,))])
-        self.size = self.stored.itemsize
-        self._shifts = np.arange(self.bits - 1, -1, -1)
-
-    def pack(self, windows: np.ndarray, codes: np.ndarray) -> list[bytes]:
-        """windows [N], codes [N, levels] -> N entries."""
-        codes = np.asarray(codes, dtype=np.int64).reshape(len(windows), self.levels)
-        bits = ((codes[:, :, None] >> self._shifts) & 1).astype(np.uint8).reshape(len(codes), -1)
-        arr = np.zeros(len(codes), self.stored)
-        arr["window"], arr["codes"] = windows, np.packbits(bits, axis=1)
-        raw = arr.tobytes()
-        return [raw[i : i + self.size] for i in range(0, len(raw), self.size)]
-
-    def unpack(self, raw: bytes) -> np.ndarray:
-        """Concatenated entries -> structured array (window uint32, codes uint16 [levels])."""
-        arr = np.frombuffer(raw, self.stored)
-        bits = np.unpackbits(arr["codes"], axis=1)[:, : self.levels * self.bits]
-        out = np.empty(len(arr), self.decoded)
-        out["window"] = arr["window"]
-        out["codes"] = bits.reshape(len(arr), self.levels, self.bits).astype(np.int64) @ (1 << self._shifts)
-        return out
-
-
 @dataclass
 class IngestResult:
     statuses: list[int]  # per event: ACCEPTED, DUPLICATE or LATE
@@ -178,7 +148,6 @@ class TokenHistoryStore:
         self.ttl_s = ttl_days * 86400
         # an open window's events are kept while late events may still arrive for it
         self.events_ttl_s = (late_windows + 2) * period_s
-        self._read = redis.register_script(READ)  # EVALSHA, loaded on first NOSCRIPT, for single reads
 
     def history_key(self, user: str, source: str) -> str:
         return f"{self.prefix}:{{{user}}}:t:{self.model_version}:{source}"
@@ -300,9 +269,12 @@ class TokenHistoryStore:
             replies = await pipe.execute()
         moves: dict[str, tuple[str, str, int, bool]] = {}
         for (user, *_), (applied, digest, old, engagement, ranked) in zip(writes, replies, strict=True):
-            if applied:  # a user's later commits in this call move on from their first one's "before"
-                first_old, first_ranked = moves[user][1::2] if user in moves else (_text(old), bool(ranked))
-                moves[user] = (_text(digest), first_old, int(engagement), first_ranked)
+            if not applied:
+                continue
+            before, had_rank = _text(old), bool(ranked)
+            if user in moves:  # a user's later commit in this call: "before" stays what it was before the first
+                _, before, _, had_rank = moves[user]
+            moves[user] = (_text(digest), before, int(engagement), had_rank)
         return moves
 
     async def read(self, users: list[str], sources: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
@@ -313,11 +285,12 @@ class TokenHistoryStore:
             return [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
 
         if len(users) == 1:
-            replies = [await self._read(keys=keys(users[0]))]
+            one = keys(users[0])
+            replies = [await self.redis.execute_command("EVAL", READ, len(one), *one)]
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for user in users:  # one script per user: its keys share a Redis Cluster slot
-                    _queue(pipe, READ, keys(user), [])
+                    _queue(pipe, READ, keys(user))
                 replies = await pipe.execute()
         # one unpack for every list of the call, then split: per-list numpy calls would dominate a batch read
         lists = [entries for r in replies for entries in r[:-1]]
@@ -327,10 +300,11 @@ class TokenHistoryStore:
         return histories, {user: int(r[-1]) for user, r in zip(users, replies, strict=True)}
 
 
-def _queue(pipe, script: str, keys: list[str], args: list) -> None:
-    """Queues a script in a pipeline as EVAL with its body. redis-py's Script objects would first send SCRIPT
-    EXISTS for every pipeline (a round trip, and a tenth of the write path's CPU, profiled on a GPU box); Redis
-    caches the compiled body by its SHA1, and a restarted Redis needs nothing reloaded."""
+def _queue(pipe, script: str, keys: list[str], args: list = ()) -> None:
+    """Queues a script in a pipeline as EVAL with its body, as every script here runs. redis-py's Script objects
+    would first send SCRIPT EXISTS for every pipeline (a round trip, and a tenth of the write path's CPU,
+    profiled on a GPU box); Redis caches the compiled body by its SHA1, and a restarted Redis needs nothing
+    reloaded."""
     pipe.execute_command("EVAL", script, len(keys), *keys, *args)
 
 

@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.store import PackedEntries
+from model.entries import PackedEntries
 
 
 @pytest.mark.parametrize("levels,codebook_size", [(1, 2), (4, 1024), (4, 1000), (5, 1025), (6, 256), (3, 65536)])
