@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from model.entries import PackedEntries
 from model.fallback import assign_fallback, collision_rate
 from model.history import HistoryConfig
 from model.sequence import batch_sequences
@@ -29,8 +30,6 @@ from training.corpus import WindowCorpus, build_corpus
 from training.embeddings import embed_texts_cached
 from training.probes import probe_seeds
 from training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
-
-ENTRY_BYTES_PER_WINDOW = {"window index": 4, "per token": 2}  # service/store.py's packed entry
 
 
 class EvalConfig(BaseModel):
@@ -170,15 +169,15 @@ def cj_labels(cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
     return labels, onehot
 
 
-def storage_per_user(events, corpus, span, users, emb_dim, levels, lo, hi) -> dict:
+def storage_per_user(events, corpus, span, users, emb_dim, entries: PackedEntries, lo, hi) -> dict:
     ev = events[(events["ts"] >= lo) & (events["ts"] < hi) & events["user_id"].isin(users)]
     raw = ev.to_json(orient="records", lines=True)
     windows = int(span.sum()) / len(users)
-    token_bytes = windows * (ENTRY_BYTES_PER_WINDOW["window index"] + levels * ENTRY_BYTES_PER_WINDOW["per token"])
+    token_bytes = windows * entries.size  # the token store's packed entry
     return {
         "raw events (canonical JSON)": len(raw.encode()) / len(users),
         f"continuous window embeddings (float32 x {emb_dim})": windows * emb_dim * 4,
-        f"tokens ({levels} x uint16 + window index, as stored in Redis)": token_bytes,
+        f"tokens ({entries.levels} x {entries.bits}-bit codes + window index, as stored in Redis)": token_bytes,
         "windows per user": windows,
     }
 
@@ -322,7 +321,8 @@ def run_eval(
         "window tuples (distinct inputs, same tokens)": window_collisions(corpus, mrq, span),
     }
 
-    storage = storage_per_user(events, corpus, span, users, ck.encoder.dim, levels, lo, hi)
+    entries = PackedEntries(levels, base.quantizer.codebook_size)
+    storage = storage_per_user(events, corpus, span, users, ck.encoder.dim, entries, lo, hi)
     ctr = ctr_check(events, corpus, toks["MRQ-VAE"], span, users, cut_s, onehot, cfg) if onehot is not None else {}
     report = {
         "config": cfg.model_dump(),
