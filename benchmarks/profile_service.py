@@ -1,0 +1,105 @@
+"""Where the service's request path spends its time: py-spy samples of `u2qt serve` under POST load.
+
+    python3 benchmarks/profile_service.py --artifacts artifacts/cj [--providers cuda] [--seconds 12]
+    python3 benchmarks/profile_service.py --summarize docs/gpu/profile_1_replica.txt.gz
+
+Starts redis-server and one service process, drives it with 32 clients in 2 processes (service_bench's
+load: one request per household-week of real events), records the service with `py-spy record --threads -f
+raw` (py-spy from PyPI; active samples only), and prints each thread's share of the samples and, for the
+event-loop thread, the share spent in the parts of the request path. `--summarize` prints the same from a
+raw profile already recorded (the GPU figures in docs/gpu.md come from the committed one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# part of the request path -> a frame (function, file) whose presence on the stack marks it
+PARTS = {
+    "/tokenize handler (EventTokenizer and the route function)": ("create_app.<locals>.tokenize", "app.py"),
+    "  redis-py pipelines (packing, sending, parsing)": ("Pipeline.execute", "client.py"),
+    "FastAPI dependency solving": ("solve_dependencies", "utils.py"),
+    "request body validation (pydantic)": ("request_body_to_args", "utils.py"),
+    "request body JSON decoding": ("Request.json", "requests.py"),
+}
+
+
+def summarize(path: Path, seconds: float, rate: int) -> None:
+    opener = gzip.open if path.suffix == ".gz" else open
+    threads, parts, loop = Counter(), Counter(), 0
+    with opener(path, "rt") as f:
+        for line in f:
+            stack, n = line.rsplit(" ", 1)
+            frames = stack.split(";")
+            thread = frames[0].split(": ", 1)[-1].rstrip(")").split("_")[0]
+            threads[thread] += int(n)
+            if thread != "MainThread":
+                continue
+            loop += int(n)
+            for part, (func, file) in PARTS.items():
+                if any(fr.startswith(func + " (") and f"{file}:" in fr for fr in frames[1:]):
+                    parts[part] += int(n)
+    possible = seconds * rate
+    print(f"profile: {path} ({seconds:g} s at {rate} Hz = {possible:.0f} samples per thread if always active)")
+    for thread, n in threads.most_common():
+        print(f"thread {thread}: active in {n / possible:.1%} of the samples")
+    print("event-loop thread (MainThread), share of its active samples:")
+    for part in PARTS:
+        print(f"  {parts[part] / loop:6.1%}  {part}")
+    handler = parts[next(iter(PARTS))]
+    print(f"  {1 - handler / loop:6.1%}  outside the handler (uvicorn, Starlette, FastAPI, middlewares, idle loop)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--artifacts", default="artifacts/cj", type=Path)
+    p.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seconds", type=float, default=12)
+    p.add_argument("--rate", type=int, default=250)
+    p.add_argument("--out", type=Path, default=Path("profile_service.txt"))
+    p.add_argument("--summarize", type=Path, help="a raw py-spy profile to summarize instead of recording one")
+    args = p.parse_args()
+    if args.summarize:
+        summarize(args.summarize, args.seconds, args.rate)
+        return
+
+    from benchmarks.harness import RedisProcess, ServiceProcess
+    from benchmarks.service_bench import post_load, requests_by_user_week
+
+    print(
+        f"command: python3 benchmarks/profile_service.py --artifacts {args.artifacts} --providers {args.providers} "
+        f"--seconds {args.seconds:g} --rate {args.rate} --out {args.out}"
+    )
+    payloads = requests_by_user_week(600)
+    store = RedisProcess().start()
+    svc = ServiceProcess(
+        args.artifacts,
+        store.url,
+        key_prefix="profile",
+        max_queue_windows=100000,
+        max_queue_delay_ms=0,
+        providers=args.providers,
+    )
+    try:
+        record = f"py-spy record -p {svc.process.pid} -d {args.seconds:g} -r {args.rate} --threads -f raw -o {args.out}"
+        # post_load's clients start 2 s per client process after it is called: record from 1 s into the load
+        spy = subprocess.Popen(["sh", "-c", f"sleep 5; exec {record}"], stdout=subprocess.DEVNULL)
+        r = post_load([svc.base], payloads, 32, args.seconds + 3, 2)
+        spy.wait()
+    finally:
+        svc.stop()
+        store.kill()
+    print(f"load while profiled: {r['windows_s']:.1f} windows/s, {r['requests']} requests ({os.cpu_count()} cores)")
+    summarize(args.out, args.seconds, args.rate)
+
+
+if __name__ == "__main__":
+    main()
