@@ -164,6 +164,66 @@ def requests_by_user_week(events, sources, prefix: str = "") -> dict[str, list[l
     return out
 
 
+def interleaved(by_user: dict[str, list[list[dict]]], max_users: int) -> list[list[dict]]:
+    """The first `max_users` users' requests, round robin: each user's in time order (none is late), users
+    mixed as a stream from many users is."""
+    streams = [by_user[u] for u in sorted(by_user)[:max_users]]
+    return [s[i] for i in range(max(map(len, streams), default=0)) for s in streams if i < len(s)]
+
+
+# POST bodies from a file, one JSON body per line; wrk thread `id` of `threads` takes every threads-th line
+WRK_POST_LUA = """
+local count = 0
+function setup(thread)
+  thread:set("id", count)
+  count = count + 1
+end
+function init(args)
+  bodies, n = {}, 0
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % tonumber(args[2]) == id then bodies[#bodies + 1] = line end
+    i = i + 1
+  end
+end
+function request()
+  n = n + 1
+  return wrk.format("POST", "/tokenize", {["Content-Type"] = "application/json"}, bodies[((n - 1) % #bodies) + 1])
+end
+"""
+
+
+def wrk(base: str, script: str, seconds: float, connections: int, threads: int = 2, args: tuple = ()) -> dict:
+    """Runs wrk (a C load generator: Debian package `wrk`) with a Lua `script` -> requests/s, latency
+    percentiles (ms), non-2xx answers, and wrk's own output."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", f.name, base]
+    out = subprocess.run([*cmd, "--", *map(str, args)], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    pct = {p: wrk_ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+(\S+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "pct": pct,
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "raw": out,
+    }
+
+
+def wrk_ms(text: str) -> float:
+    """wrk's '812.00us' / '5.54ms' / '1.02s' -> milliseconds"""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def metric_total(base: str, name: str) -> float:
+    """Sum of a counter's series on a service's /metrics."""
+    text = httpx.get(f"{base}/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
 Window = tuple[str, str, str]  # (user, source, window_start)
 
 

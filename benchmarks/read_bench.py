@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import RedisProcess, ServiceProcess  # noqa: E402
+from benchmarks.harness import RedisProcess, ServiceProcess, wrk  # noqa: E402
 from model.manifest import Manifest  # noqa: E402
 from model.sources import window_index  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
@@ -82,20 +79,9 @@ async def fill(url: str, artifacts: Path, prefix: str) -> tuple[list[str], float
     return users, float(np.mean(lengths))
 
 
-def wrk(base: str, users: list[str], rate: float, seconds: float, connections: int) -> dict:
+def paced_reads(base: str, users: list[str], rate: float, seconds: float, connections: int) -> dict:
     delay_ms = max(0, round(connections * 1000 / rate) - 2)  # ~2 ms of each cycle is the request itself
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA % (",".join(f'"{u}"' for u in users), delay_ms))
-    out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", f.name, base],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pct = {p: v for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M)}
-    rps = float(re.search(r"Requests/sec:\s+(\S+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "pct": pct, "non2xx": int(errors.group(1)) if errors else 0, "raw": out}
+    return wrk(base, LUA % (",".join(f'"{u}"' for u in users), delay_ms), seconds, connections)
 
 
 def main() -> None:
@@ -113,8 +99,8 @@ def main() -> None:
         users, mean_windows = asyncio.run(fill(store.url, args.artifacts, "read"))
         svc = ServiceProcess(args.artifacts, store.url, key_prefix="read", ort_threads=1)
         try:
-            wrk(svc.base, users, args.rate, 3, args.connections)  # warm-up
-            runs = [wrk(svc.base, users, args.rate, args.seconds, args.connections) for _ in range(args.repeat)]
+            paced_reads(svc.base, users, args.rate, 3, args.connections)  # warm-up
+            runs = [paced_reads(svc.base, users, args.rate, args.seconds, args.connections) for _ in range(args.repeat)]
         finally:
             svc.stop()
     finally:
@@ -128,19 +114,14 @@ def main() -> None:
     for i, r in enumerate(runs, 1):
         print(
             f"run {i}: GET /users/{{id}}/tokens offered {args.rate:g} req/s -> achieved {r['rps']:.1f} req/s; latency "
-            f"p50 {r['pct'].get('50')}, p90 {r['pct'].get('90')}, p99 {r['pct'].get('99')}; non-2xx {r['non2xx']}"
+            f"p50 {r['pct']['50']:.2f} ms, p90 {r['pct']['90']:.2f} ms, p99 {r['pct']['99']:.2f} ms; "
+            f"non-2xx {r['non2xx']}"
         )
-    med = {k: np.median([ms(r["pct"][k]) for r in runs]) for k in ("50", "99")}
+    med = {k: np.median([r["pct"][k] for r in runs]) for k in ("50", "99")}
     print(
         f"median of {len(runs)} runs: {np.median([r['rps'] for r in runs]):.1f} req/s, p50 {med['50']:.2f} ms, "
         f"p99 {med['99']:.2f} ms (objective: p99 <= 5 ms at 500 req/s)"
     )
-
-
-def ms(text: str) -> float:
-    """wrk's '812.00us' / '5.54ms' / '1.02s' -> milliseconds"""
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """End-to-end service benchmark on real Complete Journey windows, measured side by side in one run.
 
     python3 benchmarks/service_bench.py --artifacts artifacts/cj [--clients 32] [--seconds 20]
-        [--providers auto|cpu|cuda] [--max-batch 64] [--replicas 1] [--client-procs 1]
+        [--providers auto|cpu|cuda] [--max-batch 64] [--replicas 1] [--client wrk|python] [--client-procs 1]
 
 1. raw limit: the service's own batch stages (tokenize + ONNX Runtime) on `--max-batch`-window batches, no
    HTTP/Redis;
@@ -11,8 +11,10 @@
    180 days.
 The service runs as `u2qt serve` in its own process against its own redis-server (`--replicas` such
 processes sharing one Redis and, on a GPU, one GPU: what a deployment with several pods per node does; clients
-spread over them). Clients run in `--client-procs` processes on the same machine, so on a small box they take
-cores from the service. Medians of latencies; throughput = windows/s.
+spread over them). The POST clients are wrk connections (C, Debian package `wrk`; a closed loop, each posts its
+next request when the last is answered) or, with `--client python`, httpx clients in `--client-procs`
+processes, which cost the service's cores several times what wrk does. Either way they run on the same
+machine. Medians of latencies; throughput = windows/s.
 """
 
 from __future__ import annotations
@@ -21,17 +23,29 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import RedisProcess, ServiceProcess, batch_stage_throughput  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    WRK_POST_LUA,
+    RedisProcess,
+    ServiceProcess,
+    batch_stage_throughput,
+    interleaved,
+    metric_total,
+    wrk,
+)
 from model.manifest import Manifest  # noqa: E402
 from model.runtime import TokenizerRuntime  # noqa: E402
 from service.batcher import WindowJob  # noqa: E402
@@ -42,14 +56,10 @@ from service.metrics import ServiceMetrics  # noqa: E402
 def requests_by_user_week(max_users: int) -> list[list[dict]]:
     """One request per (household, week): that week's events of every source, as upstream would send them."""
     from training.completejourney import load_events, sources_config
-    from training.events import normalize_events, to_service_events
+    from training.events import normalize_events
 
     sources = sources_config()
-    ev = normalize_events(load_events(), sources)
-    users = np.sort(ev["user_id"].unique())[:max_users]
-    ev = ev[ev["user_id"].isin(set(users))].sort_values("ts")
-    ev["week"] = ((ev["ts"] - 4 * 86400) // (7 * 86400)).astype(int)
-    return [to_service_events(g, sources) for _, g in ev.groupby(["week", "user_id"], sort=True)]
+    return interleaved(harness.requests_by_user_week(normalize_events(load_events(), sources), sources), max_users)
 
 
 def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int) -> float:
@@ -154,6 +164,40 @@ def post_load(bases: list[str], payloads: list[list[dict]], clients: int, second
     }
 
 
+def post_load_wrk(bases: list[str], payloads: list[list[dict]], clients: int, seconds: float) -> dict:
+    """The same closed loop from wrk (C, on loopback): `clients` connections, each posting its next request as
+    soon as the last is answered; one wrk per replica with its share of connections and of the requests.
+    Windows/s from the services' own u2qt_windows_tokenized_total over wrk's run."""
+    n = len(bases)
+    files = []
+    for i in range(n):
+        f = tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False)  # noqa: SIM115
+        f.write(b"\n".join(orjson.dumps({"events": p}) for p in payloads[i::n]) + b"\n")
+        f.close()
+        files.append((f.name, len(payloads[i::n])))
+    before = sum(metric_total(b, "u2qt_windows_tokenized_total") for b in bases)
+
+    def one(i: int) -> dict:
+        conns = clients // n + (i < clients % n)
+        threads = min(2, conns)
+        return wrk(bases[i], WRK_POST_LUA, seconds, conns, threads, (files[i][0], threads))
+
+    with ThreadPoolExecutor(n) as pool:
+        runs = list(pool.map(one, range(n)))
+    windows = sum(metric_total(b, "u2qt_windows_tokenized_total") for b in bases) - before
+    for name, _ in files:
+        os.unlink(name)
+    requests = sum(r["requests"] for r in runs)
+    return {
+        "windows_s": windows / seconds,
+        "p50": float(np.median([r["pct"]["50"] for r in runs])) / 1e3,
+        "p99": max(r["pct"]["99"] for r in runs) / 1e3,
+        "requests": requests,
+        "errors": sum(r["non2xx"] for r in runs),
+        "replayed": max(0, requests - sum(k for _, k in files)),
+    }
+
+
 async def get_load(base: str, users: list[str], rate: float, seconds: float) -> dict:
     lat, errors, tasks = [], 0, []
 
@@ -194,8 +238,20 @@ def main() -> None:
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--client-procs", type=int, default=1)
+    p.add_argument("--client-procs", type=int, default=1, help="--client python: processes of clients")
+    p.add_argument(
+        "--client",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="POST load generator: wrk (C; default where installed) or httpx clients in Python processes",
+    )
     args = p.parse_args()
+
+    def post(bases: list[str]) -> dict:
+        if args.client == "wrk":
+            return post_load_wrk(bases, payloads, args.clients, args.seconds)
+        return post_load(bases, payloads, args.clients, args.seconds, args.client_procs)
+
     payloads = requests_by_user_week(args.users)
     store = RedisProcess().start()
     url = store.url
@@ -203,7 +259,7 @@ def main() -> None:
         raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch)
         svc = Replicas(args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers)
         try:
-            batched = post_load(svc.bases, payloads, args.clients, args.seconds, args.client_procs)
+            batched = post(svc.bases)
             users = sorted({e["user_id"] for pl in payloads for e in pl})
             reads = asyncio.run(get_load(svc.bases[0], users, args.get_rate, args.seconds / 2))
             hist = httpx.get(f"{svc.bases[0]}/users/{users[0]}/tokens").json()["windows"]
@@ -211,7 +267,7 @@ def main() -> None:
             svc.stop()
         svc = Replicas(args.replicas, args.artifacts, url, "bench-unbatched", 1, args.providers)
         try:
-            unbatched = post_load(svc.bases, payloads, args.clients, args.seconds, args.client_procs)
+            unbatched = post(svc.bases)
         finally:
             svc.stop()
     finally:
@@ -219,18 +275,22 @@ def main() -> None:
     print(
         f"command: python3 benchmarks/service_bench.py --artifacts {args.artifacts} --clients {args.clients} "
         f"--seconds {args.seconds:g} --users {args.users} --get-rate {args.get_rate:g} --providers "
-        f"{args.providers} --max-batch {args.max_batch} --replicas {args.replicas} --client-procs {args.client_procs}"
+        f"{args.providers} --max-batch {args.max_batch} --replicas {args.replicas} --client {args.client}"
+        + (f" --client-procs {args.client_procs}" if args.client == "python" else "")
     )
     rt = TokenizerRuntime(args.artifacts, providers=args.providers)
+    clients = "wrk" if args.client == "wrk" else f"{args.client_procs} Python process(es), httpx"
     print(
         f"machine: {os.cpu_count()} cores{gpu_name() if rt.on_gpu else ''}; {args.replicas} service process(es), "
-        f"redis-server and {args.client_procs} client process(es) on one machine; providers {rt.providers[0]}"
+        f"redis-server and the clients ({clients}) on one machine; providers {rt.providers[0]}"
     )
     print(f"raw batched ONNX Runtime, {args.max_batch} per batch (no HTTP, no Redis): {raw:8.1f} windows/s")
     for name, r in (("POST /tokenize, batching on ", batched), ("POST /tokenize, batching off", unbatched)):
         print(
             f"{name}: {r['windows_s']:8.1f} windows/s  p50 {r['p50'] * 1e3:7.1f} ms  p99 {r['p99'] * 1e3:7.1f} ms"
-            f"  ({r['requests']} requests, {r['errors']} errors)"
+            f"  ({r['requests']} requests, {r['errors']} errors"
+            + (f", {r['replayed']} replays of requests already sent" if r.get("replayed") else "")
+            + ")"
         )
     print(
         f"end-to-end / raw limit: {batched['windows_s'] / raw:.2f}   batching on / off: "

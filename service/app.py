@@ -8,16 +8,16 @@ import hmac
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
+from datetime import datetime
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from model.fallback import fallback_token
@@ -27,7 +27,7 @@ from model.sequence import history_sequence
 from model.sources import index_start
 from service.batcher import EmbeddingBatcher, MicroBatcher, QueueFull, WindowJob
 from service.embedded_redis import EmbeddedRedis
-from service.ingest import EventTokenizer, timed_redis, validation_errors
+from service.ingest import EventTokenizer, iso, timed_redis, validation_errors
 from service.metrics import ServiceMetrics
 from service.schemas import (
     BatchEmbeddingRequest,
@@ -40,6 +40,14 @@ from service.schemas import (
 )
 from service.settings import ServiceSettings
 from service.store import TokenHistoryStore
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON rendered by orjson: the handlers hand over plain data, serialized once (FastAPI's own ORJSONResponse
+    is deprecated)."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
 
 
 @dataclass
@@ -252,7 +260,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="u2qt",
         version="0.1.0",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=OrjsonResponse,
         description="Turns users' multi-source events into discrete tokens per (user, source, window) and serves "
         "their token histories to rankers.",
     )
@@ -283,17 +291,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(request, exc):
-        return ORJSONResponse({"detail": "missing or wrong API key (X-API-Key or Authorization: Bearer)"}, 401)
+        return OrjsonResponse({"detail": "missing or wrong API key (X-API-Key or Authorization: Bearer)"}, 401)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request, exc):
         request.app.state.u2qt.metrics.rejected.labels("queue_full").inc()
-        return ORJSONResponse(QUEUE_FULL, 429, headers={"Retry-After": QUEUE_FULL_RETRY_AFTER})
+        return OrjsonResponse(QUEUE_FULL, 429, headers={"Retry-After": QUEUE_FULL_RETRY_AFTER})
 
     @app.exception_handler(RedisError)
     async def redis_down(request, exc):
         request.app.state.u2qt.metrics.rejected.labels("redis_unavailable").inc()
-        return ORJSONResponse(
+        return OrjsonResponse(
             {"detail": f"token store unavailable: {type(exc).__name__}"}, 503, headers={"Retry-After": "2"}
         )
 
@@ -306,24 +314,33 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         try:
             await asyncio.wait_for(s.redis.ping(), 2.0)
         except (RedisError, OSError, TimeoutError) as e:
-            return ORJSONResponse({"status": "not ready", "redis": type(e).__name__}, 503)
+            return OrjsonResponse({"status": "not ready", "redis": type(e).__name__}, 503)
         if not s.warmed:
-            return ORJSONResponse({"status": "not ready", "model": "warming up"}, 503)
+            return OrjsonResponse({"status": "not ready", "model": "warming up"}, 503)
         return {"status": "ready", "model_version": s.manifest.model_version, "providers": s.runtime.providers}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(s: ServiceState = Depends(state)):
         return PlainTextResponse(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/tokenize", response_model=TokenizeResponse, tags=["tokens"], dependencies=[writer])
-    async def tokenize(body: TokenizeRequest, s: ServiceState = Depends(state)):
+    # The body is validated straight from its bytes by pydantic-core (FastAPI would json.loads it into Python
+    # objects first, then validate those); the schema still documents it (openapi_extra, request_schemas).
+    @app.post(
+        "/tokenize",
+        response_model=TokenizeResponse,
+        tags=["tokens"],
+        dependencies=[writer],
+        openapi_extra={"requestBody": json_body(TokenizeRequest)},
+    )
+    async def tokenize(request: Request, s: ServiceState = Depends(state)):
         """Tokenize events: each (user, source, window) they touch is re-rendered from all of its events,
         tokenized, and stored in the user's history. Replays are no-ops; late events are refused per event."""
+        body = parse_json(TokenizeRequest, await request.body())
         at_most(len(body.events), settings.max_events_per_request, "events", "events per request")
         errors = validation_errors(body.events, s.manifest)
         if errors:
             raise RequestValidationError(errors)
-        return await s.tokenizer.tokenize(body.events)
+        return OrjsonResponse(await s.tokenizer.tokenize(body.events))
 
     def parse_sources(s: ServiceState, sources: list[str] | None) -> list[str]:
         known = [x.name for x in s.manifest.sources.sources]
@@ -401,7 +418,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         body = {"user_id": user_id, "model_version": s.manifest.model_version, "windows": h[user_id]}
         if user_id in fb:  # another user's full token sequence is identical: the fallback token tells them apart
             body |= {"fallback": fb[user_id], "fallback_token": fallback_token(fb[user_id])}
-        return ORJSONResponse(body)
+        return OrjsonResponse(body)
 
     @app.post(
         "/users/tokens",
@@ -419,7 +436,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         out = {"model_version": s.manifest.model_version, "users": h}
         if fb:
             out["fallback"] = {u: {"fallback": n, "fallback_token": fallback_token(n)} for u, n in fb.items()}
-        return ORJSONResponse(out)
+        return OrjsonResponse(out)
 
     async def user_embeddings(s: ServiceState, users: list[str]) -> dict[str, dict | None]:
         if s.embedder is None:
@@ -452,21 +469,57 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         """The user's dense embedding, computed from their stored token history by the history model."""
         e = (await user_embeddings(s, [user_id]))[user_id]
         if e is None:
-            return ORJSONResponse({"detail": f"no token history for user {user_id!r}"}, 404)
-        return ORJSONResponse({"user_id": user_id, "model_version": s.manifest.model_version, **e})
+            return OrjsonResponse({"detail": f"no token history for user {user_id!r}"}, 404)
+        return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, **e})
 
     @app.post("/users/embeddings", tags=["embeddings"], dependencies=[reader])
     async def many_user_embeddings(body: BatchEmbeddingRequest, s: ServiceState = Depends(state)):
         """Embeddings of many users in one call (null for a user with no history)."""
         at_most(len(body.user_ids), settings.max_users_per_read, "user_ids", "users per call")
         users = list(dict.fromkeys(body.user_ids))
-        return ORJSONResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})
+        return OrjsonResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})
 
     @app.exception_handler(_NoHistoryModel)
     async def no_history_model(request, exc):
-        return ORJSONResponse({"detail": "this model has no history model (trained without the alignment stage)"}, 501)
+        return OrjsonResponse({"detail": "this model has no history model (trained without the alignment stage)"}, 501)
 
+    with_request_schemas(app, TokenizeRequest)
     return app
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    """An OpenAPI request body of `model`, for a route that reads its body itself."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"required": True, "content": {"application/json": {"schema": ref}}}
+
+
+def with_request_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Adds the schemas of bodies that routes parse themselves (json_body) to the OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schemas = build().setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def parse_json(model: type[BaseModel], body: bytes):
+    """`body` validated as `model`; 422 with FastAPI's error shape (loc starting at "body") if it is not."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        for err in errors:
+            err["loc"] = ("body", *err["loc"])
+            if err["type"] == "json_invalid":
+                err.pop("input", None)  # the whole body: a client needs the position, not its own bytes back
+        raise RequestValidationError(errors) from None
 
 
 def at_most(n: int, limit: int, field: str, what: str) -> None:
@@ -481,8 +534,3 @@ class _NoHistoryModel(Exception):
 
 class _Unauthorized(Exception):
     pass
-
-
-@lru_cache(maxsize=65536)
-def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

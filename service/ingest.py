@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -18,7 +19,7 @@ from model.sources import index_start, window_index
 from model.windows import render_text_window, tabular_window_features
 from service.batcher import MicroBatcher, QueueFull, WindowJob
 from service.metrics import ServiceMetrics
-from service.schemas import EventIn, EventStatus, TokenizeResponse, WindowTokens
+from service.schemas import EventIn
 from service.store import ACCEPTED, DUPLICATE, TokenHistoryStore
 
 STATUS = {ACCEPTED: "accepted", DUPLICATE: "duplicate"}
@@ -101,7 +102,8 @@ class EventTokenizer:
         self.source_names = list(self.source_index)
         self._seen = [set() for _ in range(self.vocabulary.levels)]
 
-    async def tokenize(self, events: list[EventIn]) -> TokenizeResponse:
+    async def tokenize(self, events: list[EventIn]) -> dict:
+        """-> the body of a TokenizeResponse, as plain data (serialized once, by orjson)."""
         groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
         windows = window_index(np.array([e.ts for e in events], dtype=np.float64), self.period).tolist()
         for i, (e, w) in enumerate(zip(events, windows, strict=True)):  # one vectorized call per request
@@ -113,15 +115,18 @@ class EventTokenizer:
         with timed_redis(self.metrics, "ingest"):
             results = await self.store.ingest([(*k, p) for k, p in zip(keys, payload, strict=True)])
 
-        statuses: list[EventStatus | None] = [None] * len(events)
+        statuses: list[dict | None] = [None] * len(events)
+        counts = dict.fromkeys(STATUS.values(), 0) | {"late": 0}
         for k, res in zip(keys, results, strict=True):
             for i, st in zip(groups[k], res.statuses, strict=True):
-                reason = None
-                if st not in STATUS:
+                status, reason = STATUS.get(st, "late"), None
+                if status == "late":
                     reason = (
-                        f"window {self._iso(k[2])} is closed: {self.store.late_windows} window(s) behind the newest"
+                        f"window {iso(index_start(k[2], self.period))} is closed: {self.store.late_windows} "
+                        "window(s) behind the newest"
                     )
-                statuses[i] = EventStatus(event_id=events[i].event_id, status=STATUS.get(st, "late"), reason=reason)
+                counts[status] += 1
+                statuses[i] = {"event_id": events[i].event_id, "status": status, "reason": reason}
 
         todo = [(k, res) for k, res in zip(keys, results, strict=True) if res.events is not None]
         jobs = [self._job(k[1], res.events) for k, res in todo]
@@ -134,40 +139,45 @@ class EventTokenizer:
             with timed_redis(self.metrics, "fallback"):
                 await self.store.refresh_fallback(moves)
 
-        windows = []
-        for ((user, source, w), res), c in zip(todo, codes, strict=True):
-            ids = self.vocabulary.ids(np.array([self.source_index[source]]), c[None])[0]
-            self.metrics.windows.labels(source).inc()
-            for level, code in enumerate(c):
-                self.metrics.tokens.labels(str(level + 1)).inc()
-                seen = self._seen[level]
-                if len(seen) < 1 << 16:
-                    seen.add((source if level >= self.vocabulary.shared_levels else "", int(code)))
-                    self.metrics.codebook_used.labels(str(level + 1)).set(len(seen))
-            windows.append(
-                WindowTokens(
-                    user_id=user,
-                    source=source,
-                    window_start=self._iso(w),
-                    event_count=res.event_count,
-                    tokens=ids.tolist(),
-                    token_strings=[self.strings[t] for t in ids],
-                )
-            )
-        counts = {s: sum(1 for x in statuses if x.status == s) for s in ("accepted", "duplicate", "late")}
-        for s, n in counts.items():
-            self.metrics.events.labels(s).inc(n)
-        return TokenizeResponse(
-            model_version=self.manifest.model_version,
-            accepted=counts["accepted"],
-            duplicates=counts["duplicate"],
-            late=counts["late"],
-            events=statuses,
-            windows=windows,
-        )
+        src = np.array([self.source_index[k[1]] for k, _ in todo], dtype=np.int64)
+        ids = self.vocabulary.ids(src, codes).tolist() if todo else []
+        self._observe(src, codes)
+        for outcome, n in counts.items():
+            self.metrics.events.labels(outcome).inc(n)
+        return {
+            "model_version": self.manifest.model_version,
+            "accepted": counts["accepted"],
+            "duplicates": counts["duplicate"],
+            "late": counts["late"],
+            "events": statuses,
+            "windows": [
+                {
+                    "user_id": user,
+                    "source": source,
+                    "window_start": iso(index_start(w, self.period)),
+                    "event_count": res.event_count,
+                    "tokens": t,
+                    "token_strings": [self.strings[i] for i in t],
+                }
+                for ((user, source, w), res), t in zip(todo, ids, strict=True)
+            ],
+        }
 
-    def _iso(self, index: int) -> datetime:
-        return datetime.fromtimestamp(index_start(index, self.period), UTC)
+    def _observe(self, src: np.ndarray, codes: np.ndarray) -> None:
+        """Windows and tokens counted once per request (not per window: a label lookup costs more than the count)."""
+        if not len(src):
+            return
+        for i, n in zip(*np.unique(src, return_counts=True), strict=True):
+            self.metrics.windows.labels(self.source_names[i]).inc(int(n))
+        for level in range(codes.shape[1]):
+            self.metrics.tokens.labels(str(level + 1)).inc(len(codes))
+            seen = self._seen[level]
+            if len(seen) < 1 << 16:
+                shared = level < self.vocabulary.shared_levels
+                seen.update(
+                    ("" if shared else self.source_names[s], int(c)) for s, c in zip(src, codes[:, level], strict=True)
+                )
+                self.metrics.codebook_used.labels(str(level + 1)).set(len(seen))
 
     @staticmethod
     def _stored(e: EventIn) -> dict:
@@ -195,3 +205,9 @@ class EventTokenizer:
             [[e.get("attributes", {}).get(a, np.nan) for a in spec.attributes] for e in events], dtype=np.float64
         )
         return WindowJob(idx, features=tabular_window_features(rows))
+
+
+@lru_cache(maxsize=65536)
+def iso(ts: int) -> str:
+    """A window start as the API writes times (UTC, ISO-8601, seconds)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

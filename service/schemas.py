@@ -41,8 +41,9 @@ class EventIn(BaseModel):
     source: str = Field(min_length=1, max_length=64)
     ts: datetime | float = Field(description="event time: unix seconds or ISO-8601")
     text: str | None = Field(None, max_length=4000)
-    amount: float | None = None
-    attributes: dict[str, float] | None = None
+    # finite numbers only, checked by pydantic-core (no Python call per event)
+    amount: float | None = Field(None, allow_inf_nan=False)
+    attributes: dict[str, Annotated[float, Field(allow_inf_nan=False)]] | None = None
 
     @field_validator("ts")
     @classmethod
@@ -51,20 +52,6 @@ class EventIn(BaseModel):
         if not math.isfinite(seconds) or not 0 <= seconds < 4_102_444_800:  # 1970 .. 2100
             raise ValueError("ts must be a time between 1970 and 2100")
         return seconds
-
-    @field_validator("amount")
-    @classmethod
-    def _amount(cls, v):
-        if v is not None and not math.isfinite(v):
-            raise ValueError("amount must be a finite number")
-        return v
-
-    @field_validator("attributes")
-    @classmethod
-    def _attributes(cls, v):
-        if v is not None and not all(math.isfinite(x) for x in v.values()):
-            raise ValueError("attribute values must be finite numbers")
-        return v
 
 
 class TokenizeRequest(BaseModel):

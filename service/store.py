@@ -26,7 +26,8 @@ Every change to one (user, source) is one Lua script, so it is atomic without lo
   COMMIT  appends or replaces the window's entry unless one built from more events is already stored,
           trims the history to its cap, sets the TTL, and re-hashes the user's whole history (every
           source) into the metadata's digest, in the same atomic step, for the collision fallback.
-Concurrent writers therefore converge: the entry built from the most events wins.
+Concurrent writers therefore converge: the entry built from the most events wins. Commands go out through
+one CoalescingPipeline, so concurrent requests at the same step share a round trip.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import orjson
 from redis.asyncio import Redis
 
 from model.entries import PackedEntries
+from service.coalescing import CoalescingPipeline
 
 INGEST = """
 local w = tonumber(ARGV[1])
@@ -142,6 +144,7 @@ class TokenHistoryStore:
         late_windows: int,
     ):
         self.redis, self.prefix, self.model_version = redis, prefix, model_version
+        self.pipeline = CoalescingPipeline(redis)  # every write, and batch reads, go through it
         self.period_s, self.late_windows = period_s, late_windows
         self.entries = PackedEntries(levels, codebook_size)
         self.max_entries = max(1, -(-history_days * 86400 // period_s))
@@ -169,18 +172,19 @@ class TokenHistoryStore:
         Re-files each user under their history's digest and re-ranks the collision sets that hold more than one
         user after the move. Each member's rank is written into its own metadata, which READ returns with the
         history, so reads pay nothing. Without collisions (the common case) this is one round trip."""
+        commands: list[tuple] = []
         sizes: list[tuple[str, str | None, int]] = []  # (digest, user, members needed to re-rank)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user, (digest, old, engagement, _) in moves.items():
-                if old and old != digest:
-                    pipe.zrem(self.collision_set(old), user)
-                    pipe.zcard(self.collision_set(old))
-                    sizes.append((old, None, 1))  # whoever is left may hold a rank that is now wrong
-                pipe.zadd(self.collision_set(digest), {user: -float(engagement)})
-                pipe.expire(self.collision_set(digest), self.ttl_s)
-                pipe.zcard(self.collision_set(digest))
-                sizes.append((digest, user, 2))
-            replies = iter(await pipe.execute())
+        for user, (digest, old, engagement, _) in moves.items():
+            if old and old != digest:
+                commands += [("ZREM", self.collision_set(old), user), ("ZCARD", self.collision_set(old))]
+                sizes.append((old, None, 1))  # whoever is left may hold a rank that is now wrong
+            commands += [
+                ("ZADD", self.collision_set(digest), -float(engagement), user),
+                ("EXPIRE", self.collision_set(digest), self.ttl_s),
+                ("ZCARD", self.collision_set(digest)),
+            ]
+            sizes.append((digest, user, 2))
+        replies = iter(await self.pipeline.execute(commands))
         crowded, alone = set(), []
         for digest, user, needed in sizes:
             if user is None:
@@ -192,56 +196,47 @@ class TokenHistoryStore:
             elif user is not None and moves[user][3]:
                 alone.append(user)  # collided before, alone now: its old rank must go
         if alone:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for user in alone:
-                    pipe.hdel(self.meta_key(user), "f")
-                await pipe.execute()
+            await self.pipeline.execute([("HDEL", self.meta_key(user), "f") for user in alone])
         if crowded:
             await self._rank(sorted(crowded))
 
     async def _rank(self, digests: list[str]) -> None:
         """Writes each live member's rank (or clears it when alone) for all `digests` in three round trips,
         however many sets a request touched; members whose digest moved on are dropped from the set."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for digest in digests:
-                pipe.zrange(self.collision_set(digest), 0, -1)
-            members = [[_text(m) for m in ms] for ms in await pipe.execute()]
-        async with self.redis.pipeline(transaction=False) as pipe:  # one HGET per user: users span cluster slots
-            for ms in members:
-                for m in ms:
-                    pipe.hget(self.meta_key(m), "d")
-            current = iter(await pipe.execute())
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for digest, ms in zip(digests, members, strict=True):
-                now = [_text(next(current) or b"") for _ in ms]
-                live = [m for m, d in zip(ms, now, strict=True) if d == digest]
-                stale = [m for m, d in zip(ms, now, strict=True) if d != digest]
-                if stale:
-                    pipe.zrem(self.collision_set(digest), *stale)
-                for rank, m in enumerate(live, 1):
-                    if len(live) > 1:
-                        pipe.hset(self.meta_key(m), "f", rank)
-                    else:
-                        pipe.hdel(self.meta_key(m), "f")
-            await pipe.execute()
+        replies = await self.pipeline.execute([("ZRANGE", self.collision_set(d), 0, -1) for d in digests])
+        members = [[_text(m) for m in ms] for ms in replies]
+        # one HGET per user: users span cluster slots
+        current = iter(await self.pipeline.execute([("HGET", self.meta_key(m), "d") for ms in members for m in ms]))
+        commands: list[tuple] = []
+        for digest, ms in zip(digests, members, strict=True):
+            now = [_text(next(current) or b"") for _ in ms]
+            live = [m for m, d in zip(ms, now, strict=True) if d == digest]
+            stale = [m for m, d in zip(ms, now, strict=True) if d != digest]
+            if stale:
+                commands.append(("ZREM", self.collision_set(digest), *stale))
+            for rank, m in enumerate(live, 1):
+                if len(live) > 1:
+                    commands.append(("HSET", self.meta_key(m), "f", rank))
+                else:
+                    commands.append(("HDEL", self.meta_key(m), "f"))
+        await self.pipeline.execute(commands)
 
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
         """groups: (user, source, window index, [(event_id, event)]) -> one result per group."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user, source, window, events in groups:
-                args = [window, self.late_windows, self.events_ttl_s, self.ttl_s]
-                for event_id, event in events:
-                    args += [event_id, orjson.dumps(event)]
-                keys = [
-                    self.history_key(user, source),
-                    self.events_key(user, source, window),
-                    self.count_key(user, source, window),
-                    self.meta_key(user),
-                ]
-                _queue(pipe, INGEST, keys, args)
-            replies = await pipe.execute()
+        commands = []
+        for user, source, window, events in groups:
+            args = [window, self.late_windows, self.events_ttl_s, self.ttl_s]
+            for event_id, event in events:
+                args += [event_id, orjson.dumps(event)]
+            keys = [
+                self.history_key(user, source),
+                self.events_key(user, source, window),
+                self.count_key(user, source, window),
+                self.meta_key(user),
+            ]
+            commands.append(_eval(INGEST, keys, args))
         results = []
-        for need, n, statuses, flat in replies:
+        for need, n, statuses, flat in await self.pipeline.execute(commands):
             events = None
             if need:
                 pairs = sorted(zip(flat[0::2], flat[1::2], strict=True))
@@ -261,12 +256,12 @@ class TokenHistoryStore:
         if not writes:
             return {}
         packed = self.entries.pack(np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (user, source, window, n, _), entry in zip(writes, packed, strict=True):
-                keys = [self.history_key(user, source), self.count_key(user, source, window)]
-                keys += [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
-                _queue(pipe, COMMIT, keys, [window, n, entry, self.max_entries, self.ttl_s, self.events_ttl_s])
-            replies = await pipe.execute()
+        commands = []
+        for (user, source, window, n, _), entry in zip(writes, packed, strict=True):
+            keys = [self.history_key(user, source), self.count_key(user, source, window)]
+            keys += [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
+            commands.append(_eval(COMMIT, keys, [window, n, entry, self.max_entries, self.ttl_s, self.events_ttl_s]))
+        replies = await self.pipeline.execute(commands)
         moves: dict[str, tuple[str, str, int, bool]] = {}
         for (user, *_), (applied, digest, old, engagement, ranked) in zip(writes, replies, strict=True):
             if not applied:
@@ -284,14 +279,10 @@ class TokenHistoryStore:
         def keys(user):
             return [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
 
-        if len(users) == 1:
-            one = keys(users[0])
-            replies = [await self.redis.execute_command("EVAL", READ, len(one), *one)]
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for user in users:  # one script per user: its keys share a Redis Cluster slot
-                    _queue(pipe, READ, keys(user))
-                replies = await pipe.execute()
+        if len(users) == 1:  # the hot read: one command, no pipeline object, no wait for a loop turn
+            replies = [await self.redis.execute_command(*_eval(READ, keys(users[0])))]
+        else:  # one script per user: its keys share a Redis Cluster slot
+            replies = await self.pipeline.execute([_eval(READ, keys(user)) for user in users])
         # one unpack for every list of the call, then split: per-list numpy calls would dominate a batch read
         lists = [entries for r in replies for entries in r[:-1]]
         decoded = self.entries.unpack(b"".join(e for entries in lists for e in entries))
@@ -300,12 +291,11 @@ class TokenHistoryStore:
         return histories, {user: int(r[-1]) for user, r in zip(users, replies, strict=True)}
 
 
-def _queue(pipe, script: str, keys: list[str], args: list = ()) -> None:
-    """Queues a script in a pipeline as EVAL with its body, as every script here runs. redis-py's Script objects
-    would first send SCRIPT EXISTS for every pipeline (a round trip, and a tenth of the write path's CPU,
-    profiled on a GPU box); Redis caches the compiled body by its SHA1, and a restarted Redis needs nothing
-    reloaded."""
-    pipe.execute_command("EVAL", script, len(keys), *keys, *args)
+def _eval(script: str, keys: list[str], args: list = ()) -> tuple:
+    """A script as the EVAL command with its body, as every script here runs. redis-py's Script objects would
+    first send SCRIPT EXISTS for every pipeline (a round trip, and a tenth of the write path's CPU, profiled on a
+    GPU box); Redis caches the compiled body by its SHA1, and a restarted Redis needs nothing reloaded."""
+    return ("EVAL", script, len(keys), *keys, *args)
 
 
 def _text(value) -> str:
