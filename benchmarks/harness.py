@@ -201,7 +201,9 @@ def wrk(base: str, script: str, seconds: float, connections: int, threads: int =
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", f.name, base]
     out = subprocess.run([*cmd, "--", *map(str, args)], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
-    pct = {p: wrk_ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M)}
+    pct = {p: wrk_ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", out, re.M)}
+    if "99" not in pct:
+        raise RuntimeError(f"wrk reported no latency distribution:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+(\S+)", out).group(1)),

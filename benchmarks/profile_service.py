@@ -3,11 +3,12 @@
     python3 benchmarks/profile_service.py --artifacts artifacts/cj [--providers cuda] [--seconds 12]
     python3 benchmarks/profile_service.py --summarize docs/gpu/profile_1_replica.txt.gz
 
-Starts redis-server and one service process, drives it with 32 clients in 2 processes (service_bench's
-load: one request per household-week of real events), records the service with `py-spy record --threads -f
-raw` (py-spy from PyPI; active samples only), and prints each thread's share of the samples and, for the
-event-loop thread, the share spent in the parts of the request path. `--summarize` prints the same from a
-raw profile already recorded (the GPU figures in docs/gpu.md come from the committed one).
+Starts redis-server and one service process, drives it with 32 clients (service_bench's load: one request
+per household-week of real events; wrk, or with --client python httpx clients in 2 processes), records the
+service with `py-spy record --threads -f raw` (py-spy from PyPI; active samples only), and prints each
+thread's share of the samples and, for the event-loop thread, the share spent in the parts of the request
+path. `--summarize` prints the same from a raw profile already recorded (the GPU figures in docs/gpu.md
+come from the committed one).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -26,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PARTS = {
     "/tokenize handler (EventTokenizer and the route function)": ("create_app.<locals>.tokenize", "app.py"),
     "  redis-py pipelines (packing, sending, parsing)": ("Pipeline.execute", "client.py"),
+    "  request body parsed from bytes (pydantic-core)": ("parse_json", "app.py"),
+    "Redis pipelines coalesced across requests (own task)": ("CoalescingPipeline._send", "coalescing.py"),
     "FastAPI dependency solving": ("solve_dependencies", "utils.py"),
     "request body validation (pydantic)": ("request_body_to_args", "utils.py"),
     "request body JSON decoding": ("Request.json", "requests.py"),
@@ -54,8 +58,8 @@ def summarize(path: Path, seconds: float, rate: int) -> None:
     print("event-loop thread (MainThread), share of its active samples:")
     for part in PARTS:
         print(f"  {parts[part] / loop:6.1%}  {part}")
-    handler = parts[next(iter(PARTS))]
-    print(f"  {1 - handler / loop:6.1%}  outside the handler (uvicorn, Starlette, FastAPI, middlewares, idle loop)")
+    inside = parts[next(iter(PARTS))] + parts["Redis pipelines coalesced across requests (own task)"]
+    print(f"  {1 - inside / loop:6.1%}  elsewhere (uvicorn, Starlette, FastAPI, middlewares, the loop itself)")
 
 
 def main() -> None:
@@ -66,17 +70,18 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=250)
     p.add_argument("--out", type=Path, default=Path("profile_service.txt"))
     p.add_argument("--summarize", type=Path, help="a raw py-spy profile to summarize instead of recording one")
+    p.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     args = p.parse_args()
     if args.summarize:
         summarize(args.summarize, args.seconds, args.rate)
         return
 
     from benchmarks.harness import RedisProcess, ServiceProcess
-    from benchmarks.service_bench import post_load, requests_by_user_week
+    from benchmarks.service_bench import post_load, post_load_wrk, requests_by_user_week
 
     print(
         f"command: python3 benchmarks/profile_service.py --artifacts {args.artifacts} --providers {args.providers} "
-        f"--seconds {args.seconds:g} --rate {args.rate} --out {args.out}"
+        f"--seconds {args.seconds:g} --rate {args.rate} --out {args.out} --client {args.client}"
     )
     payloads = requests_by_user_week(600)
     store = RedisProcess().start()
@@ -90,9 +95,13 @@ def main() -> None:
     )
     try:
         record = f"py-spy record -p {svc.process.pid} -d {args.seconds:g} -r {args.rate} --threads -f raw -o {args.out}"
-        # post_load's clients start 2 s per client process after it is called: record from 1 s into the load
-        spy = subprocess.Popen(["sh", "-c", f"sleep 5; exec {record}"], stdout=subprocess.DEVNULL)
-        r = post_load([svc.base], payloads, 32, args.seconds + 3, 2)
+        # record from ~1 s into the load (post_load's clients start 2 s per client process after it is called)
+        lead = 1 if args.client == "wrk" else 5
+        spy = subprocess.Popen(["sh", "-c", f"sleep {lead}; exec {record}"], stdout=subprocess.DEVNULL)
+        if args.client == "wrk":
+            r = post_load_wrk([svc.base], payloads, 32, args.seconds + 2)
+        else:
+            r = post_load([svc.base], payloads, 32, args.seconds + 3, 2)
         spy.wait()
     finally:
         svc.stop()

@@ -62,21 +62,26 @@ def requests_by_user_week(max_users: int) -> list[list[dict]]:
     return interleaved(harness.requests_by_user_week(normalize_events(load_events(), sources), sources), max_users)
 
 
+def window_jobs(manifest: Manifest, payloads: list[list[dict]]) -> list[WindowJob]:
+    """The windows of `payloads` rendered as the service renders them (events as stored in Redis)."""
+    from service.schemas import EventIn
+
+    tok = EventTokenizer(manifest, None, None, ServiceMetrics())  # renders windows into jobs; no store, no queue
+    jobs: list[WindowJob] = []
+    for p in payloads:
+        groups: dict = {}
+        for e in p:
+            groups.setdefault(e["source"], []).append(tok._stored(EventIn(**e)))
+        jobs += [tok._job(src, evs) for src, evs in groups.items()]
+    return jobs
+
+
 def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int) -> float:
     """Windows/s of the service's batch stages alone (render -> tokenize -> ONNX Runtime), `batch` per batch,
     split into encoder runs as the service splits them."""
-    from service.schemas import EventIn
-
     manifest = Manifest.load(artifacts)
     rt = TokenizerRuntime(artifacts, manifest, providers=providers)
-    tok = EventTokenizer(manifest, None, None, ServiceMetrics())  # renders windows into jobs; no store, no queue
-    jobs: list[WindowJob] = []
-    for p in payloads[:400]:
-        groups: dict = {}
-        for e in p:
-            groups.setdefault(e["source"], []).append(tok._stored(EventIn(**e)))  # as stored in Redis
-        jobs += [tok._job(src, evs) for src, evs in groups.items()]
-    return batch_stage_throughput(rt, jobs, batch, seconds)
+    return batch_stage_throughput(rt, window_jobs(manifest, payloads[:400]), batch, seconds)
 
 
 class Replicas:

@@ -1,0 +1,78 @@
+"""ONNX Runtime thread pools on a small CPU box: the service's batch stages with three session layouts,
+alternated in one run.
+
+    python3 benchmarks/ort_threads.py --artifacts artifacts/cj [--seconds 10] [--repeat 3]
+
+- one pool per session: every session (text encoder, quantizer, tabular MLPs) with ONNX Runtime's default
+  pool, one thread per core (what model.runtime did);
+- small sessions single-threaded: the quantizer and tabular MLPs on one thread, the encoder's pool as before
+  (what model.runtime does);
+- ... and the encoder's pool not spinning either.
+An idle pool spins for a while after each run, on the cores another session is using. Throughput is windows/s
+of the batch stages (harness.batch_stage_throughput) on real Complete Journey windows, batches of 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import batch_stage_throughput  # noqa: E402
+from benchmarks.service_bench import requests_by_user_week, window_jobs  # noqa: E402
+from model.manifest import Manifest  # noqa: E402
+from model.runtime import TokenizerRuntime, session_options  # noqa: E402
+
+
+def runtime(artifacts: Path, manifest: Manifest, layout: str) -> TokenizerRuntime:
+    rt = TokenizerRuntime(artifacts, manifest, providers="cpu")
+    if layout == "one pool per session":
+        so = session_options(None)
+        rt.quantizer = ort.InferenceSession(str(artifacts / manifest.quantizer.file), so, providers=rt.providers)
+        rt.tabular = {
+            n: ort.InferenceSession(str(artifacts / t.file), so, providers=rt.providers)
+            for n, t in manifest.tabular.items()
+        }
+    if layout.endswith("not spinning"):
+        rt.text.session = ort.InferenceSession(
+            str(artifacts / manifest.encoder.file), session_options(None, spinning=False), providers=rt.providers
+        )
+    return rt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--artifacts", default="artifacts/cj", type=Path)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    manifest = Manifest.load(args.artifacts)
+    jobs = window_jobs(manifest, requests_by_user_week(400)[:400])
+    layouts = ["one pool per session", "small sessions single-threaded", "... and the encoder not spinning"]
+    rates: dict[str, list[float]] = {k: [] for k in layouts}
+    for _ in range(args.repeat):
+        for layout in layouts:
+            rates[layout].append(
+                batch_stage_throughput(runtime(args.artifacts, manifest, layout), jobs, 64, args.seconds)
+            )
+    print(
+        f"command: python3 benchmarks/ort_threads.py --artifacts {args.artifacts} --seconds {args.seconds:g} "
+        f"--repeat {args.repeat}"
+    )
+    print(f"machine: {os.cpu_count()} cores, onnxruntime {ort.__version__}, CPU; batch stages, 64 windows per batch")
+    base = np.median(rates[layouts[0]])
+    for layout in layouts:
+        r = rates[layout]
+        print(
+            f"  {layout:34s} median {np.median(r):6.1f} windows/s ({', '.join(f'{x:.1f}' for x in r)})"
+            f"  x{np.median(r) / base:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
