@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,9 +30,11 @@ from service.embedded_redis import EmbeddedRedis
 from service.ingest import EventTokenizer, iso, timed_redis, validation_errors
 from service.metrics import ServiceMetrics
 from service.schemas import (
+    USER_ID_PATTERN,
     BatchEmbeddingRequest,
     BatchHistoryRequest,
     BatchHistoryResponse,
+    HistoryQuery,
     HistoryResponse,
     TokenizeRequest,
     TokenizeResponse,
@@ -40,6 +42,8 @@ from service.schemas import (
 )
 from service.settings import ServiceSettings
 from service.store import TokenHistoryStore
+
+USER_ID = re.compile(USER_ID_PATTERN)
 
 
 class OrjsonResponse(JSONResponse):
@@ -396,29 +400,38 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             ]
         return out, {u: n for u, n in fallback.items() if n}
 
-    @app.get(
-        "/users/{user_id}/tokens",
-        response_model=HistoryResponse,
-        response_model_exclude_none=True,
-        tags=["tokens"],
-        dependencies=[reader],
-    )
-    async def user_tokens(
-        user_id: UserId,
-        sources: list[str] | None = Query(None, description="only these sources (repeat or comma-separate)"),
-        since: datetime | None = Query(None, description="windows starting at or after this time"),
-        until: datetime | None = Query(None, description="windows starting at or before this time"),
-        limit: int | None = Query(None, ge=1, description="only the most recent N windows"),
-        format: str = Query("ids", pattern="^(ids|strings|both)$"),
-        s: ServiceState = Depends(state),
-    ):
+    # The hottest route (rankers read per user per request) is a plain Starlette route: FastAPI's parameter and
+    # dependency machinery cost as much as the read itself (py-spy, docs/operations.md). Its query is validated
+    # by one pydantic model, its errors have FastAPI's shape, and document_routes puts it in the OpenAPI schema.
+    reader_check = key_check("reader_keys")
+
+    async def user_tokens(request: Request) -> OrjsonResponse:
         """A user's token history in time order, from the model version this service serves."""
-        srcs = parse_sources(s, [x for v in sources or [] for x in v.split(",") if x])
-        h, fb = await histories(s, [user_id], srcs, since, until, limit, format)
+        request.scope["u2qt_route"] = "/users/{user_id}/tokens"
+        await reader_check(request)
+        s: ServiceState = request.app.state.u2qt
+        user_id = request.path_params["user_id"]
+        if USER_ID.fullmatch(user_id) is None:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["path", "user_id"],
+                        "type": "string_pattern_mismatch",
+                        "msg": f"must match {USER_ID_PATTERN}",
+                    }
+                ]
+            )
+        qp = request.query_params
+        fields = {k: qp[k] for k in ("since", "until", "limit", "format") if k in qp}
+        q = parse_query(HistoryQuery, {**fields, "sources": qp.getlist("sources") or None})
+        srcs = parse_sources(s, [x for v in q.sources or [] for x in v.split(",") if x])
+        h, fb = await histories(s, [user_id], srcs, q.since, q.until, q.limit, q.format)
         body = {"user_id": user_id, "model_version": s.manifest.model_version, "windows": h[user_id]}
         if user_id in fb:  # another user's full token sequence is identical: the fallback token tells them apart
             body |= {"fallback": fb[user_id], "fallback_token": fallback_token(fb[user_id])}
         return OrjsonResponse(body)
+
+    app.add_route("/users/{user_id}/tokens", user_tokens, methods=["GET"], include_in_schema=False)
 
     @app.post(
         "/users/tokens",
@@ -483,7 +496,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def no_history_model(request, exc):
         return OrjsonResponse({"detail": "this model has no history model (trained without the alignment stage)"}, 501)
 
-    with_request_schemas(app, TokenizeRequest)
+    document_routes(app, TokenizeRequest)
     return app
 
 
@@ -493,17 +506,45 @@ def json_body(model: type[BaseModel]) -> dict:
     return {"required": True, "content": {"application/json": {"schema": ref}}}
 
 
-def with_request_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
-    """Adds the schemas of bodies that routes parse themselves (json_body) to the OpenAPI components."""
+def document_routes(app: FastAPI, *bodies: type[BaseModel]) -> None:
+    """Completes the OpenAPI schema with what FastAPI cannot see: the schemas of bodies that routes parse
+    themselves (json_body) and the plain route GET /users/{user_id}/tokens."""
     build = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schemas = build().setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            spec = build()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model, mode in [*((b, "validation") for b in bodies), (HistoryResponse, "serialization")]:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+            query = HistoryQuery.model_json_schema(ref_template="#/components/schemas/{model}")["properties"]
+            path = {"name": "user_id", "in": "path", "required": True}
+            params = [path | {"schema": {"type": "string", "pattern": USER_ID_PATTERN}}]
+            params += [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "description": schema.pop("description", ""),
+                    "schema": schema,
+                }
+                for name, schema in query.items()
+            ]
+            json_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/HistoryResponse"}}}
+            errors = {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}
+            spec["paths"].setdefault("/users/{user_id}/tokens", {})["get"] = {
+                "tags": ["tokens"],
+                "summary": "User Tokens",
+                "description": "A user's token history in time order, from the model version this service serves.",
+                "operationId": "user_tokens",
+                "parameters": params,
+                "responses": {
+                    "200": {"description": "Successful Response", "content": json_ref},
+                    "422": {"description": "Validation Error", "content": errors},
+                },
+            }
         return app.openapi_schema
 
     app.openapi = openapi
@@ -514,12 +555,24 @@ def parse_json(model: type[BaseModel], body: bytes):
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
-        errors = e.errors(include_url=False)
-        for err in errors:
-            err["loc"] = ("body", *err["loc"])
-            if err["type"] == "json_invalid":
-                err.pop("input", None)  # the whole body: a client needs the position, not its own bytes back
-        raise RequestValidationError(errors) from None
+        raise RequestValidationError(fastapi_errors(e, "body")) from None
+
+
+def parse_query(model: type[BaseModel], params: dict):
+    """Query parameters validated as `model`; 422 with FastAPI's error shape (loc starting at "query")."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as e:
+        raise RequestValidationError(fastapi_errors(e, "query")) from None
+
+
+def fastapi_errors(e: ValidationError, where: str) -> list[dict]:
+    errors = e.errors(include_url=False)
+    for err in errors:
+        err["loc"] = (where, *err["loc"])
+        if err["type"] == "json_invalid":
+            err.pop("input", None)  # the whole body: a client needs the position, not its own bytes back
+    return errors
 
 
 def at_most(n: int, limit: int, field: str, what: str) -> None:

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 # Braces would break the `{user}` hash tag of the Redis key layout; the rest keeps keys printable.
-UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@+=\-]{1,128}$")]
+USER_ID_PATTERN = r"^[A-Za-z0-9._:@+=\-]{1,128}$"
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
@@ -91,6 +92,16 @@ class HistoryResponse(BaseModel):
     # 1, 2, ... in order of engagement (accepted events), then user id
     fallback: int | None = None
     fallback_token: str | None = None
+
+
+class HistoryQuery(BaseModel):
+    """The query of GET /users/{user_id}/tokens (unknown parameters are ignored)."""
+
+    sources: list[str] | None = Field(None, description="only these sources (repeat or comma-separate)")
+    since: datetime | None = Field(None, description="windows starting at or after this time")
+    until: datetime | None = Field(None, description="windows starting at or before this time")
+    limit: int | None = Field(None, ge=1, description="only the most recent N windows")
+    format: Literal["ids", "strings", "both"] = "ids"
 
 
 class BatchHistoryRequest(BaseModel):

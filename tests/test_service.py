@@ -162,6 +162,17 @@ def test_filters_and_batch_read(serve, one_user):
     assert all("tokens" not in w and w["token_strings"][3].startswith("<visits2_") for w in strings["windows"])
     batch = httpx.post(f"{base}/users/tokens", json={"user_ids": [user, "nobody"], "limit": 2}).json()
     assert batch["users"][user] == full[-2:] and batch["users"]["nobody"] == []
+    both = httpx.get(f"{base}/users/{user}/tokens", params=[("sources", "visits"), ("sources", "purchases")]).json()
+    assert both["windows"] == [w for w in full if w["source"] in ("visits", "purchases")]
+    for params, loc in [
+        ({"limit": 0}, ["query", "limit"]),
+        ({"format": "xml"}, ["query", "format"]),
+        ({"since": "yesterday"}, ["query", "since"]),
+    ]:
+        r = httpx.get(f"{base}/users/{user}/tokens", params=params)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, r.text
+    r = httpx.get(f"{base}/users/{{x}}/tokens")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "user_id"], r.text
 
 
 def test_history_is_capped_and_expires(serve, one_user, redis_server):
