@@ -266,7 +266,14 @@ def main() -> None:
         try:
             batched = post(svc.bases)
             users = sorted({e["user_id"] for pl in payloads for e in pl})
-            reads = asyncio.run(get_load(svc.bases[0], users, args.get_rate, args.seconds / 2))
+            if args.client == "wrk":
+                from benchmarks.read_bench import paced_reads
+
+                r = paced_reads(svc.bases[0], users, args.get_rate, args.seconds / 2, 10)
+                reads = {"rate": r["rps"], "p50": r["pct"]["50"] / 1e3, "p99": r["pct"]["99"] / 1e3}
+                reads["errors"] = r["non2xx"]
+            else:
+                reads = asyncio.run(get_load(svc.bases[0], users, args.get_rate, args.seconds / 2))
             hist = httpx.get(f"{svc.bases[0]}/users/{users[0]}/tokens").json()["windows"]
         finally:
             svc.stop()
