@@ -401,7 +401,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return out, {u: n for u, n in fallback.items() if n}
 
     # The hottest route (rankers read per user per request) is a plain Starlette route: FastAPI's parameter and
-    # dependency machinery cost as much as the read itself (py-spy, docs/operations.md). Its query is validated
+    # dependency machinery cost as much as the read itself (py-spy; README, Benchmarks). Its query is validated
     # by one pydantic model, its errors have FastAPI's shape, and document_routes puts it in the OpenAPI schema.
     reader_check = key_check("reader_keys")
 

@@ -66,9 +66,3 @@ class CoalescingPipeline:
                 future.set_exception(error)
             else:
                 future.set_result(mine)
-
-    async def drain(self) -> None:
-        """Waits for every pipeline already queued or in flight (shutdown)."""
-        while self._queued or self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
-            await asyncio.sleep(0)
