@@ -133,13 +133,13 @@ class ServiceProcess:
             self.wait()
 
 
-def batch_stage_throughput(runtime, jobs: list, batch: int, seconds: float) -> float:
+def batch_stage_throughput(runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0) -> float:
     """Windows/s of the service's own batch stages (subword tokenizer, encoders, quantizer: MicroBatcher's
     _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between."""
     from service.batcher import MicroBatcher
     from service.metrics import ServiceMetrics
 
-    b = MicroBatcher(runtime, ServiceMetrics(), batch)
+    b = MicroBatcher(runtime, ServiceMetrics(), batch, text_chunk=text_chunk)
     for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: a new shape's first run is slow on CUDA
         b._run(b._tokenize(jobs[s : s + batch]))
     done, t0 = 0, time.perf_counter()

@@ -1,5 +1,5 @@
-"""ONNX Runtime thread pools on a small CPU box: the service's batch stages with three session layouts,
-alternated in one run.
+"""ONNX Runtime on a small CPU box: the service's batch stages with three session layouts, then with text-encoder
+runs of several widths, each alternated in one run.
 
     python3 benchmarks/ort_threads.py --artifacts artifacts/cj [--seconds 10] [--repeat 3]
 
@@ -8,8 +8,10 @@ alternated in one run.
 - small sessions single-threaded: the quantizer and tabular MLPs on one thread, the encoder's pool as before
   (what model.runtime does);
 - ... and the encoder's pool not spinning either.
-An idle pool spins for a while after each run, on the cores another session is using. Throughput is windows/s
-of the batch stages (harness.batch_stage_throughput) on real Complete Journey windows, batches of 64.
+An idle pool spins for a while after each run, on the cores another session is using. Then the encoder's run
+width within a 64-window batch (MicroBatcher's text_chunk, U2QT_ENCODER_BATCH): windows sorted by length, so
+narrower runs pad less. Throughput is windows/s of the batch stages (harness.batch_stage_throughput) on real
+Complete Journey windows, batches of 64.
 """
 
 from __future__ import annotations
@@ -65,11 +67,22 @@ def main() -> None:
         f"--repeat {args.repeat}"
     )
     print(f"machine: {os.cpu_count()} cores, onnxruntime {ort.__version__}, CPU; batch stages, 64 windows per batch")
-    base = np.median(rates[layouts[0]])
-    for layout in layouts:
-        r = rates[layout]
+    report(rates)
+    widths = [1, 4, 8, 16, 32, 64]
+    rt = TokenizerRuntime(args.artifacts, manifest, providers="cpu")
+    by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
+    for _ in range(args.repeat):
+        for w in widths:
+            by_width[f"encoder runs of {w}"].append(batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w))
+    print("with the layout model.runtime uses, by encoder run width:")
+    report(by_width)
+
+
+def report(rates: dict[str, list[float]]) -> None:
+    base = np.median(next(iter(rates.values())))
+    for name, r in rates.items():
         print(
-            f"  {layout:34s} median {np.median(r):6.1f} windows/s ({', '.join(f'{x:.1f}' for x in r)})"
+            f"  {name:34s} median {np.median(r):6.1f} windows/s ({', '.join(f'{x:.1f}' for x in r)})"
             f"  x{np.median(r) / base:.2f}"
         )
 

@@ -22,7 +22,7 @@ class ServiceSettings(BaseSettings):
     ort_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
-    # windows per text-encoder run within a batch; 0 = the batcher's rule: 32 on CPU (less padding), the whole
+    # windows per text-encoder run within a batch; 0 = the batcher's rule: 4 on CPU (less padding), the whole
     # batch on CUDA (a GPU wants wide runs; padding is cheap there)
     encoder_batch: int = Field(0, ge=0)
     max_queue_windows: int = Field(4096, ge=1)  # beyond this, POST /tokenize answers 429
