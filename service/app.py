@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
-import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from service.embedded_redis import EmbeddedRedis
 from service.ingest import EventTokenizer, iso, timed_redis, validation_errors
 from service.metrics import ServiceMetrics
 from service.schemas import (
-    USER_ID_PATTERN,
     BatchEmbeddingRequest,
     BatchHistoryRequest,
     BatchHistoryResponse,
+    HistoryPath,
     HistoryQuery,
     HistoryResponse,
     TokenizeRequest,
@@ -42,8 +41,6 @@ from service.schemas import (
 )
 from service.settings import ServiceSettings
 from service.store import TokenHistoryStore
-
-USER_ID = re.compile(USER_ID_PATTERN)
 
 
 class OrjsonResponse(JSONResponse):
@@ -328,7 +325,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # The body is validated straight from its bytes by pydantic-core (FastAPI would json.loads it into Python
-    # objects first, then validate those); the schema still documents it (openapi_extra, request_schemas).
+    # objects first, then validate those); the schema still documents it (openapi_extra, document_routes).
     @app.post(
         "/tokenize",
         response_model=TokenizeResponse,
@@ -400,9 +397,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             ]
         return out, {u: n for u, n in fallback.items() if n}
 
-    # The hottest route (rankers read per user per request) is a plain Starlette route: FastAPI's parameter and
-    # dependency machinery cost as much as the read itself (py-spy; README, Benchmarks). Its query is validated
-    # by one pydantic model, its errors have FastAPI's shape, and document_routes puts it in the OpenAPI schema.
+    # The hottest route (rankers read per user per request) is a plain Starlette route: with FastAPI's parameter
+    # and dependency machinery its p99 was higher (benchmarks/read_bench.py side by side, README). Path and query
+    # are validated by pydantic models, errors have FastAPI's shape, and document_routes puts it in the OpenAPI
+    # schema.
     reader_check = key_check("reader_keys")
 
     async def user_tokens(request: Request) -> OrjsonResponse:
@@ -410,20 +408,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         request.scope["u2qt_route"] = "/users/{user_id}/tokens"
         await reader_check(request)
         s: ServiceState = request.app.state.u2qt
-        user_id = request.path_params["user_id"]
-        if USER_ID.fullmatch(user_id) is None:
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ["path", "user_id"],
-                        "type": "string_pattern_mismatch",
-                        "msg": f"must match {USER_ID_PATTERN}",
-                    }
-                ]
-            )
+        user_id = parse_params(HistoryPath, request.path_params, "path").user_id
         qp = request.query_params
         fields = {k: qp[k] for k in ("since", "until", "limit", "format") if k in qp}
-        q = parse_query(HistoryQuery, {**fields, "sources": qp.getlist("sources") or None})
+        q = parse_params(HistoryQuery, {**fields, "sources": qp.getlist("sources") or None}, "query")
         srcs = parse_sources(s, [x for v in q.sources or [] for x in v.split(",") if x])
         h, fb = await histories(s, [user_id], srcs, q.since, q.until, q.limit, q.format)
         body = {"user_id": user_id, "model_version": s.manifest.model_version, "windows": h[user_id]}
@@ -519,18 +507,18 @@ def document_routes(app: FastAPI, *bodies: type[BaseModel]) -> None:
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
-            query = HistoryQuery.model_json_schema(ref_template="#/components/schemas/{model}")["properties"]
-            path = {"name": "user_id", "in": "path", "required": True}
-            params = [path | {"schema": {"type": "string", "pattern": USER_ID_PATTERN}}]
-            params += [
+            params = [
                 {
                     "name": name,
-                    "in": "query",
-                    "required": False,
+                    "in": where,
+                    "required": where == "path",
                     "description": schema.pop("description", ""),
                     "schema": schema,
                 }
-                for name, schema in query.items()
+                for model, where in ((HistoryPath, "path"), (HistoryQuery, "query"))
+                for name, schema in model.model_json_schema(ref_template="#/components/schemas/{model}")[
+                    "properties"
+                ].items()
             ]
             json_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/HistoryResponse"}}}
             errors = {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}
@@ -558,12 +546,12 @@ def parse_json(model: type[BaseModel], body: bytes):
         raise RequestValidationError(fastapi_errors(e, "body")) from None
 
 
-def parse_query(model: type[BaseModel], params: dict):
-    """Query parameters validated as `model`; 422 with FastAPI's error shape (loc starting at "query")."""
+def parse_params(model: type[BaseModel], params: dict, where: str):
+    """Path or query parameters validated as `model`; 422 with FastAPI's error shape (loc starting at `where`)."""
     try:
         return model.model_validate(params)
     except ValidationError as e:
-        raise RequestValidationError(fastapi_errors(e, "query")) from None
+        raise RequestValidationError(fastapi_errors(e, where)) from None
 
 
 def fastapi_errors(e: ValidationError, where: str) -> list[dict]:

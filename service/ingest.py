@@ -116,7 +116,7 @@ class EventTokenizer:
             results = await self.store.ingest([(*k, p) for k, p in zip(keys, payload, strict=True)])
 
         statuses: list[dict | None] = [None] * len(events)
-        counts = dict.fromkeys(STATUS.values(), 0) | {"late": 0}
+        counts = {"accepted": 0, "duplicate": 0, "late": 0}
         for k, res in zip(keys, results, strict=True):
             for i, st in zip(groups[k], res.statuses, strict=True):
                 status, reason = STATUS.get(st, "late"), None

@@ -9,8 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 # Braces would break the `{user}` hash tag of the Redis key layout; the rest keeps keys printable.
-USER_ID_PATTERN = r"^[A-Za-z0-9._:@+=\-]{1,128}$"
-UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@+=\-]{1,128}$")]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
@@ -92,6 +91,12 @@ class HistoryResponse(BaseModel):
     # 1, 2, ... in order of engagement (accepted events), then user id
     fallback: int | None = None
     fallback_token: str | None = None
+
+
+class HistoryPath(BaseModel):
+    """The path parameters of GET /users/{user_id}/tokens."""
+
+    user_id: UserId
 
 
 class HistoryQuery(BaseModel):
