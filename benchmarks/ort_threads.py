@@ -1,24 +1,32 @@
-"""ONNX Runtime on a small CPU box: the service's batch stages with three session layouts, then with text-encoder
+"""ONNX Runtime on a small CPU box: the service's batch stages with four session layouts, then with text-encoder
 runs of several widths, each alternated in one run.
 
-    python3 benchmarks/ort_threads.py --artifacts artifacts/cj [--seconds 10] [--repeat 3]
+    python3 benchmarks/ort_threads.py --artifacts artifacts/cj [--seconds 10] [--repeat 3] [--neighbour 0.5]
 
 - one pool per session: every session (text encoder, quantizer, tabular MLPs) with ONNX Runtime's default
-  pool, one thread per core (what model.runtime did);
-- small sessions single-threaded: the quantizer and tabular MLPs on one thread, the encoder's pool as before
-  (what model.runtime does);
-- ... and the encoder's pool not spinning either.
-An idle pool spins for a while after each run, on the cores another session is using. Then the encoder's run
-width within a 64-window batch (MicroBatcher's text_chunk, U2QT_ENCODER_BATCH): windows sorted by length, so
-narrower runs pad less. Throughput is windows/s of the batch stages (harness.batch_stage_throughput) on real
-Complete Journey windows, batches of 64.
+  pool, one thread per core (what model.runtime did until session 4);
+- small sessions single-threaded: the quantizer and tabular MLPs on one thread, the encoder one run at a time
+  on its pool of every core (session 4);
+- ... and the encoder's pool not spinning either;
+- encoder lanes, one per core: the encoder's runs single-threaded, as many at once as there are cores
+  (what model.runtime does: U2QT_ENCODER_LANES=0).
+An idle pool spins for a while after each run, on the cores another session is using, and a pool's threads wait
+for each other after every operator. Then the encoder's run width within a 64-window batch (MicroBatcher's
+text_chunk, U2QT_ENCODER_BATCH): windows sorted by length, so narrower runs pad less. Throughput is windows/s of
+the batch stages (harness.batch_stage_throughput) on real Complete Journey windows, batches of 64.
+
+`--neighbour F` runs all of it beside a process that keeps one core busy a fraction F of the time (2 ms bursts),
+as the service's event loop, Redis and the load generator do in service_bench: it shows what each layout loses
+when it does not have the cores to itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +40,7 @@ from model.runtime import TokenizerRuntime, session_options  # noqa: E402
 
 
 def runtime(artifacts: Path, manifest: Manifest, layout: str) -> TokenizerRuntime:
-    rt = TokenizerRuntime(artifacts, manifest, providers="cpu")
+    rt = TokenizerRuntime(artifacts, manifest, providers="cpu", lanes=0 if layout.startswith("encoder lanes") else 1)
     if layout == "one pool per session":
         so = session_options(None)
         rt.quantizer = ort.InferenceSession(str(artifacts / manifest.quantizer.file), so, providers=rt.providers)
@@ -47,15 +55,41 @@ def runtime(artifacts: Path, manifest: Manifest, layout: str) -> TokenizerRuntim
     return rt
 
 
+def busy(fraction: float, stop) -> None:
+    """Keeps one core busy `fraction` of the time, in 2 ms bursts."""
+    burst = 0.002
+    while not stop.is_set():
+        t = time.perf_counter()
+        while time.perf_counter() - t < burst:
+            pass
+        time.sleep(burst * (1 - fraction) / fraction)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--neighbour", type=float, default=0.0, help="a busy process beside it: fraction of one core")
     args = p.parse_args()
+    stop = multiprocessing.Event()
+    if args.neighbour > 0:
+        multiprocessing.Process(target=busy, args=(args.neighbour, stop), daemon=True).start()
+    try:
+        measure(args)
+    finally:
+        stop.set()
+
+
+def measure(args: argparse.Namespace) -> None:
     manifest = Manifest.load(args.artifacts)
     jobs = window_jobs(manifest, requests_by_user_week(400)[:400])
-    layouts = ["one pool per session", "small sessions single-threaded", "... and the encoder not spinning"]
+    layouts = [
+        "one pool per session",
+        "small sessions single-threaded",
+        "... and the encoder not spinning",
+        "encoder lanes, one per core",
+    ]
     rates: dict[str, list[float]] = {k: [] for k in layouts}
     for _ in range(args.repeat):
         for layout in layouts:
@@ -64,12 +98,15 @@ def main() -> None:
             )
     print(
         f"command: python3 benchmarks/ort_threads.py --artifacts {args.artifacts} --seconds {args.seconds:g} "
-        f"--repeat {args.repeat}"
+        f"--repeat {args.repeat}" + (f" --neighbour {args.neighbour:g}" if args.neighbour else "")
     )
-    print(f"machine: {os.cpu_count()} cores, onnxruntime {ort.__version__}, CPU; batch stages, 64 windows per batch")
+    print(
+        f"machine: {os.cpu_count()} cores, onnxruntime {ort.__version__}, CPU; batch stages, 64 windows per batch"
+        + (f"; beside a process busy {args.neighbour:.0%} of one core" if args.neighbour else "")
+    )
     report(rates)
     widths = [1, 4, 8, 16, 32, 64]
-    rt = TokenizerRuntime(args.artifacts, manifest, providers="cpu")
+    rt = TokenizerRuntime(args.artifacts, manifest, providers="cpu", lanes=0)
     by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
     for _ in range(args.repeat):
         for w in widths:

@@ -76,11 +76,13 @@ def window_jobs(manifest: Manifest, payloads: list[list[dict]]) -> list[WindowJo
     return jobs
 
 
-def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int) -> float:
+def raw_limit(
+    artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int, lanes: int = 0
+) -> float:
     """Windows/s of the service's batch stages alone (render -> tokenize -> ONNX Runtime), `batch` per batch,
     split into encoder runs as the service splits them."""
     manifest = Manifest.load(artifacts)
-    rt = TokenizerRuntime(artifacts, manifest, providers=providers)
+    rt = TokenizerRuntime(artifacts, manifest, providers=providers, lanes=lanes)
     return batch_stage_throughput(rt, window_jobs(manifest, payloads[:400]), batch, seconds)
 
 
@@ -88,7 +90,9 @@ class Replicas:
     """`n` service processes sharing one Redis, tuned for saturation: a queue that never refuses, no
     admission by expected wait."""
 
-    def __init__(self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str):
+    def __init__(
+        self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str, lanes: int = 0
+    ):
         self.services: list[ServiceProcess] = []
         try:
             for _ in range(n):  # all start at once, then all are waited for
@@ -102,6 +106,7 @@ class Replicas:
                         max_queue_windows=100000,
                         max_queue_delay_ms=0,
                         providers=providers,
+                        encoder_lanes=lanes,
                     )
                 )
             for s in self.services:
@@ -243,6 +248,7 @@ def main() -> None:
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--encoder-lanes", type=int, default=0, help="U2QT_ENCODER_LANES; 0: the service's default")
     p.add_argument("--client-procs", type=int, default=1, help="--client python: processes of clients")
     p.add_argument(
         "--client",
@@ -261,8 +267,10 @@ def main() -> None:
     store = RedisProcess().start()
     url = store.url
     try:
-        raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch)
-        svc = Replicas(args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers)
+        raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch, args.encoder_lanes)
+        svc = Replicas(
+            args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers, args.encoder_lanes
+        )
         try:
             batched = post(svc.bases)
             users = sorted({e["user_id"] for pl in payloads for e in pl})
@@ -277,7 +285,7 @@ def main() -> None:
             hist = httpx.get(f"{svc.bases[0]}/users/{users[0]}/tokens").json()["windows"]
         finally:
             svc.stop()
-        svc = Replicas(args.replicas, args.artifacts, url, "bench-unbatched", 1, args.providers)
+        svc = Replicas(args.replicas, args.artifacts, url, "bench-unbatched", 1, args.providers, args.encoder_lanes)
         try:
             unbatched = post(svc.bases)
         finally:
@@ -288,13 +296,15 @@ def main() -> None:
         f"command: python3 benchmarks/service_bench.py --artifacts {args.artifacts} --clients {args.clients} "
         f"--seconds {args.seconds:g} --users {args.users} --get-rate {args.get_rate:g} --providers "
         f"{args.providers} --max-batch {args.max_batch} --replicas {args.replicas} --client {args.client}"
+        + (f" --encoder-lanes {args.encoder_lanes}" if args.encoder_lanes else "")
         + (f" --client-procs {args.client_procs}" if args.client == "python" else "")
     )
-    rt = TokenizerRuntime(args.artifacts, providers=args.providers)
+    rt = TokenizerRuntime(args.artifacts, providers=args.providers, lanes=args.encoder_lanes)
     clients = "wrk" if args.client == "wrk" else f"{args.client_procs} Python process(es), httpx"
     print(
         f"machine: {os.cpu_count()} cores{gpu_name() if rt.on_gpu else ''}; {args.replicas} service process(es), "
-        f"redis-server and the clients ({clients}) on one machine; providers {rt.providers[0]}"
+        f"redis-server and the clients ({clients}) on one machine; providers {rt.providers[0]}; "
+        f"{rt.lanes} encoder lane(s)"
     )
     print(f"raw batched ONNX Runtime, {args.max_batch} per batch (no HTTP, no Redis): {raw:8.1f} windows/s")
     for name, r in (("POST /tokenize, batching on ", batched), ("POST /tokenize, batching off", unbatched)):
