@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -133,9 +134,12 @@ class ServiceProcess:
             self.wait()
 
 
-def batch_stage_throughput(runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0) -> float:
+def batch_stage_throughput(
+    runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0, cpu_ms_per_window: list | None = None
+) -> float:
     """Windows/s of the service's own batch stages (subword tokenizer, encoders, quantizer: MicroBatcher's
-    _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between."""
+    _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between. The CPU
+    time they took per window (ms, every core) is appended to `cpu_ms_per_window` when given."""
     from service.batcher import MicroBatcher
     from service.metrics import ServiceMetrics
 
@@ -143,12 +147,15 @@ def batch_stage_throughput(runtime, jobs: list, batch: int, seconds: float, text
     for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: a new shape's first run is slow on CUDA
         b._run(b._tokenize(jobs[s : s + batch]))
     done, t0 = 0, time.perf_counter()
+    cpu0 = cpu_seconds(os.getpid())
     while time.perf_counter() - t0 < seconds:
         for s in range(0, len(jobs), batch):
             b._run(b._tokenize(jobs[s : s + batch]))
             done += len(jobs[s : s + batch])
             if time.perf_counter() - t0 >= seconds:
                 break
+    if cpu_ms_per_window is not None:
+        cpu_ms_per_window.append((cpu_seconds(os.getpid()) - cpu0) * 1e3 / done)
     return done / (time.perf_counter() - t0)
 
 
@@ -198,9 +205,13 @@ def wrk(base: str, script: str, seconds: float, connections: int, threads: int =
     percentiles (ms), non-2xx answers, and wrk's own output."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", f.name, base]
-    out = subprocess.run([*cmd, "--", *map(str, args)], capture_output=True, text=True, check=True).stdout
+    # wrk takes whole seconds only ("7.5s" is a usage error)
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency"]
+    run = subprocess.run([*cmd, "-s", f.name, base, "--", *map(str, args)], capture_output=True, text=True)
     os.unlink(f.name)
+    if run.returncode:
+        raise RuntimeError(f"wrk failed ({run.returncode}): {(run.stdout + run.stderr)[-1500:]}")
+    out = run.stdout
     pct = {p: wrk_ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", out, re.M)}
     if "99" not in pct:
         raise RuntimeError(f"wrk reported no latency distribution:\n{out}")
@@ -212,6 +223,16 @@ def wrk(base: str, script: str, seconds: float, connections: int, threads: int =
         "non2xx": int(errors.group(1)) if errors else 0,
         "raw": out,
     }
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far; None: the children this process has
+    waited for (wrk runs)."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk_ms(text: str) -> float:

@@ -1,4 +1,4 @@
-"""ONNX Runtime on a small CPU box: the service's batch stages with four session layouts, then with text-encoder
+"""ONNX Runtime on a small CPU box: the service's batch stages with three session layouts, then with text-encoder
 runs of several widths, each alternated in one run.
 
     python3 benchmarks/ort_threads.py --artifacts artifacts/cj [--seconds 10] [--repeat 3] [--neighbour 0.5]
@@ -6,10 +6,8 @@ runs of several widths, each alternated in one run.
 - one pool per session: every session (text encoder, quantizer, tabular MLPs) with ONNX Runtime's default
   pool, one thread per core (what model.runtime did until session 4);
 - small sessions single-threaded: the quantizer and tabular MLPs on one thread, the encoder one run at a time
-  on its pool of every core (session 4);
-- ... and the encoder's pool not spinning either;
-- encoder lanes, one per core: the encoder's runs single-threaded, as many at once as there are cores
-  (what model.runtime does: U2QT_ENCODER_LANES=0).
+  on its pool of every core (what model.runtime does);
+- ... and the encoder's pool not spinning either.
 An idle pool spins for a while after each run, on the cores another session is using, and a pool's threads wait
 for each other after every operator. Then the encoder's run width within a 64-window batch (MicroBatcher's
 text_chunk, U2QT_ENCODER_BATCH): windows sorted by length, so narrower runs pad less. Throughput is windows/s of
@@ -40,7 +38,7 @@ from model.runtime import TokenizerRuntime, session_options  # noqa: E402
 
 
 def runtime(artifacts: Path, manifest: Manifest, layout: str) -> TokenizerRuntime:
-    rt = TokenizerRuntime(artifacts, manifest, providers="cpu", lanes=0 if layout.startswith("encoder lanes") else 1)
+    rt = TokenizerRuntime(artifacts, manifest, providers="cpu")
     if layout == "one pool per session":
         so = session_options(None)
         rt.quantizer = ort.InferenceSession(str(artifacts / manifest.quantizer.file), so, providers=rt.providers)
@@ -88,7 +86,6 @@ def measure(args: argparse.Namespace) -> None:
         "one pool per session",
         "small sessions single-threaded",
         "... and the encoder not spinning",
-        "encoder lanes, one per core",
     ]
     rates: dict[str, list[float]] = {k: [] for k in layouts}
     for _ in range(args.repeat):
@@ -106,7 +103,7 @@ def measure(args: argparse.Namespace) -> None:
     )
     report(rates)
     widths = [1, 4, 8, 16, 32, 64]
-    rt = TokenizerRuntime(args.artifacts, manifest, providers="cpu", lanes=0)
+    rt = TokenizerRuntime(args.artifacts, manifest, providers="cpu")
     by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
     for _ in range(args.repeat):
         for w in widths:

@@ -1,10 +1,12 @@
-"""Where the service's request path spends its time: py-spy samples of `u2qt serve` under POST load.
+"""Where the service's request path spends its time: py-spy samples of `u2qt serve` under POST or GET load.
 
-    python3 benchmarks/profile_service.py --artifacts artifacts/cj [--providers cuda] [--seconds 12]
+    python3 benchmarks/profile_service.py --artifacts artifacts/cj [--providers cuda] [--seconds 12] [--load get]
     python3 benchmarks/profile_service.py --summarize docs/gpu/profile_1_replica.txt.gz
 
 Starts redis-server and one service process, drives it with 32 clients (service_bench's load: one request
-per household-week of real events; wrk, or with --client python httpx clients in 2 processes), records the
+per household-week of real events; wrk, or with --client python httpx clients in 2 processes) or, with
+`--load get`, with read_bench's load (GET /users/{id}/tokens at 500 requests/s, Poisson arrivals, over
+180-day histories of every household), records the
 service with `py-spy record --threads -f raw` (py-spy from PyPI; active samples only), and prints each
 thread's share of the samples and, for the event-loop thread, the share spent in the parts of the request
 path. `--summarize` prints the same from a raw profile already recorded (the GPU figures in docs/gpu.md
@@ -25,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # part of the request path -> a frame (function, file) whose presence on the stack marks it
-PARTS = {
+POST_PARTS = {
     "/tokenize handler (EventTokenizer and the route function)": ("create_app.<locals>.tokenize", "app.py"),
     "  redis-py pipelines (packing, sending, parsing)": ("Pipeline.execute", "client.py"),
     "  request body parsed from bytes (pydantic-core)": ("parse_json", "app.py"),
@@ -34,9 +36,17 @@ PARTS = {
     "request body validation (pydantic)": ("request_body_to_args", "utils.py"),
     "request body JSON decoding": ("Request.json", "requests.py"),
 }
+GET_PARTS = {
+    "GET route function (user_tokens)": ("create_app.<locals>.user_tokens", "app.py"),
+    "  path and query validated (pydantic)": ("parse_params", "app.py"),
+    "  Redis read (TokenHistoryStore.read: command, reply, unpacking)": ("TokenHistoryStore.read", "store.py"),
+    "  history assembled as plain data (histories)": ("create_app.<locals>.histories", "app.py"),
+    "  response serialized (orjson)": ("OrjsonResponse.render", "app.py"),
+    "metrics middleware (RequestMetrics)": ("RequestMetrics.__call__", "app.py"),
+}
 
 
-def summarize(path: Path, seconds: float, rate: int) -> None:
+def summarize(path: Path, seconds: float, rate: int, parts_of: dict = POST_PARTS) -> None:
     opener = gzip.open if path.suffix == ".gz" else open
     threads, parts, loop = Counter(), Counter(), 0
     with opener(path, "rt") as f:
@@ -48,7 +58,7 @@ def summarize(path: Path, seconds: float, rate: int) -> None:
             if thread != "MainThread":
                 continue
             loop += int(n)
-            for part, (func, file) in PARTS.items():
+            for part, (func, file) in parts_of.items():
                 if any(fr.startswith(func + " (") and f"{file}:" in fr for fr in frames[1:]):
                     parts[part] += int(n)
     possible = seconds * rate
@@ -56,9 +66,9 @@ def summarize(path: Path, seconds: float, rate: int) -> None:
     for thread, n in threads.most_common():
         print(f"thread {thread}: active in {n / possible:.1%} of the samples")
     print("event-loop thread (MainThread), share of its active samples:")
-    for part in PARTS:
+    for part in parts_of:
         print(f"  {parts[part] / loop:6.1%}  {part}")
-    inside = parts[next(iter(PARTS))] + parts["Redis pipelines coalesced across requests (own task)"]
+    inside = parts[next(iter(parts_of))] + parts.get("Redis pipelines coalesced across requests (own task)", 0)
     print(f"  {1 - inside / loop:6.1%}  elsewhere (uvicorn, Starlette, FastAPI, middlewares, the loop itself)")
 
 
@@ -71,20 +81,30 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("profile_service.txt"))
     p.add_argument("--summarize", type=Path, help="a raw py-spy profile to summarize instead of recording one")
     p.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    p.add_argument("--load", choices=["post", "get"], default="post")
     args = p.parse_args()
+    parts_of = GET_PARTS if args.load == "get" else POST_PARTS
     if args.summarize:
-        summarize(args.summarize, args.seconds, args.rate)
+        summarize(args.summarize, args.seconds, args.rate, parts_of)
         return
+    if args.load == "get" and args.client != "wrk":
+        sys.exit("profile_service: --load get needs wrk (apt-get install wrk)")
 
     from benchmarks.harness import RedisProcess, ServiceProcess
+    from benchmarks.read_bench import fill, paced_reads
     from benchmarks.service_bench import post_load, post_load_wrk, requests_by_user_week
 
     print(
         f"command: python3 benchmarks/profile_service.py --artifacts {args.artifacts} --providers {args.providers} "
-        f"--seconds {args.seconds:g} --rate {args.rate} --out {args.out} --client {args.client}"
+        f"--seconds {args.seconds:g} --rate {args.rate} --out {args.out} --client {args.client} --load {args.load}"
     )
-    payloads = requests_by_user_week(600)
     store = RedisProcess().start()
+    if args.load == "get":
+        import asyncio
+
+        users, _ = asyncio.run(fill(store.url, args.artifacts, "profile"))
+    else:
+        payloads = requests_by_user_week(600)
     svc = ServiceProcess(
         args.artifacts,
         store.url,
@@ -98,7 +118,9 @@ def main() -> None:
         # record from ~1 s into the load (post_load's clients start 2 s per client process after it is called)
         lead = 1 if args.client == "wrk" else 5
         spy = subprocess.Popen(["sh", "-c", f"sleep {lead}; exec {record}"], stdout=subprocess.DEVNULL)
-        if args.client == "wrk":
+        if args.load == "get":
+            r = paced_reads(svc.base, users, 500, args.seconds + 2, 10)
+        elif args.client == "wrk":
             r = post_load_wrk([svc.base], payloads, 32, args.seconds + 2)
         else:
             r = post_load([svc.base], payloads, 32, args.seconds + 3, 2)
@@ -106,8 +128,11 @@ def main() -> None:
     finally:
         svc.stop()
         store.kill()
-    print(f"load while profiled: {r['windows_s']:.1f} windows/s, {r['requests']} requests ({os.cpu_count()} cores)")
-    summarize(args.out, args.seconds, args.rate)
+    if args.load == "get":
+        print(f"load while profiled: {r['rps']:.1f} GET/s, p99 {r['pct']['99']:.2f} ms ({os.cpu_count()} cores)")
+    else:
+        print(f"load while profiled: {r['windows_s']:.1f} windows/s, {r['requests']} requests ({os.cpu_count()} cores)")
+    summarize(args.out, args.seconds, args.rate, parts_of)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from benchmarks.harness import (  # noqa: E402
     RedisProcess,
     ServiceProcess,
     batch_stage_throughput,
+    cpu_seconds,
     interleaved,
     metric_total,
     wrk,
@@ -77,22 +78,20 @@ def window_jobs(manifest: Manifest, payloads: list[list[dict]]) -> list[WindowJo
 
 
 def raw_limit(
-    artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int, lanes: int = 0
+    artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int, cpu: list | None = None
 ) -> float:
     """Windows/s of the service's batch stages alone (render -> tokenize -> ONNX Runtime), `batch` per batch,
-    split into encoder runs as the service splits them."""
+    split into encoder runs as the service splits them; their CPU ms per window appended to `cpu`."""
     manifest = Manifest.load(artifacts)
-    rt = TokenizerRuntime(artifacts, manifest, providers=providers, lanes=lanes)
-    return batch_stage_throughput(rt, window_jobs(manifest, payloads[:400]), batch, seconds)
+    rt = TokenizerRuntime(artifacts, manifest, providers=providers)
+    return batch_stage_throughput(rt, window_jobs(manifest, payloads[:400]), batch, seconds, cpu_ms_per_window=cpu)
 
 
 class Replicas:
     """`n` service processes sharing one Redis, tuned for saturation: a queue that never refuses, no
     admission by expected wait."""
 
-    def __init__(
-        self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str, lanes: int = 0
-    ):
+    def __init__(self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str):
         self.services: list[ServiceProcess] = []
         try:
             for _ in range(n):  # all start at once, then all are waited for
@@ -106,7 +105,6 @@ class Replicas:
                         max_queue_windows=100000,
                         max_queue_delay_ms=0,
                         providers=providers,
-                        encoder_lanes=lanes,
                     )
                 )
             for s in self.services:
@@ -230,6 +228,15 @@ async def get_load(base: str, users: list[str], rate: float, seconds: float) -> 
     return {"rate": len(lat) / wall, "p50": np.median(lat), "p99": np.quantile(lat, 0.99), "errors": errors}
 
 
+def cpu_by_process(svc: Replicas, store: RedisProcess) -> dict[str, float]:
+    """CPU seconds used so far by the service processes, redis-server and the load generator (wrk, a child)."""
+    return {
+        "service": sum(cpu_seconds(s.process.pid) for s in svc.services),
+        "redis-server": cpu_seconds(store.process.pid),
+        "wrk": cpu_seconds(None),
+    }
+
+
 def gpu_name() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True)
@@ -248,7 +255,6 @@ def main() -> None:
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--encoder-lanes", type=int, default=0, help="U2QT_ENCODER_LANES; 0: the service's default")
     p.add_argument("--client-procs", type=int, default=1, help="--client python: processes of clients")
     p.add_argument(
         "--client",
@@ -266,13 +272,14 @@ def main() -> None:
     payloads = requests_by_user_week(args.users)
     store = RedisProcess().start()
     url = store.url
+    raw_cpu: list[float] = []
     try:
-        raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch, args.encoder_lanes)
-        svc = Replicas(
-            args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers, args.encoder_lanes
-        )
+        raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch, raw_cpu)
+        svc = Replicas(args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers)
         try:
+            cpu0 = cpu_by_process(svc, store)
             batched = post(svc.bases)
+            cpu1 = cpu_by_process(svc, store)
             users = sorted({e["user_id"] for pl in payloads for e in pl})
             if args.client == "wrk":
                 from benchmarks.read_bench import paced_reads
@@ -285,7 +292,7 @@ def main() -> None:
             hist = httpx.get(f"{svc.bases[0]}/users/{users[0]}/tokens").json()["windows"]
         finally:
             svc.stop()
-        svc = Replicas(args.replicas, args.artifacts, url, "bench-unbatched", 1, args.providers, args.encoder_lanes)
+        svc = Replicas(args.replicas, args.artifacts, url, "bench-unbatched", 1, args.providers)
         try:
             unbatched = post(svc.bases)
         finally:
@@ -296,15 +303,13 @@ def main() -> None:
         f"command: python3 benchmarks/service_bench.py --artifacts {args.artifacts} --clients {args.clients} "
         f"--seconds {args.seconds:g} --users {args.users} --get-rate {args.get_rate:g} --providers "
         f"{args.providers} --max-batch {args.max_batch} --replicas {args.replicas} --client {args.client}"
-        + (f" --encoder-lanes {args.encoder_lanes}" if args.encoder_lanes else "")
         + (f" --client-procs {args.client_procs}" if args.client == "python" else "")
     )
-    rt = TokenizerRuntime(args.artifacts, providers=args.providers, lanes=args.encoder_lanes)
+    rt = TokenizerRuntime(args.artifacts, providers=args.providers)
     clients = "wrk" if args.client == "wrk" else f"{args.client_procs} Python process(es), httpx"
     print(
         f"machine: {os.cpu_count()} cores{gpu_name() if rt.on_gpu else ''}; {args.replicas} service process(es), "
-        f"redis-server and the clients ({clients}) on one machine; providers {rt.providers[0]}; "
-        f"{rt.lanes} encoder lane(s)"
+        f"redis-server and the clients ({clients}) on one machine; providers {rt.providers[0]}"
     )
     print(f"raw batched ONNX Runtime, {args.max_batch} per batch (no HTTP, no Redis): {raw:8.1f} windows/s")
     for name, r in (("POST /tokenize, batching on ", batched), ("POST /tokenize, batching off", unbatched)):
@@ -313,6 +318,12 @@ def main() -> None:
             f"  ({r['requests']} requests, {r['errors']} errors"
             + (f", {r['replayed']} replays of requests already sent" if r.get("replayed") else "")
             + ")"
+        )
+    if args.client == "wrk":  # CPU time per window tokenized, by process: where the cores went
+        per = {k: (cpu1[k] - cpu0[k]) * 1e3 / (batched["windows_s"] * args.seconds) for k in cpu0}
+        print(
+            f"CPU per window, batching on (ms, all cores): {', '.join(f'{k} {v:.2f}' for k, v in per.items())}, "
+            f"total {sum(per.values()):.2f}; the raw batch stages alone {raw_cpu[0]:.2f}"
         )
     print(
         f"end-to-end / raw limit: {batched['windows_s'] / raw:.2f}   batching on / off: "

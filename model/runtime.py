@@ -6,7 +6,6 @@ window's embedding is the same number in training and serving.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -116,19 +115,12 @@ class TokenizerRuntime:
         manifest: Manifest | None = None,
         providers: str = "auto",
         threads: int | None = None,
-        lanes: int = 1,
     ):
         self.directory = Path(directory)
         self.manifest = manifest or Manifest.load(self.directory)
         self.providers = pick_providers(providers)
         self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
-        # Text-encoder runs that may go at once; 0: one per core on CPU, each run single-threaded, instead of
-        # one run at a time on a pool of every core. A pool's threads meet at a barrier after each operator, so
-        # one thread descheduled by the event loop, Redis or the tokenizer stalls them all; independent runs
-        # don't wait for each other (benchmarks/ort_threads.py). A GPU takes one wide run at a time.
-        self.lanes = lanes or (1 if self.on_gpu else len(os.sched_getaffinity(0)))
-        text_threads = 1 if self.lanes > 1 else threads
-        self.text = OnnxTextEncoder(self.directory, self.manifest.encoder, self.providers, text_threads)
+        self.text = OnnxTextEncoder(self.directory, self.manifest.encoder, self.providers, threads)
         # The quantizer and tabular MLPs are a few small matmuls: one thread each. A thread pool of their own
         # would spin after every run on the cores the text encoder is using (benchmarks/ort_threads.py:
         # the batch stages x1.21-1.27 on 2 cores).

@@ -191,9 +191,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         manifest = Manifest.load(settings.artifacts)
-        runtime = TokenizerRuntime(
-            settings.artifacts, manifest, settings.providers, settings.ort_threads or None, settings.encoder_lanes
-        )
+        runtime = TokenizerRuntime(settings.artifacts, manifest, settings.providers, settings.ort_threads or None)
         metrics = ServiceMetrics()
         metrics.initialize([x.name for x in manifest.sources.sources], runtime.vocabulary.levels)
         metrics.queue_capacity.set(settings.max_queue_windows)

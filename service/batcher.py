@@ -87,9 +87,6 @@ class MicroBatcher:
         self._tasks: list[asyncio.Task] = []
         self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-infer")
-        # the encoder's lanes: a batch's runs go out on this many threads at once (runtime.lanes)
-        lanes = runtime.lanes
-        self._lane_pool = ThreadPoolExecutor(lanes, thread_name_prefix="u2qt-encode") if lanes > 1 else None
         self._closing = False
 
     async def start(self) -> None:
@@ -171,14 +168,9 @@ class MicroBatcher:
         emb = np.zeros((len(p.jobs), rt.manifest.encoder.dim), dtype=np.float32)
         if p.text_jobs:
             order = np.argsort([len(x) for x in p.token_ids], kind="stable")  # similar lengths, less padding
-            runs = [order[s : s + self.text_chunk] for s in range(0, len(order), self.text_chunk)]
-
-            def encode(run: np.ndarray) -> np.ndarray:
-                return rt.text.run_ids([p.token_ids[i] for i in run])
-
-            pool = self._lane_pool
-            for run, out in zip(runs, pool.map(encode, runs) if pool else map(encode, runs), strict=True):
-                emb[[p.text_jobs[i] for i in run]] = out
+            for s in range(0, len(order), self.text_chunk):
+                chunk = order[s : s + self.text_chunk]
+                emb[[p.text_jobs[i] for i in chunk]] = rt.text.run_ids([p.token_ids[i] for i in chunk])
         names = [s.name for s in rt.manifest.sources.sources]
         for name in rt.manifest.tabular:
             rows = [i for i, j in enumerate(p.jobs) if j.features is not None and names[j.source_index] == name]
@@ -200,8 +192,6 @@ class MicroBatcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._prep_pool.shutdown(wait=True)
         self._infer_pool.shutdown(wait=True)
-        if self._lane_pool:
-            self._lane_pool.shutdown(wait=True)
 
 
 class EmbeddingBatcher:

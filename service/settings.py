@@ -25,8 +25,6 @@ class ServiceSettings(BaseSettings):
     # windows per text-encoder run within a batch; 0 = the batcher's rule: 4 on CPU (less padding), the whole
     # batch on CUDA (a GPU wants wide runs; padding is cheap there)
     encoder_batch: int = Field(0, ge=0)
-    # text-encoder runs at once, each single-threaded; 0 = one per core on CPU, 1 on CUDA (model.runtime)
-    encoder_lanes: int = Field(0, ge=0)
     max_queue_windows: int = Field(4096, ge=1)  # beyond this, POST /tokenize answers 429
     # ... and beyond this expected wait (queued windows / measured inference rate); 0 turns it off
     max_queue_delay_ms: float = Field(100.0, ge=0)
