@@ -20,12 +20,13 @@ versions can never mix in one history; the key's `t` names this entry format (`h
 history written in another format is never misread. Keys of open windows expire once no late event can
 reach them any more.
 
-Every change to one (user, source) is one Lua script, so it is atomic without locks:
-  INGEST  adds events (idempotent on event_id), rejects events of closed windows, and says whether the
-          window must be (re)tokenized, returning its events if so;
-  COMMIT  appends or replaces the window's entry unless one built from more events is already stored,
-          trims the history to its cap, sets the TTL, and re-hashes the user's whole history (every
-          source) into the metadata's digest, in the same atomic step, for the collision fallback.
+Every change to one user is one Lua script, so it is atomic without locks, and a request that touches several
+of a user's windows (a household's week: one per source) costs one script per step, not one per window:
+  INGEST  adds events (idempotent on event_id), rejects events of closed windows, and says for each window
+          whether it must be (re)tokenized, returning its events if so;
+  COMMIT  appends or replaces each window's entry unless one built from more events is already stored,
+          trims the history to its cap, sets the TTL, and then re-hashes the user's whole history (every
+          source) once into the metadata's digest, in the same atomic step, for the collision fallback.
 Concurrent writers therefore converge: the entry built from the most events wins. Commands go out through
 one CoalescingPipeline, so concurrent requests at the same step share a round trip.
 """
@@ -41,74 +42,101 @@ from redis.asyncio import Redis
 from model.entries import PackedEntries
 from service.coalescing import CoalescingPipeline
 
+# One call per user: KEYS = for each of the user's (source, window) groups its history, its events and its
+# count, then the user's metadata; ARGV = late windows, events TTL, history TTL, then for each group its window
+# index, its number of events m and m (event_id, event) pairs.
+# -> per group {must (re)tokenize, events now stored, per-event statuses, all its events when it must}.
 INGEST = """
-local w = tonumber(ARGV[1])
-local late = tonumber(ARGV[2])
-local tail = redis.call('LRANGE', KEYS[1], -(late + 1), -1)
-local closed = false
-if #tail > 0 then
-  local newest = struct.unpack('<I4', tail[#tail])
-  if w < newest - late then closed = true end
-end
-local status, added = {}, 0
-for i = 5, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
-    status[#status + 1] = 0
-  elseif closed then
-    status[#status + 1] = 2
-  else
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    status[#status + 1] = 1
-    added = added + 1
+local late, ettl, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local meta = KEYS[#KEYS]
+local out, engaged, a = {}, 0, 4
+for g = 0, (#KEYS - 1) / 3 - 1 do
+  local hist, evs, count = KEYS[3 * g + 1], KEYS[3 * g + 2], KEYS[3 * g + 3]
+  local w, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local tail = redis.call('LRANGE', hist, -(late + 1), -1)
+  local closed = false
+  if #tail > 0 then
+    local newest = struct.unpack('<I4', tail[#tail])
+    if w < newest - late then closed = true end
   end
+  local status, added = {}, 0
+  for i = a, a + 2 * m - 1, 2 do
+    if redis.call('HEXISTS', evs, ARGV[i]) == 1 then
+      status[#status + 1] = 0
+    elseif closed then
+      status[#status + 1] = 2
+    else
+      redis.call('HSET', evs, ARGV[i], ARGV[i + 1])
+      status[#status + 1] = 1
+      added = added + 1
+    end
+  end
+  a = a + 2 * m
+  if added > 0 then redis.call('EXPIRE', evs, ettl) end
+  engaged = engaged + added
+  local n = redis.call('HLEN', evs)
+  local result = {0, n, status, {}}
+  if not closed and n > 0 and tonumber(redis.call('GET', count) or '-1') < n then
+    result = {1, n, status, redis.call('HGETALL', evs)}
+  end
+  out[#out + 1] = result
 end
-if added > 0 then
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-  redis.call('HINCRBY', KEYS[4], 'x', added)
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+if engaged > 0 then
+  redis.call('HINCRBY', meta, 'x', engaged)
+  redis.call('EXPIRE', meta, ttl)
 end
-local n = redis.call('HLEN', KEYS[2])
-if closed or n == 0 then return {0, n, status, {}} end
-local stored = tonumber(redis.call('GET', KEYS[3]) or '-1')
-if stored >= n then return {0, n, status, {}} end
-return {1, n, status, redis.call('HGETALL', KEYS[2])}
+return out
 """
 
-# KEYS: this source's history, the window's count, every source's history (this one included), the metadata.
-# -> {applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
-# fallback's key (paper eq. 9, model/fallback.py): users with the same digest share a sorted set scored by
-# -engagement, whose order (engagement desc, then user id, Redis's tie order) is the fallback order.
+# One call per user: KEYS = the metadata, every source's history (in the order of `sources`), then each write's
+# count key; ARGV = history cap, history TTL, count TTL, then for each write its source's position among the
+# histories (1-based), window index, event count and packed entry.
+# -> {writes applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
+# fallback's key (paper eq. 9, model/fallback.py), hashed once per call over the user's whole history: users with
+# the same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's
+# tie order) is the fallback order.
 COMMIT = """
-local w, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tonumber(redis.call('GET', KEYS[2]) or '-1') > n then return {0, '', '', 0, 0} end
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
-local placed = false
-for j = #entries, 1, -1 do
-  local ew = struct.unpack('<I4', entries[j])
-  if ew == w then
-    redis.call('LSET', KEYS[1], j - 1, ARGV[3])
-    placed = true
-    break
-  end
-  if ew < w then
-    redis.call('LINSERT', KEYS[1], 'AFTER', entries[j], ARGV[3])
-    placed = true
-    break
+local cap, ttl, cttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local writes = (#ARGV - 3) / 4
+local sources = #KEYS - 1 - writes
+local meta, applied = KEYS[1], 0
+for k = 0, writes - 1 do
+  local a = 4 + 4 * k
+  local hist, count = KEYS[1 + tonumber(ARGV[a])], KEYS[2 + sources + k]
+  local w, n, entry = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
+  if tonumber(redis.call('GET', count) or '-1') <= n then
+    local entries = redis.call('LRANGE', hist, 0, -1)
+    local placed = false
+    for j = #entries, 1, -1 do
+      local ew = struct.unpack('<I4', entries[j])
+      if ew == w then
+        redis.call('LSET', hist, j - 1, entry)
+        placed = true
+        break
+      end
+      if ew < w then
+        redis.call('LINSERT', hist, 'AFTER', entries[j], entry)
+        placed = true
+        break
+      end
+    end
+    if not placed then redis.call('LPUSH', hist, entry) end
+    redis.call('LTRIM', hist, -cap, -1)
+    redis.call('EXPIRE', hist, ttl)
+    redis.call('SET', count, n, 'EX', cttl)
+    applied = applied + 1
   end
 end
-if not placed then redis.call('LPUSH', KEYS[1], ARGV[3]) end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-redis.call('SET', KEYS[2], n, 'EX', tonumber(ARGV[6]))
+if applied == 0 then return {0, '', '', 0, 0} end
 local parts = {}
-for i = 3, #KEYS - 1 do parts[#parts + 1] = table.concat(redis.call('LRANGE', KEYS[i], 0, -1)) end
-local meta = KEYS[#KEYS]
+for i = 2, sources + 1 do parts[#parts + 1] = table.concat(redis.call('LRANGE', KEYS[i], 0, -1)) end
 local old = redis.call('HGET', meta, 'd') or ''
 local digest = string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
 redis.call('HSET', meta, 'd', digest)
-redis.call('EXPIRE', meta, tonumber(ARGV[5]))
+redis.call('EXPIRE', meta, ttl)
 local x = tonumber(redis.call('HGET', meta, 'x') or '0')
-return {1, digest, old, x, redis.call('HEXISTS', meta, 'f')}
+return {applied, digest, old, x, redis.call('HEXISTS', meta, 'f')}
 """
 
 # One command per user instead of one LRANGE per source: the read path is the hot one, and a client-side
@@ -222,29 +250,36 @@ class TokenHistoryStore:
         await self.pipeline.execute(commands)
 
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
-        """groups: (user, source, window index, [(event_id, event)]) -> one result per group."""
+        """groups: (user, source, window index, [(event_id, event)]) -> one result per group, in order. One
+        script per user, however many of the user's windows the call touches."""
+        by_user: dict[str, list[int]] = {}
+        for i, (user, *_) in enumerate(groups):
+            by_user.setdefault(user, []).append(i)
         commands = []
-        for user, source, window, events in groups:
-            args = [window, self.late_windows, self.events_ttl_s, self.ttl_s]
-            for event_id, event in events:
-                args += [event_id, orjson.dumps(event)]
-            keys = [
-                self.history_key(user, source),
-                self.events_key(user, source, window),
-                self.count_key(user, source, window),
-                self.meta_key(user),
-            ]
-            commands.append(_eval(INGEST, keys, args))
-        results = []
-        for need, n, statuses, flat in await self.pipeline.execute(commands):
-            events = None
-            if need:
-                pairs = sorted(zip(flat[0::2], flat[1::2], strict=True))
-                events = sorted(
-                    (orjson.loads(v) | {"event_id": k.decode()} for k, v in pairs),
-                    key=lambda e: (e["ts"], e["event_id"]),
-                )
-            results.append(IngestResult([int(s) for s in statuses], int(n), events))
+        for user, members in by_user.items():
+            keys, args = [], [self.late_windows, self.events_ttl_s, self.ttl_s]
+            for i in members:
+                _, source, window, events = groups[i]
+                keys += [
+                    self.history_key(user, source),
+                    self.events_key(user, source, window),
+                    self.count_key(user, source, window),
+                ]
+                args += [window, len(events)]
+                for event_id, event in events:
+                    args += [event_id, orjson.dumps(event)]
+            commands.append(_eval(INGEST, [*keys, self.meta_key(user)], args))
+        results: list[IngestResult | None] = [None] * len(groups)
+        for members, reply in zip(by_user.values(), await self.pipeline.execute(commands), strict=True):
+            for i, (need, n, statuses, flat) in zip(members, reply, strict=True):
+                events = None
+                if need:
+                    pairs = sorted(zip(flat[0::2], flat[1::2], strict=True))
+                    events = sorted(
+                        (orjson.loads(v) | {"event_id": k.decode()} for k, v in pairs),
+                        key=lambda e: (e["ts"], e["event_id"]),
+                    )
+                results[i] = IngestResult([int(s) for s in statuses], int(n), events)
         return results
 
     async def commit(
@@ -252,25 +287,30 @@ class TokenHistoryStore:
     ) -> dict[str, tuple[str, str, int, bool]]:
         """writes: (user, source, window index, event count, codes [levels]); `sources`: every source name.
         -> user: (history digest now, digest before this call, engagement, has a fallback index) for users
-        whose history changed, what refresh_fallback takes."""
+        whose history changed, what refresh_fallback takes. One script per user: the digest is hashed once
+        per user and call, not once per window."""
         if not writes:
             return {}
         packed = self.entries.pack(np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]))
+        position = {s: i + 1 for i, s in enumerate(sources)}
+        by_user: dict[str, list[int]] = {}
+        for i, (user, *_) in enumerate(writes):
+            by_user.setdefault(user, []).append(i)
         commands = []
-        for (user, source, window, n, _), entry in zip(writes, packed, strict=True):
-            keys = [self.history_key(user, source), self.count_key(user, source, window)]
-            keys += [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
-            commands.append(_eval(COMMIT, keys, [window, n, entry, self.max_entries, self.ttl_s, self.events_ttl_s]))
+        for user, members in by_user.items():
+            keys = [self.meta_key(user)] + [self.history_key(user, s) for s in sources]
+            args = [self.max_entries, self.ttl_s, self.events_ttl_s]
+            for i in members:
+                _, source, window, n, _ = writes[i]
+                keys.append(self.count_key(user, source, window))
+                args += [position[source], window, n, packed[i]]
+            commands.append(_eval(COMMIT, keys, args))
         replies = await self.pipeline.execute(commands)
-        moves: dict[str, tuple[str, str, int, bool]] = {}
-        for (user, *_), (applied, digest, old, engagement, ranked) in zip(writes, replies, strict=True):
-            if not applied:
-                continue
-            before, had_rank = _text(old), bool(ranked)
-            if user in moves:  # a user's later commit in this call: "before" stays what it was before the first
-                _, before, _, had_rank = moves[user]
-            moves[user] = (_text(digest), before, int(engagement), had_rank)
-        return moves
+        return {
+            user: (_text(digest), _text(old), int(engagement), bool(ranked))
+            for user, (applied, digest, old, engagement, ranked) in zip(by_user, replies, strict=True)
+            if applied
+        }
 
     async def read(self, users: list[str], sources: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
         """-> ({user: {source: structured array of entries (window, codes)}}, {user: fallback index}) in one

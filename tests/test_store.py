@@ -55,3 +55,59 @@ def test_coalescing_pipeline_shares_one_round_trip_and_keeps_each_callers_replie
     assert sorted(r[0] for r in replies[:-1]) == list(range(1, 21))
     assert all(int(r[1]) == r[0] for r in replies[:-1])
     assert new_connections <= 1, "21 callers in one loop turn: one pipeline on one connection"
+
+
+def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(redis_server):
+    """A request touching several windows of a user (a household's week: one per source) runs INGEST and COMMIT
+    once per user, and still answers per window; the digest covers every source of the history."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from service.store import ACCEPTED, DUPLICATE, LATE, TokenHistoryStore
+
+    sources = ["purchases", "visits", "promotions"]
+
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = TokenHistoryStore(client, "perusr", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
+
+        async def evals():
+            return (await client.info("commandstats")).get("cmdstat_eval", {}).get("calls", 0)
+
+        def group(user, source, window, *ids):
+            return (user, source, window, [(i, {"ts": window * 7 * 86400.0, "text": i}) for i in ids])
+
+        groups = [group("a", s, 10, f"{s}-1", f"{s}-2") for s in sources] + [group("b", "purchases", 10, "p-1")]
+        before = await evals()
+        first = await store.ingest(groups)
+        after_ingest = await evals()
+        codes = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]])
+        moves = await store.commit(
+            [(g[0], g[1], g[2], r.event_count, c) for g, r, c in zip(groups, first, codes, strict=True)], sources
+        )
+        after_commit = await evals()
+        # a replay of one window and a window too late for a, after a newer one is stored
+        again = await store.ingest([group("a", "visits", 10, "visits-1"), group("a", "visits", 20, "v-new")])
+        await store.commit([("a", "visits", 20, 1, codes[0])], sources)
+        late = await store.ingest([group("a", "visits", 12, "v-late"), group("a", "purchases", 11, "p-ok")])
+        histories, _ = await store.read(["a", "b"], sources)
+        await client.aclose()
+        return first, moves, again, late, histories, (after_ingest - before, after_commit - after_ingest)
+
+    first, moves, again, late, histories, calls = asyncio.run(scenario())
+    assert calls == (2, 2), "two users: one INGEST and one COMMIT script each"
+    assert [r.statuses for r in first] == [[ACCEPTED, ACCEPTED]] * 3 + [[ACCEPTED]]
+    assert [r.event_count for r in first] == [2, 2, 2, 1]
+    assert [[e["event_id"] for e in r.events] for r in first[:3]] == [[f"{s}-1", f"{s}-2"] for s in sources]
+    assert set(moves) == {"a", "b"} and moves["a"][0] != moves["b"][0]
+    assert moves["a"][2] == 6 and moves["b"][2] == 1  # engagement: events accepted, per user
+    assert again[0].statuses == [DUPLICATE] and again[0].events is None
+    assert again[1].statuses == [ACCEPTED] and again[1].events is not None
+    assert late[0].statuses == [LATE] and late[1].statuses == [ACCEPTED]
+    assert {s: histories["a"][s]["window"].tolist() for s in sources} == {
+        "purchases": [10],
+        "visits": [10, 20],
+        "promotions": [10],
+    }
+    assert histories["a"]["promotions"]["codes"].tolist() == [[9, 10, 11, 12]]
