@@ -26,7 +26,7 @@ from model.sequence import history_sequence
 from model.sources import index_start
 from service.batcher import EmbeddingBatcher, MicroBatcher, QueueFull, WindowJob
 from service.embedded_redis import EmbeddedRedis
-from service.ingest import EventTokenizer, iso, timed_redis, validation_errors
+from service.ingest import EventTokenizer, RedisTimer, iso, validation_errors
 from service.metrics import ServiceMetrics
 from service.schemas import (
     BatchEmbeddingRequest,
@@ -361,7 +361,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return sources
 
     async def histories(s: ServiceState, users: list[str], sources: list[str], since, until, limit, fmt):
-        with timed_redis(s.metrics, "read"):
+        with RedisTimer(s.metrics, "read"):
             raw, fallback = await s.store.read(users, sources)
         order = s.tokenizer.source_index
         period, vocab, strings = s.manifest.sources.period_s, s.tokenizer.vocabulary, s.tokenizer.strings
@@ -443,7 +443,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if s.embedder is None:
             raise _NoHistoryModel
         h = s.manifest.history
-        with timed_redis(s.metrics, "read"):
+        with RedisTimer(s.metrics, "read"):
             raw, _ = await s.store.read(users, s.tokenizer.source_names)
         seqs, found = [], []
         for user in users:
