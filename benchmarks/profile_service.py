@@ -40,7 +40,10 @@ GET_PARTS = {
     "GET route function (user_tokens)": ("create_app.<locals>.user_tokens", "app.py"),
     "  path and query validated (pydantic)": ("parse_params", "app.py"),
     "  Redis read (TokenHistoryStore.read: command, reply, unpacking)": ("TokenHistoryStore.read", "store.py"),
-    "  history assembled as plain data (histories)": ("create_app.<locals>.histories", "app.py"),
+    "  histories(): the Redis read above, then the history assembled as plain data": (
+        "create_app.<locals>.histories",
+        "app.py",
+    ),
     "  response serialized (orjson)": ("OrjsonResponse.render", "app.py"),
     "metrics middleware (RequestMetrics)": ("RequestMetrics.__call__", "app.py"),
 }
