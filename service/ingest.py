@@ -18,7 +18,7 @@ from model.manifest import Manifest
 from model.sources import index_start, window_index
 from model.windows import render_text_window, tabular_window_features
 from service.batcher import MicroBatcher, QueueFull, WindowJob
-from service.metrics import ServiceMetrics
+from service.metrics import OUTCOMES, ServiceMetrics
 from service.schemas import EventIn
 from service.store import ACCEPTED, DUPLICATE, TokenHistoryStore
 
@@ -80,8 +80,8 @@ def validation_errors(events: list[EventIn], manifest: Manifest) -> list[dict]:
 
 
 class RedisTimer:
-    """Times one Redis step into u2qt_redis_command_duration_seconds and counts its errors (a class defined once:
-    building one per call cost the read path a few percent of its time, profile_service.py --load get)."""
+    """Times one Redis step into u2qt_redis_command_duration_seconds and counts its errors. A class defined once:
+    one built per call showed in the read path's profile (docs/cpu/profile_get_at_48c9a79.txt.gz)."""
 
     __slots__ = ("metrics", "operation", "t")
 
@@ -106,6 +106,12 @@ class EventTokenizer:
         self.source_index = {s.name: i for i, s in enumerate(manifest.sources.sources)}
         self.source_names = list(self.source_index)
         self._seen = [set() for _ in range(self.vocabulary.levels)]
+        # label children resolved once per process, not per request
+        levels = [str(level + 1) for level in range(self.vocabulary.levels)]
+        self._windows_by_source = [metrics.windows.labels(name) for name in self.source_names]
+        self._tokens_by_level = [metrics.tokens.labels(level) for level in levels]
+        self._codes_used_by_level = [metrics.codebook_used.labels(level) for level in levels]
+        self._events_by_outcome = {outcome: metrics.events.labels(outcome) for outcome in OUTCOMES}
 
     async def tokenize(self, events: list[EventIn]) -> dict:
         """-> the body of a TokenizeResponse, as plain data (serialized once, by orjson)."""
@@ -148,7 +154,7 @@ class EventTokenizer:
         ids = self.vocabulary.ids(src, codes).tolist() if todo else []
         self._observe(src, codes)
         for outcome, n in counts.items():
-            self.metrics.events.labels(outcome).inc(n)
+            self._events_by_outcome[outcome].inc(n)
         return {
             "model_version": self.manifest.model_version,
             "accepted": counts["accepted"],
@@ -173,16 +179,16 @@ class EventTokenizer:
         if not len(src):
             return
         for i, n in zip(*np.unique(src, return_counts=True), strict=True):
-            self.metrics.windows.labels(self.source_names[i]).inc(int(n))
+            self._windows_by_source[i].inc(int(n))
         for level in range(codes.shape[1]):
-            self.metrics.tokens.labels(str(level + 1)).inc(len(codes))
+            self._tokens_by_level[level].inc(len(codes))
             seen = self._seen[level]
             if len(seen) < 1 << 16:
                 shared = level < self.vocabulary.shared_levels
                 seen.update(
                     ("" if shared else self.source_names[s], int(c)) for s, c in zip(src, codes[:, level], strict=True)
                 )
-                self.metrics.codebook_used.labels(str(level + 1)).set(len(seen))
+                self._codes_used_by_level[level].set(len(seen))
 
     @staticmethod
     def _stored(e: EventIn) -> dict:

@@ -252,9 +252,7 @@ class TokenHistoryStore:
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
         """groups: (user, source, window index, [(event_id, event)]) -> one result per group, in order. One
         script per user, however many of the user's windows the call touches."""
-        by_user: dict[str, list[int]] = {}
-        for i, (user, *_) in enumerate(groups):
-            by_user.setdefault(user, []).append(i)
+        by_user = _positions_by_user(groups)
         commands = []
         for user, members in by_user.items():
             keys, args = [], [self.late_windows, self.events_ttl_s, self.ttl_s]
@@ -293,9 +291,7 @@ class TokenHistoryStore:
             return {}
         packed = self.entries.pack(np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]))
         position = {s: i + 1 for i, s in enumerate(sources)}
-        by_user: dict[str, list[int]] = {}
-        for i, (user, *_) in enumerate(writes):
-            by_user.setdefault(user, []).append(i)
+        by_user = _positions_by_user(writes)
         commands = []
         for user, members in by_user.items():
             keys = [self.meta_key(user)] + [self.history_key(user, s) for s in sources]
@@ -336,6 +332,14 @@ def _eval(script: str, keys: list[str], args: list = ()) -> tuple:
     first send SCRIPT EXISTS for every pipeline (a round trip, and a tenth of the write path's CPU, profiled on a
     GPU box); Redis caches the compiled body by its SHA1, and a restarted Redis needs nothing reloaded."""
     return ("EVAL", script, len(keys), *keys, *args)
+
+
+def _positions_by_user(rows: list[tuple]) -> dict[str, list[int]]:
+    """user (each row's first field) -> the positions of that user's rows, in order: one script per user."""
+    by_user: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_user.setdefault(row[0], []).append(i)
+    return by_user
 
 
 def _text(value) -> str:
