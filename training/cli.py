@@ -363,8 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     """The ONNX exporter and transformers warn about things that do not concern a u2qt user."""
     import logging
+    import os
     import warnings
 
+    # torch resets its loggers' levels when it is imported (later, and only by the commands that train or
+    # export), so the exporter's level is set through torch's own switch, read at that import
+    os.environ.setdefault("TORCH_LOGS", "-onnx")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
