@@ -3,6 +3,9 @@ to PyTorch on every window of that slice."""
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,6 +89,26 @@ def test_manifest_is_the_contract(trained_dir):
         from training.export import export_artifacts
 
         export_artifacts(out)
+
+
+def test_model_version_does_not_depend_on_where_the_code_is_checked_out(trained_dir, tmp_path):
+    """Exported from another checkout, the same checkpoint gets the same files and model_version: a re-export
+    elsewhere must not key histories apart."""
+    out, _, _ = trained_dir
+    repo = Path(__file__).resolve().parents[1]
+    elsewhere = tmp_path / "another-checkout"
+    for package in ("model", "training"):
+        shutil.copytree(repo / package, elsewhere / package, ignore=shutil.ignore_patterns("__pycache__"))
+    dest = tmp_path / "exported-elsewhere"
+    code = "import sys; from training.export import export_artifacts as e; print(e(*sys.argv[1:]).model_version)"
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(out), str(dest)], cwd=elsewhere, capture_output=True, text=True, check=True
+    )
+    here = Manifest.load(out)
+    assert run.stdout.split()[-1] == here.model_version
+    assert Manifest.load(dest).files == here.files
+    for f in here.files:
+        assert str(repo).encode() not in (out / f).read_bytes(), f"{f} names this checkout's path"
 
 
 def test_same_data_config_and_seed_give_the_same_codes(trained_dir, cj_events, tmp_path):

@@ -15,6 +15,7 @@ from model.manifest import HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sh
 from model.runtime import TokenizerRuntime
 from model.windows import tabular_feature_names
 from training.alignment import load_history_model
+from training.onnx_graph import export_graph
 from training.train import CHECKPOINT_DIR, load_checkpoint
 
 QUANTIZER_FILE = "quantizer.onnx"
@@ -24,19 +25,7 @@ VERIFY_SAMPLE = "verify_sample.npz"
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
     batch = torch.export.Dim("batch", min=1)
-    shapes = tuple({0: batch} for _ in args)
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_shapes=shapes,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+    export_graph(module, args, path, inputs, outputs, dynamic_shapes=tuple({0: batch} for _ in args))
 
 
 def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -> Manifest:

@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 
 from model.manifest import EncoderInfo  # noqa: E402
 from training.config import DEFAULT_TEXT_MODEL, EncoderConfig  # noqa: E402
+from training.onnx_graph import export_graph  # noqa: E402
 
 ENCODER_FILE = "encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -84,18 +85,15 @@ def export_text_encoder(cfg: EncoderConfig, directory: Path) -> EncoderInfo:
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     fp32 = directory / ("encoder_fp32.onnx" if cfg.precision == "int8" else ENCODER_FILE)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (sample["input_ids"], sample["attention_mask"]),
-            str(fp32),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["text_embedding"],
-            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
-            dynamo=True,
-            external_data=n_bytes > 1_500_000_000,
-            verbose=False,
-        )
+    export_graph(
+        model,
+        (sample["input_ids"], sample["attention_mask"]),
+        fp32,
+        ["input_ids", "attention_mask"],
+        ["text_embedding"],
+        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+        external_data=n_bytes > 1_500_000_000,
+    )
     if cfg.precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
