@@ -82,8 +82,8 @@ def main() -> None:
     jobs = [WindowJob(int(s), text=t) for s, t in zip(src, texts, strict=True)]
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        g = throughput(gpu, jobs, batch, args.seconds)
-        c = throughput(cpu, jobs, batch, args.seconds) if batch <= 64 else float("nan")
+        g = throughput(gpu, jobs, batch, args.seconds).windows_s
+        c = throughput(cpu, jobs, batch, args.seconds).windows_s if batch <= 64 else float("nan")
         rows.append((batch, g, c))
         print(f"batch {batch:4d}: CUDA {g:9.1f} windows/s   CPU {c:8.1f} windows/s", flush=True)
     base = rows[0][1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -134,12 +135,17 @@ class ServiceProcess:
             self.wait()
 
 
-def batch_stage_throughput(
-    runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0, cpu_ms_per_window: list | None = None
-) -> float:
+@dataclass
+class StageRun:
+    windows_s: float
+    cpu_ms_per_window: float  # every thread of this process, all cores
+    cpu_ms_by_thread: dict[str, float]  # the same, by thread_groups()
+
+
+def batch_stage_throughput(runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0) -> StageRun:
     """Windows/s of the service's own batch stages (subword tokenizer, encoders, quantizer: MicroBatcher's
-    _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between. The CPU
-    time they took per window (ms, every core) is appended to `cpu_ms_per_window` when given."""
+    _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between, and the
+    CPU time they took per window."""
     from service.batcher import MicroBatcher
     from service.metrics import ServiceMetrics
 
@@ -147,16 +153,20 @@ def batch_stage_throughput(
     for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: a new shape's first run is slow on CUDA
         b._run(b._tokenize(jobs[s : s + batch]))
     done, t0 = 0, time.perf_counter()
-    cpu0 = cpu_seconds(os.getpid())
+    cpu0, threads0 = cpu_seconds(os.getpid()), cpu_by_thread(os.getpid())
     while time.perf_counter() - t0 < seconds:
         for s in range(0, len(jobs), batch):
             b._run(b._tokenize(jobs[s : s + batch]))
             done += len(jobs[s : s + batch])
             if time.perf_counter() - t0 >= seconds:
                 break
-    if cpu_ms_per_window is not None:
-        cpu_ms_per_window.append((cpu_seconds(os.getpid()) - cpu0) * 1e3 / done)
-    return done / (time.perf_counter() - t0)
+    rate = done / (time.perf_counter() - t0)
+    by_thread = thread_groups(os.getpid(), threads0, cpu_by_thread(os.getpid()))
+    return StageRun(
+        rate,
+        (cpu_seconds(os.getpid()) - cpu0) * 1e3 / done,
+        {k: v * 1e3 / done for k, v in by_thread.items()},
+    )
 
 
 def requests_by_user_week(events, sources, prefix: str = "") -> dict[str, list[list[dict]]]:
@@ -233,6 +243,47 @@ def cpu_seconds(pid: int | None = None) -> float:
         return r.ru_utime + r.ru_stime
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_thread(pid: int) -> dict[int, float]:
+    """Native thread id -> CPU seconds (user + system) it has used so far, for every live thread of `pid`."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name (every thread Python knows of; threads that native libraries start
+    themselves, such as ONNX Runtime's pool, are absent). Another process's come from `py-spy dump` ({} without
+    py-spy)."""
+    if pid == os.getpid():
+        return {t.native_id: t.name for t in threading.enumerate()}
+    if shutil.which("py-spy") is None:
+        return {}
+    out = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True)
+    return {int(tid): name for tid, name in re.findall(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out.stdout, re.M)}
+
+
+def thread_groups(pid: int, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds each kind of thread of `pid` used between two cpu_by_thread() readings: the main thread (the
+    service's event loop), its named Python threads (the batcher's stages), and native threads (ONNX Runtime's
+    intra-op pool, tokenizers' own pool). Without thread names only the main thread is told apart."""
+    names = python_thread_names(pid)
+    groups: dict[str, float] = {}
+    for tid, cpu in after.items():
+        if tid == pid:
+            kind = "main thread"
+        elif tid in names:
+            kind = re.sub(r"_\d+$", "", names[tid])  # a pool's workers as one: u2qt-infer_0 -> u2qt-infer
+        else:
+            kind = "native threads" if names else "other threads"
+        groups[kind] = groups.get(kind, 0.0) + cpu - before.get(tid, 0.0)
+    return groups
 
 
 def wrk_ms(text: str) -> float:

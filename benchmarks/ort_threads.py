@@ -91,7 +91,7 @@ def measure(args: argparse.Namespace) -> None:
     for _ in range(args.repeat):
         for layout in layouts:
             rates[layout].append(
-                batch_stage_throughput(runtime(args.artifacts, manifest, layout), jobs, 64, args.seconds)
+                batch_stage_throughput(runtime(args.artifacts, manifest, layout), jobs, 64, args.seconds).windows_s
             )
     print(
         f"command: python3 benchmarks/ort_threads.py --artifacts {args.artifacts} --seconds {args.seconds:g} "
@@ -107,7 +107,8 @@ def measure(args: argparse.Namespace) -> None:
     by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
     for _ in range(args.repeat):
         for w in widths:
-            by_width[f"encoder runs of {w}"].append(batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w))
+            run = batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w)
+            by_width[f"encoder runs of {w}"].append(run.windows_s)
     print("with the layout model.runtime uses, by encoder run width:")
     report(by_width)
 

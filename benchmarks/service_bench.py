@@ -41,10 +41,13 @@ from benchmarks.harness import (  # noqa: E402
     WRK_POST_LUA,
     RedisProcess,
     ServiceProcess,
+    StageRun,
     batch_stage_throughput,
+    cpu_by_thread,
     cpu_seconds,
     interleaved,
     metric_total,
+    thread_groups,
     wrk,
 )
 from model.manifest import Manifest  # noqa: E402
@@ -77,14 +80,12 @@ def window_jobs(manifest: Manifest, payloads: list[list[dict]]) -> list[WindowJo
     return jobs
 
 
-def raw_limit(
-    artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int, cpu: list | None = None
-) -> float:
-    """Windows/s of the service's batch stages alone (render -> tokenize -> ONNX Runtime), `batch` per batch,
-    split into encoder runs as the service splits them; their CPU ms per window appended to `cpu`."""
+def raw_limit(artifacts: Path, payloads: list[list[dict]], seconds: float, providers: str, batch: int) -> StageRun:
+    """The service's batch stages alone (render -> tokenize -> ONNX Runtime), `batch` per batch, split into
+    encoder runs as the service splits them: windows/s and CPU per window."""
     manifest = Manifest.load(artifacts)
     rt = TokenizerRuntime(artifacts, manifest, providers=providers)
-    return batch_stage_throughput(rt, window_jobs(manifest, payloads[:400]), batch, seconds, cpu_ms_per_window=cpu)
+    return batch_stage_throughput(rt, window_jobs(manifest, payloads[:400]), batch, seconds)
 
 
 class Replicas:
@@ -237,6 +238,10 @@ def cpu_by_process(svc: Replicas, store: RedisProcess) -> dict[str, float]:
     }
 
 
+def by_thread(ms: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(ms.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+
+
 def gpu_name() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True)
@@ -272,14 +277,16 @@ def main() -> None:
     payloads = requests_by_user_week(args.users)
     store = RedisProcess().start()
     url = store.url
-    raw_cpu: list[float] = []
     try:
-        raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch, raw_cpu)
+        stages = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch)
+        raw = stages.windows_s
         svc = Replicas(args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers)
         try:
-            cpu0 = cpu_by_process(svc, store)
+            cpu0, threads0 = cpu_by_process(svc, store), cpu_by_thread(svc.services[0].process.pid)
             batched = post(svc.bases)
-            cpu1 = cpu_by_process(svc, store)
+            cpu1, threads1 = cpu_by_process(svc, store), cpu_by_thread(svc.services[0].process.pid)
+            # read while the service still runs: thread names come from a py-spy dump of the live process
+            service_threads = thread_groups(svc.services[0].process.pid, threads0, threads1)
             users = sorted({e["user_id"] for pl in payloads for e in pl})
             if args.client == "wrk":
                 from benchmarks.read_bench import paced_reads
@@ -323,8 +330,12 @@ def main() -> None:
         per = {k: (cpu1[k] - cpu0[k]) * 1e3 / (batched["windows_s"] * args.seconds) for k in cpu0}
         print(
             f"CPU per window, batching on (ms, all cores): {', '.join(f'{k} {v:.2f}' for k, v in per.items())}, "
-            f"total {sum(per.values()):.2f}; the raw batch stages alone {raw_cpu[0]:.2f}"
+            f"total {sum(per.values()):.2f}; the raw batch stages alone {stages.cpu_ms_per_window:.2f}"
         )
+        # by thread: what the request path (event loop) costs beside the stages that the raw figure also runs
+        windows = batched["windows_s"] * args.seconds / args.replicas
+        print("  by thread (ms per window): service " + by_thread({k: v / windows for k, v in service_threads.items()}))
+        print("  by thread (ms per window): raw stages " + by_thread(stages.cpu_ms_by_thread))
     print(
         f"end-to-end / raw limit: {batched['windows_s'] / raw:.2f}   batching on / off: "
         f"{batched['windows_s'] / unbatched['windows_s']:.2f}x"

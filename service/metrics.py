@@ -48,6 +48,10 @@ class ServiceMetrics:
             registry=r,
         )
         self.redis_errors = Counter("u2qt_redis_errors_total", "Failed Redis round trips", ["operation"], registry=r)
+        # label children resolved once: the read path times a Redis step per request
+        self.redis_steps = {
+            op: (self.redis_latency.labels(op), self.redis_errors.labels(op)) for op in REDIS_OPERATIONS
+        }
         self.codebook_used = Gauge(
             "u2qt_codebook_codes_used", "Distinct codes emitted since start", ["level"], registry=r
         )
@@ -60,9 +64,6 @@ class ServiceMetrics:
             self.events.labels(outcome)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
-        for op in REDIS_OPERATIONS:
-            self.redis_errors.labels(op)
-            self.redis_latency.labels(op)
         for source in sources:
             self.windows.labels(source)
         for level in range(1, levels + 1):
