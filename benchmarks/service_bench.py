@@ -238,6 +238,11 @@ def cpu_by_process(svc: Replicas, store: RedisProcess) -> dict[str, float]:
     }
 
 
+def batch_totals(bases: list[str]) -> tuple[float, float]:
+    """(windows, batches) the services' micro-batcher has run so far."""
+    return tuple(sum(metric_total(b, f"u2qt_batch_windows_{k}") for b in bases) for k in ("sum", "count"))
+
+
 def by_thread(ms: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in sorted(ms.items(), key=lambda kv: -kv[1]) if v >= 0.005)
 
@@ -283,8 +288,10 @@ def main() -> None:
         svc = Replicas(args.replicas, args.artifacts, url, "bench-batched", args.max_batch, args.providers)
         try:
             cpu0, threads0 = cpu_by_process(svc, store), cpu_by_thread(svc.services[0].process.pid)
+            batches0 = batch_totals(svc.bases)
             batched = post(svc.bases)
             cpu1, threads1 = cpu_by_process(svc, store), cpu_by_thread(svc.services[0].process.pid)
+            batches1 = batch_totals(svc.bases)
             # read while the service still runs: thread names come from a py-spy dump of the live process
             service_threads = thread_groups(svc.services[0].process.pid, threads0, threads1)
             users = sorted({e["user_id"] for pl in payloads for e in pl})
@@ -333,9 +340,11 @@ def main() -> None:
             f"total {sum(per.values()):.2f}; the raw batch stages alone {stages.cpu_ms_per_window:.2f}"
         )
         # by thread: what the request path (event loop) costs beside the stages that the raw figure also runs
-        windows = batched["windows_s"] * args.seconds / args.replicas
-        print("  by thread (ms per window): service " + by_thread({k: v / windows for k, v in service_threads.items()}))
+        ms = 1e3 / (batched["windows_s"] * args.seconds / args.replicas)
+        print("  by thread (ms per window): service " + by_thread({k: v * ms for k, v in service_threads.items()}))
         print("  by thread (ms per window): raw stages " + by_thread(stages.cpu_ms_by_thread))
+        mean = (batches1[0] - batches0[0]) / max(batches1[1] - batches0[1], 1)
+        print(f"  windows per inference batch: service {mean:.1f} (mean), raw stages {args.max_batch}")
     print(
         f"end-to-end / raw limit: {batched['windows_s'] / raw:.2f}   batching on / off: "
         f"{batched['windows_s'] / unbatched['windows_s']:.2f}x"
