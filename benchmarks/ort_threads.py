@@ -2,6 +2,7 @@
 runs of several widths, each alternated in one run.
 
     python3 benchmarks/ort_threads.py --artifacts artifacts/cj [--seconds 10] [--repeat 3] [--neighbour 0.5]
+        [--sections layouts,widths,batches]
 
 - one pool per session: every session (text encoder, quantizer, tabular MLPs) with ONNX Runtime's default
   pool, one thread per core (what model.runtime did until session 4);
@@ -11,7 +12,9 @@ runs of several widths, each alternated in one run.
 An idle pool spins for a while after each run, on the cores another session is using, and a pool's threads wait
 for each other after every operator. Then the encoder's run width within a 64-window batch (MicroBatcher's
 text_chunk, U2QT_ENCODER_BATCH): windows sorted by length, so narrower runs pad less. Throughput is windows/s of
-the batch stages (harness.batch_stage_throughput) on real Complete Journey windows, batches of 64.
+the batch stages (harness.batch_stage_throughput) on real Complete Journey windows, batches of 64. Last, the
+micro-batch size itself (what the service's batches hold depends on how it forms them): windows/s and CPU per
+window for batches of 8 to 64 windows.
 
 `--neighbour F` runs all of it beside a process that keeps one core busy a fraction F of the time (2 ms bursts),
 as the service's event loop, Redis and the load generator do in service_bench: it shows what each layout loses
@@ -69,6 +72,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--neighbour", type=float, default=0.0, help="a busy process beside it: fraction of one core")
+    p.add_argument("--sections", default="layouts,widths,batches", help="which of layouts,widths,batches to run")
     args = p.parse_args()
     stop = multiprocessing.Event()
     if args.neighbour > 0:
@@ -82,35 +86,48 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> None:
     manifest = Manifest.load(args.artifacts)
     jobs = window_jobs(manifest, requests_by_user_week(400)[:400])
-    layouts = [
-        "one pool per session",
-        "small sessions single-threaded",
-        "... and the encoder not spinning",
-    ]
-    rates: dict[str, list[float]] = {k: [] for k in layouts}
-    for _ in range(args.repeat):
-        for layout in layouts:
-            rates[layout].append(
-                batch_stage_throughput(runtime(args.artifacts, manifest, layout), jobs, 64, args.seconds).windows_s
-            )
+    sections = args.sections.split(",")
     print(
         f"command: python3 benchmarks/ort_threads.py --artifacts {args.artifacts} --seconds {args.seconds:g} "
-        f"--repeat {args.repeat}" + (f" --neighbour {args.neighbour:g}" if args.neighbour else "")
+        f"--repeat {args.repeat}"
+        + (f" --neighbour {args.neighbour:g}" if args.neighbour else "")
+        + (f" --sections {args.sections}" if sections != ["layouts", "widths", "batches"] else "")
     )
     print(
         f"machine: {os.cpu_count()} cores, onnxruntime {ort.__version__}, CPU; batch stages, 64 windows per batch"
         + (f"; beside a process busy {args.neighbour:.0%} of one core" if args.neighbour else "")
     )
-    report(rates)
-    widths = [1, 4, 8, 16, 32, 64]
+    if "layouts" in sections:
+        layouts = ["one pool per session", "small sessions single-threaded", "... and the encoder not spinning"]
+        rates: dict[str, list[float]] = {k: [] for k in layouts}
+        for _ in range(args.repeat):
+            for layout in layouts:
+                rt = runtime(args.artifacts, manifest, layout)
+                rates[layout].append(batch_stage_throughput(rt, jobs, 64, args.seconds).windows_s)
+        report(rates)
     rt = TokenizerRuntime(args.artifacts, manifest, providers="cpu")
-    by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
-    for _ in range(args.repeat):
-        for w in widths:
-            run = batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w)
-            by_width[f"encoder runs of {w}"].append(run.windows_s)
-    print("with the layout model.runtime uses, by encoder run width:")
-    report(by_width)
+    if "widths" in sections:
+        widths = [1, 4, 8, 16, 32, 64]
+        by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
+        for _ in range(args.repeat):
+            for w in widths:
+                run = batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w)
+                by_width[f"encoder runs of {w}"].append(run.windows_s)
+        print("with the layout model.runtime uses, by encoder run width:")
+        report(by_width)
+    if "batches" in sections:
+        sizes = [8, 13, 32, 64]
+        by_size: dict[str, list[float]] = {f"batches of {b}": [] for b in sizes}
+        cpu: dict[str, list[float]] = {f"batches of {b}": [] for b in sizes}
+        for _ in range(args.repeat):
+            for b in sizes:
+                run = batch_stage_throughput(rt, jobs, b, args.seconds)
+                by_size[f"batches of {b}"].append(run.windows_s)
+                cpu[f"batches of {b}"].append(run.cpu_ms_per_window)
+        print("with the layout model.runtime uses and encoder runs of 4, by windows per micro-batch:")
+        report(by_size)
+        for name, ms in cpu.items():
+            print(f"  {name:34s} CPU per window, median {np.median(ms):5.2f} ms ({', '.join(f'{x:.2f}' for x in ms)})")
 
 
 def report(rates: dict[str, list[float]]) -> None:
