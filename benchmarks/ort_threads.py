@@ -14,7 +14,7 @@ for each other after every operator. Then the encoder's run width within a 64-wi
 text_chunk, U2QT_ENCODER_BATCH): windows sorted by length, so narrower runs pad less. Throughput is windows/s of
 the batch stages (harness.batch_stage_throughput) on real Complete Journey windows, batches of 64. Last, the
 micro-batch size itself (what the service's batches hold depends on how it forms them): windows/s and CPU per
-window for batches of 8 to 64 windows.
+window for batches of 1 (batching off) to 64 windows: the most that batching can win on this machine.
 
 `--neighbour F` runs all of it beside a process that keeps one core busy a fraction F of the time (2 ms bursts),
 as the service's event loop, Redis and the load generator do in service_bench: it shows what each layout loses
@@ -116,7 +116,7 @@ def measure(args: argparse.Namespace) -> None:
         print("with the layout model.runtime uses, by encoder run width:")
         report(by_width)
     if "batches" in sections:
-        sizes = [8, 13, 32, 64]
+        sizes = [1, 8, 13, 32, 64]
         by_size: dict[str, list[float]] = {f"batches of {b}": [] for b in sizes}
         cpu: dict[str, list[float]] = {f"batches of {b}": [] for b in sizes}
         for _ in range(args.repeat):
