@@ -142,14 +142,16 @@ class StageRun:
     cpu_ms_by_thread: dict[str, float]  # the same, by thread_groups()
 
 
-def batch_stage_throughput(runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0) -> StageRun:
+def batch_stage_throughput(
+    runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0, max_padding: float | None = None
+) -> StageRun:
     """Windows/s of the service's own batch stages (subword tokenizer, encoders, quantizer: MicroBatcher's
     _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between, and the
     CPU time they took per window."""
     from service.batcher import MicroBatcher
     from service.metrics import ServiceMetrics
 
-    b = MicroBatcher(runtime, ServiceMetrics(), batch, text_chunk=text_chunk)
+    b = MicroBatcher(runtime, ServiceMetrics(), batch, text_chunk=text_chunk, max_padding=max_padding)
     for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: a new shape's first run is slow on CUDA
         b._run(b._tokenize(jobs[s : s + batch]))
     done, t0 = 0, time.perf_counter()

@@ -39,6 +39,8 @@ from benchmarks.service_bench import requests_by_user_week, window_jobs  # noqa:
 from model.manifest import Manifest  # noqa: E402
 from model.runtime import TokenizerRuntime, session_options  # noqa: E402
 
+FIXED = float("inf")  # max_padding that never ends a run early: runs of fixed width
+
 
 def runtime(artifacts: Path, manifest: Manifest, layout: str) -> TokenizerRuntime:
     rt = TokenizerRuntime(artifacts, manifest, providers="cpu")
@@ -111,30 +113,32 @@ def measure(args: argparse.Namespace) -> None:
         by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
         for _ in range(args.repeat):
             for w in widths:
-                run = batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w)
+                run = batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w, max_padding=FIXED)
                 by_width[f"encoder runs of {w}"].append(run.windows_s)
-        print("with the layout model.runtime uses, by encoder run width:")
+        print("with the layout model.runtime uses, by encoder run width (fixed):")
         report(by_width)
     if "batches" in sections:
-        sizes = [1, 8, 13, 32, 64]
-        by_size: dict[str, list[float]] = {f"batches of {b}": [] for b in sizes}
-        cpu: dict[str, list[float]] = {f"batches of {b}": [] for b in sizes}
+        # the batcher's rule (runs of similar length, at most 8 wide, cut at 25% padding) beside fixed runs of 4
+        runs = {"fixed runs of 4": dict(text_chunk=4, max_padding=FIXED), "length runs (default)": {}}
+        rates: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         for _ in range(args.repeat):
-            for b in sizes:
-                run = batch_stage_throughput(rt, jobs, b, args.seconds)
-                by_size[f"batches of {b}"].append(run.windows_s)
-                cpu[f"batches of {b}"].append(run.cpu_ms_per_window)
-        print("with the layout model.runtime uses and encoder runs of 4, by windows per micro-batch:")
-        report(by_size)
+            for b in [1, 8, 13, 32, 64]:
+                for name, kw in runs.items():
+                    run = batch_stage_throughput(rt, jobs, b, args.seconds, **kw)
+                    rates.setdefault(f"batches of {b}, {name}", []).append(run.windows_s)
+                    cpu.setdefault(f"batches of {b}, {name}", []).append(run.cpu_ms_per_window)
+        print("with the layout model.runtime uses, by windows per micro-batch and encoder runs:")
+        report(rates)
         for name, ms in cpu.items():
-            print(f"  {name:34s} CPU per window, median {np.median(ms):5.2f} ms ({', '.join(f'{x:.2f}' for x in ms)})")
+            print(f"  {name:40s} CPU per window, median {np.median(ms):5.2f} ms ({', '.join(f'{x:.2f}' for x in ms)})")
 
 
 def report(rates: dict[str, list[float]]) -> None:
     base = np.median(next(iter(rates.values())))
     for name, r in rates.items():
         print(
-            f"  {name:34s} median {np.median(r):6.1f} windows/s ({', '.join(f'{x:.1f}' for x in r)})"
+            f"  {name:40s} median {np.median(r):6.1f} windows/s ({', '.join(f'{x:.1f}' for x in r)})"
             f"  x{np.median(r) / base:.2f}"
         )
 

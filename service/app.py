@@ -221,6 +221,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.max_queue_windows,
             settings.max_queue_delay_ms,
             text_chunk=settings.encoder_batch,
+            max_padding=settings.encoder_max_padding,
         )
         await batcher.start()
         embedder = None

@@ -66,6 +66,24 @@ class PreparedBatch:
     text_jobs: list[int]
 
 
+def length_runs(lengths: np.ndarray, width: int, max_padding: float | None = None) -> list[np.ndarray]:
+    """Indices of `lengths` in runs for the text encoder: sorted by length (similar lengths, less padding), at
+    most `width` per run, and with `max_padding` a run also ends before a window that would make its padding
+    exceed that fraction of its real tokens."""
+    order = np.argsort(lengths, kind="stable")
+    if max_padding is None:
+        return [order[s : s + width] for s in range(0, len(order), width)]
+    runs, start, total = [], 0, 0
+    for k, i in enumerate(order):
+        n, longest = k - start + 1, lengths[i]  # ascending: the newcomer is the run's longest
+        if n > width or n * longest > (1 + max_padding) * (total + longest):
+            runs.append(order[start:k])
+            start, total = k, 0
+        total += lengths[i]
+    runs.append(order[start:])
+    return runs
+
+
 class MicroBatcher:
     def __init__(
         self,
@@ -76,12 +94,16 @@ class MicroBatcher:
         max_queue: int = 4096,
         max_queue_delay_ms: float = 0.0,
         text_chunk: int = 0,
+        max_padding: float | None = None,
     ):
         self.runtime, self.metrics = runtime, metrics
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
-        # windows per text-encoder run; 0: 4 on CPU (runs of similar length, little padding: 1.7x the windows/s
-        # of runs of 32, benchmarks/ort_threads.py), the whole batch on a GPU (wide runs; padding is cheap there)
-        self.text_chunk = text_chunk or (max_batch_size if runtime.on_gpu else 4)
+        # Text-encoder runs within a batch. On CPU padding is paid in full: runs of similar length, at most 8 wide
+        # and cut where padding would pass 25% of the real tokens (benchmarks/ort_threads.py --sections batches:
+        # x1.25 / x1.09 / x1.08 the windows/s of fixed runs of 4 at batches of 8 / 13 / 64; runs of 4 were
+        # themselves 1.7x runs of 32). On a GPU, the whole batch in one run: padding is cheap there.
+        self.text_chunk = text_chunk or (max_batch_size if runtime.on_gpu else 8)
+        self.max_padding = max_padding if max_padding is not None else (None if runtime.on_gpu else 0.25)
         # Admission by expected wait, not only by count: under overload the queue then stays as short as the
         # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
         self.max_delay_s = max_queue_delay_ms / 1000
@@ -176,9 +198,8 @@ class MicroBatcher:
         rt = self.runtime
         emb = np.zeros((len(p.jobs), rt.manifest.encoder.dim), dtype=np.float32)
         if p.text_jobs:
-            order = np.argsort([len(x) for x in p.token_ids], kind="stable")  # similar lengths, less padding
-            for s in range(0, len(order), self.text_chunk):
-                chunk = order[s : s + self.text_chunk]
+            lengths = np.array([len(x) for x in p.token_ids])
+            for chunk in length_runs(lengths, self.text_chunk, self.max_padding):
                 emb[[p.text_jobs[i] for i in chunk]] = rt.text.run_ids([p.token_ids[i] for i in chunk])
         names = [s.name for s in rt.manifest.sources.sources]
         for name in rt.manifest.tabular:

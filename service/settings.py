@@ -22,9 +22,12 @@ class ServiceSettings(BaseSettings):
     ort_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
-    # windows per text-encoder run within a batch; 0 = the batcher's rule: 4 on CPU (less padding), the whole
-    # batch on CUDA (a GPU wants wide runs; padding is cheap there)
+    # windows per text-encoder run within a batch (at most); 0 = the batcher's rule: 8 on CPU, the whole batch on
+    # CUDA (a GPU wants wide runs; padding is cheap there)
     encoder_batch: int = Field(0, ge=0)
+    # a run also ends before a window that would pad it beyond this fraction of its real tokens; unset = the
+    # batcher's rule: 0.25 on CPU, no limit on CUDA (a large value gives runs of fixed width)
+    encoder_max_padding: float | None = Field(None, ge=0)
     max_queue_windows: int = Field(4096, ge=1)  # beyond this, POST /tokenize answers 429
     # ... and beyond this expected wait (queued windows / measured inference rate); 0 turns it off
     max_queue_delay_ms: float = Field(100.0, ge=0)

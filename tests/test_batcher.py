@@ -7,7 +7,7 @@ import numpy as np
 
 from model.manifest import Manifest
 from model.runtime import TokenizerRuntime
-from service.batcher import MicroBatcher, WindowJob
+from service.batcher import MicroBatcher, WindowJob, length_runs
 from service.metrics import ServiceMetrics
 
 
@@ -57,6 +57,47 @@ def test_windows_that_arrive_while_inference_is_busy_go_out_in_one_batch(trained
     # the same window gets the same codes whichever batch it rode in
     alone = asyncio.run(_codes_alone(runtime, WindowJob(text, text="item 3")))
     assert np.array_equal(codes[2 + 3], alone)
+
+
+def test_length_runs_cover_each_window_once_within_width_and_padding_budget():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(3, 129, size=rng.integers(1, 70))
+        runs = length_runs(lengths, 8, 0.25)
+        assert sorted(np.concatenate(runs).tolist()) == list(range(len(lengths)))
+        for k, run in enumerate(runs):
+            ls = lengths[run]
+            assert 1 <= len(run) <= 8 and np.all(np.diff(ls) >= 0)
+            assert len(run) * ls.max() <= 1.25 * ls.sum()  # padding at most 25% of the real tokens
+            if k + 1 < len(runs) and len(run) < 8:  # cut only where the next window would break the budget
+                nxt = lengths[runs[k + 1][0]]
+                assert (len(run) + 1) * nxt > 1.25 * (ls.sum() + nxt)
+        fixed = length_runs(lengths, 4)
+        assert [len(r) for r in fixed[:-1]] == [4] * (len(fixed) - 1)
+
+
+def test_a_window_gets_the_same_codes_in_a_batch_of_mixed_lengths_as_alone(trained_dir):
+    """The CPU rule (length runs cut at 25% padding) changes which windows share an encoder run, never a token."""
+    out, _, _ = trained_dir
+    manifest = Manifest.load(out)
+    runtime = TokenizerRuntime(out, manifest, providers="cpu")
+    text = manifest.sources.index("purchases")
+    texts = [" ".join(["milk x2", "bread", "eggs", "apples"][: 1 + i % 4] * (1 + i // 4)) for i in range(12)]
+    lengths = np.array([len(x) for x in runtime.text.tokenizer.encode(texts)])
+    assert any(len(set(lengths[r])) > 1 for r in length_runs(lengths, 8, 0.25))  # some runs are padded
+    jobs = [WindowJob(text, text=t) for t in texts]
+
+    async def batched():
+        b = MicroBatcher(runtime, ServiceMetrics(), max_batch_size=64, max_wait_ms=50)
+        await b.start()
+        try:
+            return await b.submit(jobs)
+        finally:
+            await b.stop()
+
+    together = asyncio.run(batched())
+    for i, job in enumerate(jobs):
+        assert np.array_equal(together[i], asyncio.run(_codes_alone(runtime, job))[0]), i
 
 
 async def _codes_alone(runtime, job):
