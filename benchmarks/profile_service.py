@@ -117,7 +117,9 @@ def main() -> None:
         providers=args.providers,
     )
     try:
-        record = f"py-spy record -p {svc.process.pid} -d {args.seconds:g} -r {args.rate} --threads -f raw -o {args.out}"
+        # py-spy writes plain text: record beside the target and gzip it after, when the target asks for .gz
+        raw = args.out.with_suffix("") if args.out.suffix == ".gz" else args.out
+        record = f"py-spy record -p {svc.process.pid} -d {args.seconds:g} -r {args.rate} --threads -f raw -o {raw}"
         # record from ~1 s into the load (post_load's clients start 2 s per client process after it is called)
         lead = 1 if args.client == "wrk" else 5
         spy = subprocess.Popen(["sh", "-c", f"sleep {lead}; exec {record}"], stdout=subprocess.DEVNULL)
@@ -128,6 +130,10 @@ def main() -> None:
         else:
             r = post_load([svc.base], payloads, 32, args.seconds + 3, 2)
         spy.wait()
+        if raw != args.out:
+            with open(raw, "rb") as src, gzip.open(args.out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            raw.unlink()
     finally:
         svc.stop()
         store.kill()

@@ -156,8 +156,11 @@ def test_filters_and_batch_read(serve, one_user):
     last3 = httpx.get(f"{base}/users/{user}/tokens", params={"limit": 3}).json()["windows"]
     assert last3 == full[-3:]
     mid = full[len(full) // 2]["window_start"]
+    assert [w["window_start"] for w in full] == sorted(w["window_start"] for w in full)  # ISO-8601: sorts as time
     since = httpx.get(f"{base}/users/{user}/tokens", params={"since": mid}).json()["windows"]
-    assert since and all(w["window_start"] >= mid for w in since)
+    assert since and since == [w for w in full if w["window_start"] >= mid]
+    until = httpx.get(f"{base}/users/{user}/tokens", params={"until": mid, "limit": 2}).json()["windows"]
+    assert until == [w for w in full if w["window_start"] <= mid][-2:]
     strings = httpx.get(f"{base}/users/{user}/tokens", params={"sources": "visits", "format": "strings"}).json()
     assert all("tokens" not in w and w["token_strings"][3].startswith("<visits2_") for w in strings["windows"])
     batch = httpx.post(f"{base}/users/tokens", json={"user_ids": [user, "nobody"], "limit": 2}).json()
