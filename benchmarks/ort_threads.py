@@ -24,6 +24,7 @@ when it does not have the cores to itself.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import sys
@@ -38,8 +39,6 @@ from benchmarks.harness import batch_stage_throughput  # noqa: E402
 from benchmarks.service_bench import requests_by_user_week, window_jobs  # noqa: E402
 from model.manifest import Manifest  # noqa: E402
 from model.runtime import TokenizerRuntime, session_options  # noqa: E402
-
-FIXED = float("inf")  # max_padding that never ends a run early: runs of fixed width
 
 
 def runtime(artifacts: Path, manifest: Manifest, layout: str) -> TokenizerRuntime:
@@ -113,13 +112,13 @@ def measure(args: argparse.Namespace) -> None:
         by_width: dict[str, list[float]] = {f"encoder runs of {w}": [] for w in widths}
         for _ in range(args.repeat):
             for w in widths:
-                run = batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w, max_padding=FIXED)
+                run = batch_stage_throughput(rt, jobs, 64, args.seconds, text_chunk=w, max_padding=math.inf)
                 by_width[f"encoder runs of {w}"].append(run.windows_s)
         print("with the layout model.runtime uses, by encoder run width (fixed):")
         report(by_width)
     if "batches" in sections:
         # the batcher's rule (runs of similar length, at most 8 wide, cut at 25% padding) beside fixed runs of 4
-        runs = {"fixed runs of 4": dict(text_chunk=4, max_padding=FIXED), "length runs (default)": {}}
+        runs = {"fixed runs of 4": dict(text_chunk=4, max_padding=math.inf), "length runs (default)": {}}
         rates: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
         for _ in range(args.repeat):

@@ -13,6 +13,7 @@ window of a batch of 64 (less room to group texts of similar length, per-batch r
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,20 +67,18 @@ class PreparedBatch:
     text_jobs: list[int]
 
 
-def length_runs(lengths: np.ndarray, width: int, max_padding: float | None = None) -> list[np.ndarray]:
+def length_runs(lengths: np.ndarray, width: int, max_padding: float = math.inf) -> list[np.ndarray]:
     """Indices of `lengths` in runs for the text encoder: sorted by length (similar lengths, less padding), at
-    most `width` per run, and with `max_padding` a run also ends before a window that would make its padding
-    exceed that fraction of its real tokens."""
+    most `width` per run, and a run also ends before a window that would make its padding exceed `max_padding`
+    of its real tokens (infinite: runs of fixed width)."""
     order = np.argsort(lengths, kind="stable")
-    if max_padding is None:
-        return [order[s : s + width] for s in range(0, len(order), width)]
     runs, start, total = [], 0, 0
     for k, i in enumerate(order):
-        n, longest = k - start + 1, lengths[i]  # ascending: the newcomer is the run's longest
+        n, longest = k - start + 1, int(lengths[i])  # ascending: the newcomer is the run's longest
         if n > width or n * longest > (1 + max_padding) * (total + longest):
             runs.append(order[start:k])
             start, total = k, 0
-        total += lengths[i]
+        total += longest
     runs.append(order[start:])
     return runs
 
@@ -103,7 +102,7 @@ class MicroBatcher:
         # x1.25 / x1.09 / x1.08 the windows/s of fixed runs of 4 at batches of 8 / 13 / 64; runs of 4 were
         # themselves 1.7x runs of 32). On a GPU, the whole batch in one run: padding is cheap there.
         self.text_chunk = text_chunk or (max_batch_size if runtime.on_gpu else 8)
-        self.max_padding = max_padding if max_padding is not None else (None if runtime.on_gpu else 0.25)
+        self.max_padding = max_padding if max_padding is not None else (math.inf if runtime.on_gpu else 0.25)
         # Admission by expected wait, not only by count: under overload the queue then stays as short as the
         # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
         self.max_delay_s = max_queue_delay_ms / 1000
