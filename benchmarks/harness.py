@@ -143,22 +143,32 @@ class StageRun:
 
 
 def batch_stage_throughput(
-    runtime, jobs: list, batch: int, seconds: float, text_chunk: int = 0, max_padding: float | None = None
+    runtime, jobs: list, batch: int, seconds: float, text_chunk: float = 0, max_padding: float | None = None
 ) -> StageRun:
-    """Windows/s of the service's own batch stages (subword tokenizer, encoders, quantizer: MicroBatcher's
-    _tokenize and _run) on `jobs` in batches of `batch`, with no HTTP, Redis or queueing in between, and the
-    CPU time they took per window."""
-    from service.batcher import MicroBatcher
-    from service.metrics import ServiceMetrics
+    """Windows/s of the service's own batch stages (subword tokenizer, encoders, quantizer: what the MicroBatcher
+    runs, TokenizerRuntime.tokenize_texts and encode_windows) on `jobs` in batches of `batch`, with no HTTP, Redis
+    or queueing in between, and the CPU time they took per window. text_chunk / max_padding: the runtime's text
+    runs for this measurement (0 / None: its own)."""
+    saved = runtime.run_width, runtime.max_padding
+    runtime.run_width = text_chunk or runtime.run_width
+    runtime.max_padding = runtime.max_padding if max_padding is None else max_padding
+    try:
+        return _stage_throughput(runtime, jobs, batch, seconds)
+    finally:
+        runtime.run_width, runtime.max_padding = saved
 
-    b = MicroBatcher(runtime, ServiceMetrics(), batch, text_chunk=text_chunk, max_padding=max_padding)
+
+def _stage_throughput(runtime, jobs: list, batch: int, seconds: float) -> StageRun:
+    def run(part):
+        return runtime.encode_windows(part, runtime.tokenize_texts(part))
+
     for s in range(0, min(len(jobs), 4 * batch), batch):  # warm-up: a new shape's first run is slow on CUDA
-        b._run(b._tokenize(jobs[s : s + batch]))
+        run(jobs[s : s + batch])
     done, t0 = 0, time.perf_counter()
     cpu0, threads0 = cpu_seconds(os.getpid()), cpu_by_thread(os.getpid())
     while time.perf_counter() - t0 < seconds:
         for s in range(0, len(jobs), batch):
-            b._run(b._tokenize(jobs[s : s + batch]))
+            run(jobs[s : s + batch])
             done += len(jobs[s : s + batch])
             if time.perf_counter() - t0 >= seconds:
                 break

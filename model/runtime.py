@@ -1,12 +1,15 @@
 """ONNX Runtime execution of exported tokenizer parts (no torch).
 
-Training uses `OnnxTextEncoder` to embed its corpus with the very file the service loads, so a
-window's embedding is the same number in training and serving.
+`TokenizerRuntime.encode_windows` is the one way from rendered windows (model/windows.py) to codes: the service's
+batcher, `u2qt export`'s check, the benchmarks and the tests call it, and training embeds its corpus through the
+same `OnnxTextEncoder` and `length_runs`, so a window's embedding is the same number in training and serving.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,32 @@ def pick_providers(preference: str = "auto") -> list[str]:
             ort.preload_dlls()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+@dataclass
+class RenderedWindow:
+    """One (user, source, window) as the encoders take it: its source's position in the manifest, and its rendered
+    text (text sources) or its aggregated features (tabular sources)."""
+
+    source_index: int
+    text: str | None = None
+    features: np.ndarray | None = None
+
+
+def length_runs(lengths: np.ndarray, width: float, max_padding: float = math.inf) -> list[np.ndarray]:
+    """Indices of `lengths` in runs for the text encoder: sorted by length (similar lengths, less padding), at
+    most `width` per run, and a run also ends before a window that would make its padding exceed `max_padding`
+    of its real tokens (infinite: runs of fixed width)."""
+    order = np.argsort(lengths, kind="stable")
+    runs, start, total = [], 0, 0
+    for k, i in enumerate(order):
+        n, longest = k - start + 1, int(lengths[i])  # ascending: the newcomer is the run's longest
+        if n > width or n * longest > (1 + max_padding) * (total + longest):
+            runs.append(order[start:k])
+            start, total = k, 0
+        total += longest
+    runs.append(order[start:])
+    return runs
 
 
 class TextTokenizer:
@@ -89,21 +118,28 @@ class OnnxTextEncoder:
         input_ids, mask = self.tokenizer.pad(ids)
         return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
+    def embed_ids(
+        self,
+        ids: Sequence[list[int]],
+        width: float,
+        max_padding: float = math.inf,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embeds subword-id sequences in length runs (length_runs), returned in input order."""
+        out = np.zeros((len(ids), self.info.dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        for run in length_runs(np.array([len(x) for x in ids]), width, max_padding):
+            out[run] = self.run_ids([ids[i] for i in run])
+            if progress:
+                progress(len(run))
+        return out
+
     def embed(
         self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
-        """Embeds texts in batches of similar length (less padding), returned in input order."""
-        out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self.tokenizer.encode(texts)
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.run_ids([ids[i] for i in idx])
-            if progress:
-                progress(len(idx))
-        return out
+        """Embeds texts in runs of similar length (less padding), returned in input order."""
+        return self.embed_ids(self.tokenizer.encode(texts), batch_size, progress=progress)
 
 
 class TokenizerRuntime:
@@ -115,11 +151,19 @@ class TokenizerRuntime:
         manifest: Manifest | None = None,
         providers: str = "auto",
         threads: int | None = None,
+        run_width: float = 0,
+        max_padding: float | None = None,
     ):
+        """run_width, max_padding: how encode_windows groups texts (length_runs). On CPU padding is paid in full:
+        runs of similar length, at most 8 wide and cut where padding would pass 25% of the real tokens
+        (benchmarks/ort_threads.py --sections batches). On a GPU the whole call in one run: padding is cheap
+        there. 0 / None take these defaults."""
         self.directory = Path(directory)
         self.manifest = manifest or Manifest.load(self.directory)
         self.providers = pick_providers(providers)
         self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
+        self.run_width = run_width or (math.inf if self.on_gpu else 8)
+        self.max_padding = max_padding if max_padding is not None else (math.inf if self.on_gpu else 0.25)
         self.text = OnnxTextEncoder(self.directory, self.manifest.encoder, self.providers, threads)
         # The quantizer and tabular MLPs are a few small matmuls: one thread each. A thread pool of their own
         # would spin after every run on the cores the text encoder is using (benchmarks/ort_threads.py:
@@ -137,6 +181,50 @@ class TokenizerRuntime:
         # the history model runs only for embedding reads: its threads sleep between them
         rare = session_options(threads, spinning=False)
         self.history = ort.InferenceSession(str(self.directory / h.file), rare, providers=self.providers) if h else None
+
+    def tokenize_texts(self, windows: Sequence[RenderedWindow]) -> list[list[int] | None]:
+        """The subword ids of each text window (None for tabular ones): the first stage of encode_windows, which
+        the service runs in a thread of its own."""
+        texts = [i for i, w in enumerate(windows) if w.text is not None]
+        out: list[list[int] | None] = [None] * len(windows)
+        for i, ids in zip(texts, self.text.tokenizer.encode([windows[i].text for i in texts]), strict=True):
+            out[i] = ids
+        return out
+
+    def embed_windows(
+        self,
+        windows: Sequence[RenderedWindow],
+        token_ids: Sequence[list[int] | None] | None = None,
+        text_embeddings: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """-> the source embeddings [N, dim] of rendered windows: text through the text encoder (from `token_ids`
+        of tokenize_texts when given, or from precomputed `text_embeddings` rows), tabular features through their
+        source's MLP."""
+        emb = np.zeros((len(windows), self.manifest.encoder.dim), dtype=np.float32)
+        text = [i for i, w in enumerate(windows) if w.features is None]
+        if text and text_embeddings is not None:
+            emb[text] = text_embeddings[text]
+        elif text:
+            ids = token_ids if token_ids is not None else self.tokenize_texts(windows)
+            emb[text] = self.text.embed_ids([ids[i] for i in text], self.run_width, self.max_padding)
+        names = [s.name for s in self.manifest.sources.sources]
+        for name in self.tabular:
+            rows = [i for i, w in enumerate(windows) if w.features is not None and names[w.source_index] == name]
+            if rows:
+                emb[rows] = self.embed_tabular(name, np.stack([windows[i].features for i in rows]))
+        return emb
+
+    def encode_windows(
+        self,
+        windows: Sequence[RenderedWindow],
+        token_ids: Sequence[list[int] | None] | None = None,
+        text_embeddings: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Rendered windows -> their codes [N, levels]: what every part of u2qt that tokenizes windows calls."""
+        if not len(windows):
+            return np.zeros((0, self.vocabulary.levels), dtype=np.int64)
+        emb = self.embed_windows(windows, token_ids, text_embeddings)
+        return self.quantize(emb, np.array([w.source_index for w in windows], dtype=np.int64))[0]
 
     def embed_histories(self, ids: np.ndarray, level: np.ndarray, age: np.ndarray) -> np.ndarray:
         """Token-history sequences [B, max_tokens] (model.sequence) -> user embeddings [B, dim]."""

@@ -43,6 +43,19 @@ def index_start(index: int, period_s: int) -> int:
     return index * period_s + WINDOW_ORIGIN
 
 
+# The history store keeps a window's ordinal as a uint32 (model/entries.py), and the API writes window starts as
+# ISO-8601 dates of years 1..9999: an event time outside both ranges cannot be stored or read back.
+LAST_ISO_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def event_time_bounds(period_s: int) -> tuple[float, float]:
+    """[first, last) event times (unix seconds) whose window the store can keep: window index 0 (the first
+    window, starting 1970-01-05, a Monday) up to the last window that fits a uint32 index and whose start is
+    still a year-9999 date."""
+    last_window = min(2**32 - 1, (LAST_ISO_SECOND - WINDOW_ORIGIN) // period_s)
+    return float(WINDOW_ORIGIN), float(index_start(last_window + 1, period_s))
+
+
 class TextTemplate(BaseModel):
     """How a text source's window becomes one document (paper, Appendix A: 'CATEGORY, N times')."""
 

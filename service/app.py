@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from model.sequence import history_sequence
 from model.sources import index_start
 from service.batcher import EmbeddingBatcher, MicroBatcher, QueueFull, WindowJob
 from service.embedded_redis import EmbeddedRedis
-from service.ingest import EventTokenizer, RedisTimer, iso, validation_errors
+from service.ingest import EventTokenizer, RedisTimer, TooManyWindows, iso, validation_errors
 from service.metrics import ServiceMetrics
 from service.schemas import (
     BatchEmbeddingRequest,
@@ -48,7 +49,7 @@ class OrjsonResponse(JSONResponse):
     is deprecated)."""
 
     def render(self, content) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, default=str)
 
 
 @dataclass
@@ -77,10 +78,11 @@ def warm_up(batcher: MicroBatcher, manifest: Manifest) -> list[WindowJob]:
 
 
 class BodyLimit:
-    """Refuses a body over `limit` bytes with 413, before it is parsed (also without Content-Length)."""
+    """Refuses a body over `limit` bytes with 413, before it is parsed (also without Content-Length), and a body
+    that takes longer than `timeout_s` to arrive with 408: a slow client must not hold a request open for ever."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float = 30.0):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -88,35 +90,52 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send)
-        seen = 0
+        seen, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body only a disconnect can come: no deadline on waiting for it
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                raise _SlowBody from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise _TooLarge
+                complete = not message.get("more_body", False)
             return message
 
         try:
             return await self.app(scope, limited, send)
         except _TooLarge:
             return await self._refuse(send)
+        except _SlowBody:
+            return await self._refuse(send, 408, f"request body did not arrive within {self.timeout_s:g} s")
 
-    async def _refuse(self, send):
-        body = b'{"detail":"request body is larger than %d bytes"}' % self.limit
+    async def _refuse(self, send, status: int = 413, detail: str | None = None):
+        body = orjson.dumps({"detail": detail or f"request body is larger than {self.limit} bytes"})
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _SlowBody(Exception):
     pass
 
 
@@ -191,7 +210,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         manifest = Manifest.load(settings.artifacts)
-        runtime = TokenizerRuntime(settings.artifacts, manifest, settings.providers, settings.ort_threads or None)
+        runtime = TokenizerRuntime(
+            settings.artifacts,
+            manifest,
+            settings.providers,
+            settings.ort_threads or None,
+            run_width=settings.encoder_batch,
+            max_padding=settings.encoder_max_padding,
+        )
         metrics = ServiceMetrics()
         metrics.initialize([x.name for x in manifest.sources.sources], runtime.vocabulary.levels)
         metrics.queue_capacity.set(settings.max_queue_windows)
@@ -201,7 +227,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if not url:
             embedded = EmbeddedRedis(settings.embedded_redis_dir)
             url = embedded.start()
-        client = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10)
+        # A blocking pool: a request waits for a free connection (a burst of reads is load, not an outage)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_s,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=10,
+        )
+        client = aioredis.Redis(connection_pool=pool)
         store = TokenHistoryStore(
             client,
             settings.key_prefix,
@@ -212,6 +247,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.history_days,
             settings.ttl_days,
             settings.late_windows,
+            settings.max_events_per_window,
         )
         batcher = MicroBatcher(
             runtime,
@@ -220,13 +256,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.max_wait_ms,
             settings.max_queue_windows,
             settings.max_queue_delay_ms,
-            text_chunk=settings.encoder_batch,
-            max_padding=settings.encoder_max_padding,
         )
         await batcher.start()
         embedder = None
         if runtime.history is not None:
-            embedder = EmbeddingBatcher(runtime, settings.max_batch_size, settings.max_wait_ms)
+            embedder = EmbeddingBatcher(
+                runtime,
+                metrics,
+                settings.max_batch_size,
+                settings.max_wait_ms,
+                settings.max_queue_windows,
+                settings.max_queue_delay_ms,
+            )
             await embedder.start()
         state = ServiceState(
             settings,
@@ -266,7 +307,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         description="Turns users' multi-source events into discrete tokens per (user, source, window) and serves "
         "their token histories to rankers.",
     )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(AdmissionGate)
     app.add_middleware(RequestMetrics)
 
@@ -297,8 +338,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.exception_handler(QueueFull)
     async def queue_full(request, exc):
-        request.app.state.u2qt.metrics.rejected.labels("queue_full").inc()
+        embedding = request.scope.get("route") is not None and "embedding" in request.scope["route"].path
+        request.app.state.u2qt.metrics.rejected.labels("embedding_queue_full" if embedding else "queue_full").inc()
         return OrjsonResponse(QUEUE_FULL, 429, headers={"Retry-After": QUEUE_FULL_RETRY_AFTER})
+
+    @app.exception_handler(TooManyWindows)
+    async def too_many_windows(request, exc):
+        return OrjsonResponse({"detail": str(exc)}, 413)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        # rendered by orjson from JSON-safe errors: a NaN, an infinity or an exception in an error's input or
+        # context must still give a 422, never a 500
+        return OrjsonResponse({"detail": json_safe(exc.errors())}, 422)
 
     @app.exception_handler(RedisError)
     async def redis_down(request, exc):
@@ -339,7 +391,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         tokenized, and stored in the user's history. Replays are no-ops; late events are refused per event."""
         body = parse_json(TokenizeRequest, await request.body())
         at_most(len(body.events), settings.max_events_per_request, "events", "events per request")
-        errors = validation_errors(body.events, s.manifest)
+        latest = time.time() + settings.max_future_skew.total_seconds()
+        errors = validation_errors(body.events, s.manifest, latest)
         if errors:
             raise RequestValidationError(errors)
         return OrjsonResponse(await s.tokenizer.tokenize(body.events))
@@ -348,6 +401,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         known = [x.name for x in s.manifest.sources.sources]
         if not sources:
             return known
+        sources = list(dict.fromkeys(sources))  # a source named twice is read once
         unknown = [x for x in sources if x not in known]
         if unknown:
             raise RequestValidationError(
@@ -422,15 +476,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app.add_route("/users/{user_id}/tokens", user_tokens, methods=["GET"], include_in_schema=False)
 
+    # The batch routes read their bodies themselves, after the key check (dependencies=[reader]): a caller without
+    # a key learns nothing about the body's schema
     @app.post(
         "/users/tokens",
         response_model=BatchHistoryResponse,
         response_model_exclude_none=True,
         tags=["tokens"],
         dependencies=[reader],
+        openapi_extra={"requestBody": json_body(BatchHistoryRequest)},
     )
-    async def many_user_tokens(body: BatchHistoryRequest, s: ServiceState = Depends(state)):
+    async def many_user_tokens(request: Request, s: ServiceState = Depends(state)):
         """Histories of many users in one call (one Redis round trip), for rankers scoring many users."""
+        body = parse_json(BatchHistoryRequest, await request.body())
         at_most(len(body.user_ids), settings.max_users_per_read, "user_ids", "users per call")
         srcs = parse_sources(s, body.sources)
         users = list(dict.fromkeys(body.user_ids))
@@ -474,9 +532,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             return OrjsonResponse({"detail": f"no token history for user {user_id!r}"}, 404)
         return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, **e})
 
-    @app.post("/users/embeddings", tags=["embeddings"], dependencies=[reader])
-    async def many_user_embeddings(body: BatchEmbeddingRequest, s: ServiceState = Depends(state)):
+    @app.post(
+        "/users/embeddings",
+        tags=["embeddings"],
+        dependencies=[reader],
+        openapi_extra={"requestBody": json_body(BatchEmbeddingRequest)},
+    )
+    async def many_user_embeddings(request: Request, s: ServiceState = Depends(state)):
         """Embeddings of many users in one call (null for a user with no history)."""
+        body = parse_json(BatchEmbeddingRequest, await request.body())
         at_most(len(body.user_ids), settings.max_users_per_read, "user_ids", "users per call")
         users = list(dict.fromkeys(body.user_ids))
         return OrjsonResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})
@@ -485,7 +549,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def no_history_model(request, exc):
         return OrjsonResponse({"detail": "this model has no history model (trained without the alignment stage)"}, 501)
 
-    document_routes(app, TokenizeRequest)
+    document_routes(app, TokenizeRequest, BatchHistoryRequest, BatchEmbeddingRequest)
     return app
 
 
@@ -562,6 +626,21 @@ def fastapi_errors(e: ValidationError, where: str) -> list[dict]:
         if err["type"] == "json_invalid":
             err.pop("input", None)  # the whole body: a client needs the position, not its own bytes back
     return errors
+
+
+def json_safe(value):
+    """`value` with every non-finite float written as a string and every object JSON cannot hold as its text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def at_most(n: int, limit: int, field: str, what: str) -> None:

@@ -13,14 +13,13 @@ window of a batch of 64 (less room to group texts of similar length, per-batch r
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.runtime import TokenizerRuntime
+from model.runtime import RenderedWindow, TokenizerRuntime
 from service.metrics import ServiceMetrics
 
 
@@ -48,14 +47,73 @@ async def gather_batch(queue: asyncio.Queue, first, max_size: int, max_wait_s: f
 
 
 class QueueFull(Exception):
-    """Taking these windows would exceed the queue's size or its expected wait."""
+    """Taking these items would exceed the queue's size, or the service is behind (expected wait too long)."""
+
+
+class Admission:
+    """Who gets into a batcher's queue. Items are counted from the moment a request is admitted (reserve) until
+    they are answered, so a request is refused before it has stored or started anything, never half-way.
+
+    Refused when the items would overflow the queue, or when the items already ahead would take longer than
+    `max_delay_s` at the measured rate: the service is behind. The size of the newcomer itself does not count
+    against the delay (one large request on a quiet service is work, not overload), and an idle batcher takes
+    any request that fits the queue."""
+
+    def __init__(self, max_items: int, max_delay_ms: float, depth_gauge=None):
+        self.max_items, self.max_delay_s, self.depth_gauge = max_items, max_delay_ms / 1000, depth_gauge
+        self.rate: float | None = None  # items/s the inference stage sustains (EWMA over batches)
+        self.pending = 0  # items admitted and not yet answered
+        self.closing = False
+
+    def has_room(self, items: int) -> bool:
+        if self.closing or self.pending + items > self.max_items:
+            return False
+        if self.pending == 0:
+            return True
+        return not (self.max_delay_s and self.rate and self.pending / self.rate > self.max_delay_s)
+
+    def reserve(self, items: int) -> Reservation:
+        if not self.has_room(items):
+            raise QueueFull
+        self._add(items)
+        return Reservation(self, items)
+
+    def observe_rate(self, items: int, seconds: float) -> None:
+        sample = items / max(seconds, 1e-6)
+        self.rate = sample if self.rate is None else 0.8 * self.rate + 0.2 * sample
+
+    def _add(self, items: int) -> None:
+        self.pending += items
+        if self.depth_gauge is not None:
+            self.depth_gauge.set(self.pending)
+
+
+class Reservation:
+    """Room held in a queue for a request's items; what the request does not use is given back on exit."""
+
+    def __init__(self, admission: Admission, items: int):
+        self.admission, self.left = admission, items
+
+    def take(self, items: int) -> None:
+        if items > self.left:
+            raise RuntimeError(f"{items} items submitted on a reservation of {self.left}")
+        self.left -= items
+
+    def done(self, items: int) -> None:
+        self.admission._add(-items)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done(self.left)
+        self.left = 0
 
 
 @dataclass
-class WindowJob:
-    source_index: int
-    text: str | None = None
-    features: np.ndarray | None = None
+class WindowJob(RenderedWindow):
+    """A rendered window waiting in the batcher for its codes."""
+
     future: asyncio.Future = field(default=None, repr=False)
     queued_at: float = 0.0
 
@@ -63,24 +121,7 @@ class WindowJob:
 @dataclass
 class PreparedBatch:
     jobs: list[WindowJob]
-    token_ids: list[list[int]]  # per text job, in the order of `text_jobs`
-    text_jobs: list[int]
-
-
-def length_runs(lengths: np.ndarray, width: int, max_padding: float = math.inf) -> list[np.ndarray]:
-    """Indices of `lengths` in runs for the text encoder: sorted by length (similar lengths, less padding), at
-    most `width` per run, and a run also ends before a window that would make its padding exceed `max_padding`
-    of its real tokens (infinite: runs of fixed width)."""
-    order = np.argsort(lengths, kind="stable")
-    runs, start, total = [], 0, 0
-    for k, i in enumerate(order):
-        n, longest = k - start + 1, int(lengths[i])  # ascending: the newcomer is the run's longest
-        if n > width or n * longest > (1 + max_padding) * (total + longest):
-            runs.append(order[start:k])
-            start, total = k, 0
-        total += longest
-    runs.append(order[start:])
-    return runs
+    token_ids: list[list[int] | None]  # per job (None for tabular windows)
 
 
 class MicroBatcher:
@@ -92,60 +133,48 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 4096,
         max_queue_delay_ms: float = 0.0,
-        text_chunk: int = 0,
-        max_padding: float | None = None,
     ):
         self.runtime, self.metrics = runtime, metrics
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
-        # Text-encoder runs within a batch. On CPU padding is paid in full: runs of similar length, at most 8 wide
-        # and cut where padding would pass 25% of the real tokens (benchmarks/ort_threads.py --sections batches:
-        # x1.25 / x1.09 / x1.08 the windows/s of fixed runs of 4 at batches of 8 / 13 / 64; runs of 4 were
-        # themselves 1.7x runs of 32). On a GPU, the whole batch in one run: padding is cheap there.
-        self.text_chunk = text_chunk or (max_batch_size if runtime.on_gpu else 8)
-        self.max_padding = max_padding if max_padding is not None else (math.inf if runtime.on_gpu else 0.25)
         # Admission by expected wait, not only by count: under overload the queue then stays as short as the
         # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
-        self.max_delay_s = max_queue_delay_ms / 1000
-        self.rate: float | None = None  # windows/s the inference stage sustains (EWMA over batches)
-        self.pending = 0  # windows submitted and not yet answered
+        self.admission = Admission(max_queue, max_queue_delay_ms, metrics.queue_depth)
         self._incoming: asyncio.Queue[WindowJob] | None = None
         self._prepared: asyncio.Queue[PreparedBatch | None] | None = None
         self._ahead: asyncio.Semaphore | None = None  # held by the one batch prepared and not yet taken
         self._tasks: list[asyncio.Task] = []
         self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-infer")
-        self._closing = False
 
     async def start(self) -> None:
         self._incoming, self._prepared, self._ahead = asyncio.Queue(), asyncio.Queue(), asyncio.Semaphore(1)
         self._tasks = [asyncio.create_task(self._collect()), asyncio.create_task(self._infer())]
 
     def has_room(self, windows: int) -> bool:
-        waiting = self.pending + windows
-        if self._closing or waiting > self.max_queue:
-            return False
-        if self.pending == 0:  # an idle service takes any request that fits the queue, however large
-            return True
-        return not (self.max_delay_s and self.rate and waiting / self.rate > self.max_delay_s)
+        return self.admission.has_room(windows)
 
-    async def submit(self, jobs: list[WindowJob]) -> np.ndarray:
-        """-> codes [len(jobs), levels]. Raises QueueFull when the queue cannot take them all."""
+    def reserve(self, windows: int) -> Reservation:
+        """Room for up to `windows` windows, held until the reservation is left; raises QueueFull."""
+        return self.admission.reserve(windows)
+
+    async def submit(self, jobs: list[WindowJob], reservation: Reservation | None = None) -> np.ndarray:
+        """-> codes [len(jobs), levels]. On a reservation the jobs are always taken; without one they are
+        admitted here, and QueueFull is raised when the queue cannot take them all."""
         if not jobs:
             return np.zeros((0, self.runtime.vocabulary.levels), dtype=np.int64)
-        if not self.has_room(len(jobs)):
-            raise QueueFull
+        if reservation is None:
+            with self.reserve(len(jobs)) as own:
+                return await self.submit(jobs, own)
+        reservation.take(len(jobs))
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         for job in jobs:
             job.future, job.queued_at = loop.create_future(), now
             self._incoming.put_nowait(job)
-        self.pending += len(jobs)
-        self.metrics.queue_depth.set(self.pending)
         try:
             return np.stack(await asyncio.gather(*(j.future for j in jobs)))
         finally:
-            self.pending -= len(jobs)
-            self.metrics.queue_depth.set(self.pending)
+            reservation.done(len(jobs))
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -165,9 +194,7 @@ class MicroBatcher:
             self._prepared.put_nowait(prepared)
 
     def _tokenize(self, batch: list[WindowJob]) -> PreparedBatch:
-        text_jobs = [i for i, j in enumerate(batch) if j.text is not None]
-        ids = self.runtime.text.tokenizer.encode([batch[i].text for i in text_jobs]) if text_jobs else []
-        return PreparedBatch(batch, ids, text_jobs)
+        return PreparedBatch(batch, self.runtime.tokenize_texts(batch))
 
     async def _infer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,27 +213,14 @@ class MicroBatcher:
                 continue
             elapsed = time.perf_counter() - started
             self.metrics.inference.observe(elapsed)
-            sample = len(prepared.jobs) / max(elapsed, 1e-6)
-            self.rate = sample if self.rate is None else 0.8 * self.rate + 0.2 * sample
+            self.admission.observe_rate(len(prepared.jobs), elapsed)
             self.metrics.batch_size.observe(len(prepared.jobs))
             for job, c in zip(prepared.jobs, codes, strict=True):
                 if not job.future.done():
                     job.future.set_result(c)
 
     def _run(self, p: PreparedBatch) -> np.ndarray:
-        rt = self.runtime
-        emb = np.zeros((len(p.jobs), rt.manifest.encoder.dim), dtype=np.float32)
-        if p.text_jobs:
-            lengths = np.array([len(x) for x in p.token_ids])
-            for chunk in length_runs(lengths, self.text_chunk, self.max_padding):
-                emb[[p.text_jobs[i] for i in chunk]] = rt.text.run_ids([p.token_ids[i] for i in chunk])
-        names = [s.name for s in rt.manifest.sources.sources]
-        for name in rt.manifest.tabular:
-            rows = [i for i, j in enumerate(p.jobs) if j.features is not None and names[j.source_index] == name]
-            if rows:
-                emb[rows] = rt.embed_tabular(name, np.stack([p.jobs[i].features for i in rows]))
-        codes, _ = rt.quantize(emb, np.array([j.source_index for j in p.jobs], dtype=np.int64))
-        return codes
+        return self.runtime.encode_windows(p.jobs, p.token_ids)
 
     def _fail(self, jobs: list[WindowJob], error: Exception) -> None:
         for job in jobs:
@@ -215,7 +229,7 @@ class MicroBatcher:
 
     async def stop(self) -> None:
         """Finishes every window already submitted, then stops (SIGTERM drain)."""
-        self._closing = True
+        self.admission.closing = True
         if self._incoming is not None:
             self._incoming.put_nowait(None)
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -225,10 +239,21 @@ class MicroBatcher:
 
 class EmbeddingBatcher:
     """Gathers token histories from concurrent requests into one ONNX Runtime call of the history model
-    (up to `max_batch_size` histories or `max_wait_ms`), off the event loop."""
+    (up to `max_batch_size` histories or `max_wait_ms`), off the event loop, behind the same admission as the
+    MicroBatcher (429 when its queue is full or behind)."""
 
-    def __init__(self, runtime: TokenizerRuntime, max_batch_size: int = 64, max_wait_ms: float = 5.0):
-        self.runtime, self.max_batch_size, self.max_wait_s = runtime, max_batch_size, max_wait_ms / 1000
+    def __init__(
+        self,
+        runtime: TokenizerRuntime,
+        metrics: ServiceMetrics,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 4096,
+        max_queue_delay_ms: float = 0.0,
+    ):
+        self.runtime, self.metrics = runtime, metrics
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
+        self.admission = Admission(max_queue, max_queue_delay_ms, metrics.embedding_queue_depth)
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-history")
@@ -238,13 +263,16 @@ class EmbeddingBatcher:
         self._task = asyncio.create_task(self._run())
 
     async def embed(self, sequences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        futures = []
-        for seq in sequences:
-            fut = loop.create_future()
-            self._queue.put_nowait((seq, fut))
-            futures.append(fut)
-        return np.stack(await asyncio.gather(*futures))
+        """-> one embedding per sequence. Raises QueueFull (before anything is queued) when there is no room."""
+        with self.admission.reserve(len(sequences)):
+            loop = asyncio.get_running_loop()
+            now = time.perf_counter()
+            futures = []
+            for seq in sequences:
+                fut = loop.create_future()
+                self._queue.put_nowait((seq, fut, now))
+                futures.append(fut)
+            return np.stack(await asyncio.gather(*futures))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -253,19 +281,27 @@ class EmbeddingBatcher:
             if item is None:
                 return
             batch = await gather_batch(self._queue, item, self.max_batch_size, self.max_wait_s)
-            arrays = [np.stack([seq[i] for seq, _ in batch]) for i in range(3)]
+            started = time.perf_counter()
+            for _, _, queued_at in batch:
+                self.metrics.embedding_queue_wait.observe(started - queued_at)
+            arrays = [np.stack([seq[i] for seq, _, _ in batch]) for i in range(3)]
             try:
                 out = await loop.run_in_executor(self._pool, self.runtime.embed_histories, *arrays)
             except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the batcher
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
-            for (_, fut), row in zip(batch, out, strict=True):
+            elapsed = time.perf_counter() - started
+            self.metrics.embedding_inference.observe(elapsed)
+            self.metrics.embedding_batch_size.observe(len(batch))
+            self.admission.observe_rate(len(batch), elapsed)
+            for (_, fut, _), row in zip(batch, out, strict=True):
                 if not fut.done():
                     fut.set_result(row)
 
     async def stop(self) -> None:
+        self.admission.closing = True
         if self._queue is not None:
             self._queue.put_nowait(None)
             await asyncio.gather(self._task, return_exceptions=True)

@@ -15,68 +15,62 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from model.manifest import Manifest
-from model.sources import index_start, window_index
+from model.sources import event_time_bounds, index_start, window_index
 from model.windows import render_text_window, tabular_window_features
-from service.batcher import MicroBatcher, QueueFull, WindowJob
+from service.batcher import MicroBatcher, WindowJob
 from service.metrics import OUTCOMES, ServiceMetrics
 from service.schemas import EventIn
-from service.store import ACCEPTED, DUPLICATE, TokenHistoryStore
+from service.store import ACCEPTED, CLOSED, DUPLICATE, EXPIRED, FULL, TokenHistoryStore
 
-STATUS = {ACCEPTED: "accepted", DUPLICATE: "duplicate"}
+STATUS = {ACCEPTED: "accepted", DUPLICATE: "duplicate", CLOSED: "late", EXPIRED: "late", FULL: "refused"}
 
 
-def validation_errors(events: list[EventIn], manifest: Manifest) -> list[dict]:
-    """Errors FastAPI-style (loc, msg, type) for events the schema alone cannot judge."""
+def validation_errors(events: list[EventIn], manifest: Manifest, latest_ts: float) -> list[dict]:
+    """Errors FastAPI-style (loc, msg, type) for events the schema alone cannot judge: the source, the fields
+    its kind takes, and event times the store can keep that are no later than `latest_ts` (the server's clock
+    plus the allowed skew)."""
     errors = []
+    sources = manifest.sources
+    _, last = event_time_bounds(sources.period_s)
+    latest = min(latest_ts, last)
+
+    def error(i: int, field: str, msg: str, kind: str = "value_error") -> None:
+        errors.append({"loc": ["body", "events", i, field], "msg": msg, "type": kind})
+
     for i, e in enumerate(events):
-        loc = ["body", "events", i]
-        spec = manifest.sources.get(e.source)
+        if e.ts >= latest:
+            error(i, "ts", f"ts {iso(int(e.ts))} is ahead of the server's clock by more than the allowed skew "
+                  f"(U2QT_MAX_FUTURE_SKEW); events are refused until they could have happened")
+        spec = sources.get(e.source)
         if spec is None:
-            known = [s.name for s in manifest.sources.sources]
-            errors.append(
-                {
-                    "loc": [*loc, "source"],
-                    "msg": f"unknown source {e.source!r}; this model has {known}",
-                    "type": "value_error",
-                }
-            )
+            known = [s.name for s in sources.sources]
+            error(i, "source", f"unknown source {e.source!r}; this model has {known}")
         elif spec.kind == "text":
             if not (e.text or "").strip():
-                errors.append(
-                    {
-                        "loc": [*loc, "text"],
-                        "msg": f"text source {e.source!r} needs a non-empty text",
-                        "type": "missing",
-                    }
-                )
-            if e.attributes:
-                errors.append(
-                    {
-                        "loc": [*loc, "attributes"],
-                        "msg": f"text source {e.source!r} takes no attributes",
-                        "type": "value_error",
-                    }
-                )
+                error(i, "text", f"text source {e.source!r} needs a non-empty text", "missing")
+            if e.attributes is not None:
+                error(i, "attributes", f"text source {e.source!r} takes no attributes (text and amount)")
         else:
+            for field in ("text", "amount"):
+                if getattr(e, field) is not None:
+                    error(i, field, f"tabular source {e.source!r} takes no {field}, only attributes {spec.attributes}")
             if not e.attributes:
-                errors.append(
-                    {
-                        "loc": [*loc, "attributes"],
-                        "msg": f"tabular source {e.source!r} needs attributes {spec.attributes}",
-                        "type": "missing",
-                    }
-                )
+                error(i, "attributes", f"tabular source {e.source!r} needs attributes {spec.attributes}", "missing")
             else:
                 unknown = sorted(set(e.attributes) - set(spec.attributes))
                 if unknown:
-                    errors.append(
-                        {
-                            "loc": [*loc, "attributes"],
-                            "msg": f"{unknown} are not attributes of {e.source!r} ({spec.attributes})",
-                            "type": "value_error",
-                        }
-                    )
+                    error(i, "attributes", f"{unknown} are not attributes of {e.source!r} ({spec.attributes})")
     return errors
+
+
+class TooManyWindows(Exception):
+    """One request touches more windows than the tokenization queue holds: it can never be admitted."""
+
+    def __init__(self, windows: int, limit: int):
+        super().__init__(
+            f"this request touches {windows} (user, source, window) groups; at most {limit} fit the tokenization "
+            "queue (U2QT_MAX_QUEUE_WINDOWS): split it into smaller requests"
+        )
 
 
 class RedisTimer:
@@ -115,34 +109,35 @@ class EventTokenizer:
         self._events_by_outcome = {outcome: metrics.events.labels(outcome) for outcome in OUTCOMES}
 
     async def tokenize(self, events: list[EventIn]) -> dict:
-        """-> the body of a TokenizeResponse, as plain data (serialized once, by orjson)."""
+        """-> the body of a TokenizeResponse, as plain data (serialized once, by orjson). Raises TooManyWindows or
+        QueueFull before anything is stored: a request is admitted whole, with room reserved for every window it
+        may have to tokenize, or not at all."""
         groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
         windows = window_index(np.array([e.ts for e in events], dtype=np.float64), self.period).tolist()
         for i, (e, w) in enumerate(zip(events, windows, strict=True)):  # one vectorized call per request
             groups[(e.user_id, e.source, w)].append(i)
-        if not self.batcher.has_room(len(groups)):
-            raise QueueFull
+        if len(groups) > self.batcher.max_queue:
+            raise TooManyWindows(len(groups), self.batcher.max_queue)
+        with self.batcher.reserve(len(groups)) as reservation:
+            return await self._tokenize(events, groups, reservation)
+
+    async def _tokenize(self, events: list[EventIn], groups: dict, reservation) -> dict:
         keys = list(groups)
         payload = [[(events[i].event_id, self._stored(events[i])) for i in groups[k]] for k in keys]
         with RedisTimer(self.metrics, "ingest"):
             results = await self.store.ingest([(*k, p) for k, p in zip(keys, payload, strict=True)])
 
         statuses: list[dict | None] = [None] * len(events)
-        counts = {"accepted": 0, "duplicate": 0, "late": 0}
+        counts = dict.fromkeys(OUTCOMES, 0)
         for k, res in zip(keys, results, strict=True):
             for i, st in zip(groups[k], res.statuses, strict=True):
-                status, reason = STATUS.get(st, "late"), None
-                if status == "late":
-                    reason = (
-                        f"window {iso(index_start(k[2], self.period))} is closed: {self.store.late_windows} "
-                        "window(s) behind the newest"
-                    )
+                status = STATUS[st]
                 counts[status] += 1
-                statuses[i] = {"event_id": events[i].event_id, "status": status, "reason": reason}
+                statuses[i] = {"event_id": events[i].event_id, "status": status, "reason": self._reason(st, k, res)}
 
         todo = [(k, res) for k, res in zip(keys, results, strict=True) if res.events is not None]
         jobs = [self._job(k[1], res.events) for k, res in todo]
-        codes = await self.batcher.submit(jobs)
+        codes = await self.batcher.submit(jobs, reservation)
         with RedisTimer(self.metrics, "commit"):
             moves = await self.store.commit(
                 [(*k, res.event_count, c) for (k, res), c in zip(todo, codes, strict=True)], self.source_names
@@ -161,6 +156,7 @@ class EventTokenizer:
             "accepted": counts["accepted"],
             "duplicates": counts["duplicate"],
             "late": counts["late"],
+            "refused": counts["refused"],
             "events": statuses,
             "windows": [
                 {
@@ -174,6 +170,27 @@ class EventTokenizer:
                 for ((user, source, w), res), t in zip(todo, ids, strict=True)
             ],
         }
+
+    def _reason(self, status: int, group: tuple[str, str, int], res) -> str | None:
+        start = iso(index_start(group[2], self.period))
+        if status == CLOSED:
+            behind = res.newest - group[2]
+            return (
+                f"window {start} is closed: it is {behind} windows older than the newest stored for this user and "
+                f"source ({iso(index_start(res.newest, self.period))}), and only the newest "
+                f"{self.store.late_windows + 1} accept events (U2QT_LATE_WINDOWS)"
+            )
+        if status == EXPIRED:
+            return (
+                f"window {start} is closed: its events were kept {self.store.late_windows + 2} window periods after "
+                "its last change, and without them its stored tokens can no longer be rebuilt"
+            )
+        if status == FULL:
+            return (
+                f"window {start} already holds {res.event_count} events of this user and source, the most one "
+                "window takes (U2QT_MAX_EVENTS_PER_WINDOW)"
+            )
+        return None
 
     def _observe(self, src: np.ndarray, codes: np.ndarray) -> None:
         """Windows and tokens counted once per request (not per window: a label lookup costs more than the count)."""

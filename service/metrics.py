@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # 5 ms and 50 ms are bucket bounds: the GET p99 objective and a POST objective sit exactly on them.
-OUTCOMES = ("accepted", "duplicate", "late")
-REJECT_REASONS = ("queue_full", "redis_unavailable")
+OUTCOMES = ("accepted", "duplicate", "late", "refused")
+REJECT_REASONS = ("queue_full", "embedding_queue_full", "redis_unavailable")
 REDIS_OPERATIONS = ("ingest", "commit", "fallback", "read")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -54,6 +54,28 @@ class ServiceMetrics:
         }
         self.codebook_used = Gauge(
             "u2qt_codebook_codes_used", "Distinct codes emitted since start", ["level"], registry=r
+        )
+        # the history model's batcher (GET /users/{id}/embedding), measured as the token batcher is
+        self.embedding_batch_size = Histogram(
+            "u2qt_embedding_batch_users",
+            "Histories per history-model batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.embedding_queue_wait = Histogram(
+            "u2qt_embedding_queue_wait_seconds",
+            "Time a history waits before its batch runs",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.embedding_inference = Histogram(
+            "u2qt_embedding_inference_duration_seconds",
+            "ONNX Runtime time per history-model batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.embedding_queue_depth = Gauge(
+            "u2qt_embedding_queue_users", "Histories waiting for or in the history model", registry=r
         )
         self.model_info = Gauge("u2qt_model_info", "Loaded model", ["model_version", "providers"], registry=r)
 

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from model.sources import LAST_ISO_SECOND, WINDOW_ORIGIN
 
 # Braces would break the `{user}` hash tag of the Redis key layout; the rest keeps keys printable.
 UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@+=\-]{1,128}$")]
+# min_length 1: the empty field name of a window's event hash is the store's own (service/store.py)
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# Amounts and attributes are summed over a window's events: bounded so that no sum can overflow to inf/NaN.
+MAX_MAGNITUDE = 1e15
+Magnitude = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+
+
+def as_utc(value: datetime) -> datetime:
+    """A date-time without an offset is UTC, as training reads it (training/events.py), whatever the server's
+    time zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class EventIn(BaseModel):
@@ -39,18 +54,28 @@ class EventIn(BaseModel):
     event_id: EventId
     user_id: UserId
     source: str = Field(min_length=1, max_length=64)
-    ts: datetime | float = Field(description="event time: unix seconds or ISO-8601")
-    text: str | None = Field(None, max_length=4000)
-    # finite numbers only, checked by pydantic-core (no Python call per event)
-    amount: float | None = Field(None, allow_inf_nan=False)
-    attributes: dict[str, Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    ts: datetime | float = Field(
+        description="event time: unix seconds or ISO-8601 (without an offset: UTC); from 1970-01-05T00:00:00Z up "
+        "to U2QT_MAX_FUTURE_SKEW ahead of the server's clock"
+    )
+    text: str | None = Field(None, max_length=4000, description="text sources only")
+    # finite and bounded, checked by pydantic-core (no Python call per event)
+    amount: Magnitude | None = Field(None, description="text sources only")
+    attributes: dict[str, Magnitude] | None = Field(None, description="tabular sources only")
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _not_bool(cls, v):
+        if isinstance(v, bool):  # JSON true would otherwise be read as 1 second after the epoch
+            raise ValueError("ts must be unix seconds or an ISO-8601 time, not a boolean")
+        return v
 
     @field_validator("ts")
     @classmethod
     def _ts(cls, v):
-        seconds = v.timestamp() if isinstance(v, datetime) else float(v)
-        if not math.isfinite(seconds) or not 0 <= seconds < 4_102_444_800:  # 1970 .. 2100
-            raise ValueError("ts must be a time between 1970 and 2100")
+        seconds = as_utc(v).timestamp() if isinstance(v, datetime) else float(v)
+        if not math.isfinite(seconds) or not WINDOW_ORIGIN <= seconds <= LAST_ISO_SECOND:
+            raise ValueError("ts must be a time from 1970-01-05T00:00:00Z (the first window) on")
         return seconds
 
 
@@ -61,7 +86,7 @@ class TokenizeRequest(BaseModel):
 
 class EventStatus(BaseModel):
     event_id: str
-    status: Literal["accepted", "duplicate", "late"]
+    status: Literal["accepted", "duplicate", "late", "refused"]
     reason: str | None = None
 
 
@@ -79,6 +104,7 @@ class TokenizeResponse(BaseModel):
     accepted: int
     duplicates: int
     late: int
+    refused: int = Field(description="events over U2QT_MAX_EVENTS_PER_WINDOW for their window")
     events: list[EventStatus]
     windows: list[WindowTokens]
 
@@ -103,8 +129,8 @@ class HistoryQuery(BaseModel):
     """The query of GET /users/{user_id}/tokens (unknown parameters are ignored)."""
 
     sources: list[str] | None = Field(None, description="only these sources (repeat or comma-separate)")
-    since: datetime | None = Field(None, description="windows starting at or after this time")
-    until: datetime | None = Field(None, description="windows starting at or before this time")
+    since: UtcDatetime | None = Field(None, description="windows starting at or after this time (no offset: UTC)")
+    until: UtcDatetime | None = Field(None, description="windows starting at or before this time (no offset: UTC)")
     limit: int | None = Field(None, ge=1, description="only the most recent N windows")
     format: Literal["ids", "strings", "both"] = "ids"
 
@@ -113,8 +139,8 @@ class BatchHistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_ids: list[UserId] = Field(min_length=1)
     sources: list[str] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UtcDatetime | None = None
+    until: UtcDatetime | None = None
     limit: int | None = Field(None, ge=1)
     format: Literal["ids", "strings", "both"] = "ids"
 

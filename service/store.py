@@ -4,9 +4,10 @@ Keys (a user's keys share the hash tag `{user}`, so they live in one Redis Clust
 multi-key scripts below stay legal there):
 
     {prefix}:{<user>}:t:<model_version>:<source>   LIST, one packed entry per window, oldest first
-    {prefix}:{<user>}:e:<source>:<window_index>    HASH event_id -> event JSON, for windows still open
-    {prefix}:{<user>}:n:<source>:<window_index>    STRING: how many events the stored tokens were built
-                                                   from (open windows only)
+    {prefix}:{<user>}:e:<model_version>:<source>:<window_index>
+                                                   HASH, for windows still open: event_id -> event JSON, and
+                                                   the field "" (no event id is empty) = how many events the
+                                                   stored entry was built from
     {prefix}:{<user>}:m:<model_version>            HASH: x = events accepted (engagement), d = digest of the
                                                    whole history (all sources; 64 bits of sha1), f = the
                                                    fallback index, only while another user collides
@@ -15,16 +16,23 @@ multi-key scripts below stay legal there):
 
 Packed entry (PackedEntries): uint32 window index (little endian), then the levels' codes in
 ceil(log2(codebook size)) bits each, most significant bit first, zero-padded to a whole byte (9 bytes for
-4 codes of a 1024-entry codebook). The model version is part of the history key, so tokens of two model
-versions can never mix in one history; the key's `t` names this entry format (`h` held uint16 codes), so a
-history written in another format is never misread. Keys of open windows expire once no late event can
-reach them any more.
+4 codes of a 1024-entry codebook). Every key but the collision sets' names the model version, so two versions
+never share a history, an event set or a count: a new version's histories are built beside the old ones from
+the same events (docs/operations.md, "Upgrading the model"). The history key's `t` names this entry format.
+
+A window accepts events while it is open: no more than `late_windows` windows older than the newest window
+stored for that user and source (event time, so a backfill in time order works), and while its event set
+lives. The event set expires `(late_windows + 2)` window periods of wall-clock time after its last change; a
+window whose entry is stored but whose event set has expired can no longer be rebuilt, so it is closed too:
+an event for it (a replay included) is refused as late and the stored entry stays as it is. The entry and the
+count it was built from live and die together in one key, so a replay can never replace an entry with one built
+from fewer events.
 
 Every change to one user is one Lua script, so it is atomic without locks, and a request that touches several
 of a user's windows (a household's week: one per source) costs one script per step, not one per window:
-  INGEST  adds events (idempotent on event_id), rejects events of closed windows, and says for each window
-          whether it must be (re)tokenized, returning its events if so;
-  COMMIT  appends or replaces each window's entry unless one built from more events is already stored,
+  INGEST  adds events (idempotent on event_id), refuses events of closed windows and events past the
+          per-window cap, and says for each window whether it must be (re)tokenized, returning its events if so;
+  COMMIT  appends or replaces each window's entry unless one built from as many or more events is stored,
           trims the history to its cap, sets the TTL, and then re-hashes the user's whole history (every
           source) once into the metadata's digest, in the same atomic step, for the collision fallback.
 Concurrent writers therefore converge: the entry built from the most events wins. Commands go out through
@@ -42,43 +50,55 @@ from redis.asyncio import Redis
 from model.entries import PackedEntries
 from service.coalescing import CoalescingPipeline
 
-# One call per user: KEYS = for each of the user's (source, window) groups its history, its events and its
-# count, then the user's metadata; ARGV = late windows, events TTL, history TTL, then for each group its window
-# index, its number of events m and m (event_id, event) pairs.
-# -> per group {must (re)tokenize, events now stored, per-event statuses, all its events when it must}.
+# One call per user: KEYS = for each of the user's (source, window) groups its history and its event set, then the
+# user's metadata; ARGV = late windows, event-set TTL, history TTL, events per window cap, then for each group its
+# window index, its number of events m and m (event_id, event) pairs.
+# -> per group {must (re)tokenize, events now stored, per-event statuses, all its events when it must, newest
+# window stored}. Statuses: 0 duplicate, 1 accepted, 2 window closed, 3 window full, 4 window's event set expired.
 INGEST = """
-local late, ettl, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local late, ettl, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local meta = KEYS[#KEYS]
-local out, engaged, a = {}, 0, 4
-for g = 0, (#KEYS - 1) / 3 - 1 do
-  local hist, evs, count = KEYS[3 * g + 1], KEYS[3 * g + 2], KEYS[3 * g + 3]
+local out, engaged, a = {}, 0, 5
+for g = 0, (#KEYS - 1) / 2 - 1 do
+  local hist, evs = KEYS[2 * g + 1], KEYS[2 * g + 2]
   local w, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
   local tail = redis.call('LRANGE', hist, -(late + 1), -1)
-  local closed = false
-  if #tail > 0 then
-    local newest = struct.unpack('<I4', tail[#tail])
-    if w < newest - late then closed = true end
+  local refuse, newest, stored = nil, -1, false
+  for j = 1, #tail do
+    local ew = struct.unpack('<I4', tail[j])
+    if ew == w then stored = true end
+    newest = ew
   end
+  local known = redis.call('EXISTS', evs) == 1
+  if newest >= 0 and w < newest - late then
+    refuse = 2
+  elseif stored and not known then
+    refuse = 4
+  end
+  local n = 0
+  if known then n = redis.call('HLEN', evs) - redis.call('HEXISTS', evs, '') end
   local status, added = {}, 0
   for i = a, a + 2 * m - 1, 2 do
-    if redis.call('HEXISTS', evs, ARGV[i]) == 1 then
+    if known and redis.call('HEXISTS', evs, ARGV[i]) == 1 then
       status[#status + 1] = 0
-    elseif closed then
-      status[#status + 1] = 2
+    elseif refuse then
+      status[#status + 1] = refuse
+    elseif n >= cap then
+      status[#status + 1] = 3
     else
       redis.call('HSET', evs, ARGV[i], ARGV[i + 1])
       status[#status + 1] = 1
       added = added + 1
+      n = n + 1
     end
   end
   a = a + 2 * m
   if added > 0 then redis.call('EXPIRE', evs, ettl) end
   engaged = engaged + added
-  local n = redis.call('HLEN', evs)
-  local result = {0, n, status, {}}
-  if not closed and n > 0 and tonumber(redis.call('GET', count) or '-1') < n then
-    result = {1, n, status, redis.call('HGETALL', evs)}
+  local result = {0, n, status, {}, newest}
+  if not refuse and n > 0 and tonumber(redis.call('HGET', evs, '') or '-1') < n then
+    result = {1, n, status, redis.call('HGETALL', evs), newest}
   end
   out[#out + 1] = result
 end
@@ -90,22 +110,23 @@ return out
 """
 
 # One call per user: KEYS = the metadata, every source's history (in the order of `sources`), then each write's
-# count key; ARGV = history cap, history TTL, count TTL, then for each write its source's position among the
-# histories (1-based), window index, event count and packed entry.
+# event set; ARGV = history cap, history TTL, event-set TTL, then for each write its source's position among the
+# histories (1-based), window index, event count and packed entry. A write applies only while its window's event
+# set lives and holds no entry built from more events.
 # -> {writes applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
 # fallback's key (paper eq. 9, model/fallback.py), hashed once per call over the user's whole history: users with
 # the same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's
 # tie order) is the fallback order.
 COMMIT = """
-local cap, ttl, cttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cap, ttl, ettl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local writes = (#ARGV - 3) / 4
 local sources = #KEYS - 1 - writes
 local meta, applied = KEYS[1], 0
 for k = 0, writes - 1 do
   local a = 4 + 4 * k
-  local hist, count = KEYS[1 + tonumber(ARGV[a])], KEYS[2 + sources + k]
+  local hist, evs = KEYS[1 + tonumber(ARGV[a])], KEYS[2 + sources + k]
   local w, n, entry = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
-  if tonumber(redis.call('GET', count) or '-1') <= n then
+  if redis.call('EXISTS', evs) == 1 and tonumber(redis.call('HGET', evs, '') or '-1') <= n then
     local entries = redis.call('LRANGE', hist, 0, -1)
     local placed = false
     for j = #entries, 1, -1 do
@@ -124,7 +145,8 @@ for k = 0, writes - 1 do
     if not placed then redis.call('LPUSH', hist, entry) end
     redis.call('LTRIM', hist, -cap, -1)
     redis.call('EXPIRE', hist, ttl)
-    redis.call('SET', count, n, 'EX', cttl)
+    redis.call('HSET', evs, '', n)
+    redis.call('EXPIRE', evs, ettl)
     applied = applied + 1
   end
 end
@@ -148,14 +170,16 @@ out[#KEYS] = redis.call('HGET', KEYS[#KEYS], 'f') or '0'
 return out
 """
 
-ACCEPTED, DUPLICATE, LATE = 1, 0, 2
+# per-event outcomes of INGEST
+DUPLICATE, ACCEPTED, CLOSED, FULL, EXPIRED = 0, 1, 2, 3, 4
 
 
 @dataclass
 class IngestResult:
-    statuses: list[int]  # per event: ACCEPTED, DUPLICATE or LATE
+    statuses: list[int]  # per event: DUPLICATE, ACCEPTED, CLOSED, FULL or EXPIRED
     event_count: int  # events now stored for the window
     events: list[dict] | None  # all of the window's events when it must be (re)tokenized, else None
+    newest: int  # the newest window index stored for the user and source (-1: none)
 
 
 class TokenHistoryStore:
@@ -170,10 +194,11 @@ class TokenHistoryStore:
         history_days: int,
         ttl_days: int,
         late_windows: int,
+        max_events_per_window: int = 1000,
     ):
         self.redis, self.prefix, self.model_version = redis, prefix, model_version
         self.pipeline = CoalescingPipeline(redis)  # every write, and batch reads, go through it
-        self.period_s, self.late_windows = period_s, late_windows
+        self.period_s, self.late_windows, self.max_events_per_window = period_s, late_windows, max_events_per_window
         self.entries = PackedEntries(levels, codebook_size)
         self.max_entries = max(1, -(-history_days * 86400 // period_s))
         self.ttl_s = ttl_days * 86400
@@ -184,10 +209,7 @@ class TokenHistoryStore:
         return f"{self.prefix}:{{{user}}}:t:{self.model_version}:{source}"
 
     def events_key(self, user: str, source: str, window: int) -> str:
-        return f"{self.prefix}:{{{user}}}:e:{source}:{window}"
-
-    def count_key(self, user: str, source: str, window: int) -> str:
-        return f"{self.prefix}:{{{user}}}:n:{source}:{window}"
+        return f"{self.prefix}:{{{user}}}:e:{self.model_version}:{source}:{window}"
 
     def meta_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:m:{self.model_version}"
@@ -255,29 +277,25 @@ class TokenHistoryStore:
         by_user = _positions_by_user(groups)
         commands = []
         for user, members in by_user.items():
-            keys, args = [], [self.late_windows, self.events_ttl_s, self.ttl_s]
+            keys, args = [], [self.late_windows, self.events_ttl_s, self.ttl_s, self.max_events_per_window]
             for i in members:
                 _, source, window, events = groups[i]
-                keys += [
-                    self.history_key(user, source),
-                    self.events_key(user, source, window),
-                    self.count_key(user, source, window),
-                ]
+                keys += [self.history_key(user, source), self.events_key(user, source, window)]
                 args += [window, len(events)]
                 for event_id, event in events:
                     args += [event_id, orjson.dumps(event)]
             commands.append(_eval(INGEST, [*keys, self.meta_key(user)], args))
         results: list[IngestResult | None] = [None] * len(groups)
         for members, reply in zip(by_user.values(), await self.pipeline.execute(commands), strict=True):
-            for i, (need, n, statuses, flat) in zip(members, reply, strict=True):
+            for i, (need, n, statuses, flat, newest) in zip(members, reply, strict=True):
                 events = None
                 if need:
-                    pairs = sorted(zip(flat[0::2], flat[1::2], strict=True))
+                    pairs = sorted((k, v) for k, v in zip(flat[0::2], flat[1::2], strict=True) if k)
                     events = sorted(
                         (orjson.loads(v) | {"event_id": k.decode()} for k, v in pairs),
                         key=lambda e: (e["ts"], e["event_id"]),
                     )
-                results[i] = IngestResult([int(s) for s in statuses], int(n), events)
+                results[i] = IngestResult([int(s) for s in statuses], int(n), events, int(newest))
         return results
 
     async def commit(
@@ -298,7 +316,7 @@ class TokenHistoryStore:
             args = [self.max_entries, self.ttl_s, self.events_ttl_s]
             for i in members:
                 _, source, window, n, _ = writes[i]
-                keys.append(self.count_key(user, source, window))
+                keys.append(self.events_key(user, source, window))
                 args += [position[source], window, n, packed[i]]
             commands.append(_eval(COMMIT, keys, args))
         replies = await self.pipeline.execute(commands)

@@ -50,23 +50,26 @@ def redis_server():
     server.stop()
 
 
-@pytest.fixture
-def serve(trained_dir, redis_server, tmp_path):
-    """serve(**settings) -> base URL of a running u2qt service (uvicorn in a thread, real Redis)."""
-    import threading
-    import time
+class ServiceThreads:
+    """u2qt services (uvicorn in a thread, real Redis) started by a test or a module, stopped together."""
 
-    import uvicorn
+    def __init__(self, artifacts, redis_url: str, directory):
+        self.artifacts, self.redis_url, self.directory, self.servers = artifacts, redis_url, directory, []
+        self.apps: dict[str, object] = {}  # base URL -> the FastAPI app, whose state a test may reach into
 
-    from service.app import create_app
-    from service.settings import ServiceSettings
+    def start(self, **overrides):
+        """-> (base URL, settings) of a running service."""
+        import threading
+        import time
 
-    servers = []
+        import uvicorn
 
-    def start(**overrides):
-        overrides.setdefault("redis_url", redis_server.url)
-        overrides.setdefault("key_prefix", f"t{len(servers)}-{tmp_path.name}")
-        settings = ServiceSettings(artifacts=trained_dir[0], embedded_redis_dir=tmp_path / "redis", **overrides)
+        from service.app import create_app
+        from service.settings import ServiceSettings
+
+        overrides.setdefault("redis_url", self.redis_url)
+        overrides.setdefault("key_prefix", f"t{len(self.servers)}-{self.directory.name}")
+        settings = ServiceSettings(artifacts=self.artifacts, embedded_redis_dir=self.directory / "redis", **overrides)
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -79,10 +82,24 @@ def serve(trained_dir, redis_server, tmp_path):
             if not thread.is_alive():
                 raise RuntimeError("service failed to start")
             time.sleep(0.05)
-        servers.append((server, thread))
+        self.servers.append((server, thread))
+        self.apps[f"http://127.0.0.1:{port}"] = server.config.app
         return f"http://127.0.0.1:{port}", settings
 
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(30)
+    def stop(self):
+        for server, thread in self.servers:
+            server.should_exit = True
+            thread.join(30)
+
+
+@pytest.fixture
+def services(trained_dir, redis_server, tmp_path):
+    services = ServiceThreads(trained_dir[0], redis_server.url, tmp_path)
+    yield services
+    services.stop()
+
+
+@pytest.fixture
+def serve(services):
+    """serve(**settings) -> (base URL, settings) of a running u2qt service (uvicorn in a thread, real Redis)."""
+    return services.start

@@ -6,8 +6,8 @@ import threading
 import numpy as np
 
 from model.manifest import Manifest
-from model.runtime import TokenizerRuntime
-from service.batcher import MicroBatcher, WindowJob, length_runs
+from model.runtime import TokenizerRuntime, length_runs
+from service.batcher import MicroBatcher, WindowJob
 from service.metrics import ServiceMetrics
 
 

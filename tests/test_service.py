@@ -52,12 +52,7 @@ def test_round_trip_gives_the_tokens_training_would(serve, one_user, trained_dir
     corpus = build_corpus(df, sources, progress=False)
     rt = TokenizerRuntime(trained_dir[0], providers="cpu")
     w = corpus.windows
-    emb = np.zeros((len(w), rt.manifest.encoder.dim), np.float32)
-    text = (w["text"] != "").to_numpy()
-    emb[text] = rt.text.embed(w.loc[text, "text"].tolist())
-    tab = (w["source"] == "visits").to_numpy()
-    emb[tab] = rt.embed_tabular("visits", corpus.features["visits"][tab])
-    codes, _ = rt.quantize(emb, w["source_index"].to_numpy())
+    codes = rt.encode_windows(corpus.rendered())
     expected = {
         (s, int(t)): rt.vocabulary.ids(np.array([i]), c[None])[0].tolist()
         for s, t, i, c in zip(w["source"], w["window_start"], w["source_index"], codes, strict=True)

@@ -64,7 +64,7 @@ def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(redis_
 
     import redis.asyncio as aioredis
 
-    from service.store import ACCEPTED, DUPLICATE, LATE, TokenHistoryStore
+    from service.store import ACCEPTED, CLOSED, DUPLICATE, TokenHistoryStore
 
     sources = ["purchases", "visits", "promotions"]
 
@@ -104,7 +104,7 @@ def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(redis_
     assert moves["a"][2] == 6 and moves["b"][2] == 1  # engagement: events accepted, per user
     assert again[0].statuses == [DUPLICATE] and again[0].events is None
     assert again[1].statuses == [ACCEPTED] and again[1].events is not None
-    assert late[0].statuses == [LATE] and late[1].statuses == [ACCEPTED]
+    assert late[0].statuses == [CLOSED] and late[1].statuses == [ACCEPTED]
     assert {s: histories["a"][s]["window"].tolist() for s in sources} == {
         "purchases": [10],
         "visits": [10, 20],

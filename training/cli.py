@@ -259,7 +259,8 @@ def cmd_serve(args) -> None:
         port=args.port,
         log_level="info",
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from model.runtime import RenderedWindow
 from model.sources import SourcesConfig, window_start
 from model.windows import render_text_window, tabular_window_features
 
@@ -19,6 +20,15 @@ class WindowCorpus:
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    def rendered(self) -> list[RenderedWindow]:
+        """The windows as the encoders take them (TokenizerRuntime.encode_windows), in row order."""
+        w = self.windows
+        out = []
+        for i, (name, idx, text) in enumerate(zip(w["source"], w["source_index"], w["text"], strict=True)):
+            feats = self.features.get(name)
+            out.append(RenderedWindow(int(idx), text) if feats is None else RenderedWindow(int(idx), features=feats[i]))
+        return out
 
     def input_keys(self) -> np.ndarray:
         """One key per distinct model input, to tell a collision (different inputs, same tokens)

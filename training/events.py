@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.sources import SourcesConfig
+from model.sources import SourcesConfig, event_time_bounds
 
 REQUIRED = ("user_id", "source", "ts")
 
@@ -56,6 +56,14 @@ def normalize_events(df: pd.DataFrame, sources: SourcesConfig) -> pd.DataFrame:
     df["user_id"] = df["user_id"].astype(str)
     df["source"] = df["source"].astype(str)
     df["ts"] = to_unix_seconds(df["ts"])
+    first, end = event_time_bounds(sources.period_s)
+    outside = ~((df["ts"] >= first) & (df["ts"] < end))  # NaN too
+    if outside.any():
+        raise EventDataError(
+            f"column ts: {int(outside.sum())} event(s) outside the times a window can hold (from "
+            f"1970-01-05T00:00:00Z, the first window, to before {pd.Timestamp(end, unit='s')}), e.g. "
+            f"{df.loc[outside, 'ts'].iloc[0]!r}"
+        )
     unknown = sorted(set(df["source"].unique()) - {s.name for s in sources.sources})
     if unknown:
         raise EventDataError(f"column source: {unknown} not declared in the sources config")

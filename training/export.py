@@ -12,7 +12,7 @@ import torch
 
 from model.architecture import QuantizerGraph, U2QTModel
 from model.manifest import HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
-from model.runtime import TokenizerRuntime
+from model.runtime import RenderedWindow, TokenizerRuntime
 from model.windows import tabular_feature_names
 from training.alignment import load_history_model
 from training.onnx_graph import export_graph
@@ -120,13 +120,15 @@ def verify_against_torch(train_dir: str | Path, export_dir: str | Path | None = 
     ck = load_checkpoint(train_dir)
     rt = TokenizerRuntime(export_dir or train_dir, providers="cpu")
     src = sample["source_index"]
-    h = sample["text_embedding"].copy()
     feats = {k[len("features_") :]: sample[k] for k in sample.files if k.startswith("features_")}
-    for name in rt.manifest.tabular:
-        rows = src == ck.model.config.sources.index(name)
-        if rows.any():
-            h[rows] = rt.embed_tabular(name, feats[name][rows])
-    codes, latent = rt.quantize(h, src)
+    names = ck.model.config.sources
+    windows = [
+        RenderedWindow(int(s), features=feats[names[s]][i] if names[s] in feats else None) for i, s in enumerate(src)
+    ]
+    # the text rows from the embeddings training computed with the exported encoder file itself
+    h = rt.embed_windows(windows, text_embeddings=sample["text_embedding"])
+    codes = rt.encode_windows(windows, text_embeddings=sample["text_embedding"])
+    latent = rt.quantize(h, src)[1]
     with torch.no_grad():
         z = ck.model.encoder(
             ck.model.source_embedding(
