@@ -8,8 +8,17 @@ randomization, no arrival order). Index 0 means "no collision" and adds no token
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+
+
+def history_digest(histories: Sequence[Sequence[bytes]]) -> str:
+    """What makes two users' histories "identical" for the fallback: the first 16 hex digits of the SHA1 of
+    every source's packed entries (window index and codes, model/entries.py), oldest first, the sources in the
+    manifest's order joined by "|". The store's COMMIT script computes this very digest inside Redis
+    (service/store.py; tests/test_store.py holds the two equal), and `u2qt eval` computes it here."""
+    return hashlib.sha1(b"|".join(b"".join(entries) for entries in histories)).hexdigest()[:16]
 
 
 def assign_fallback(sequences: dict[str, Hashable], engagement: dict[str, float]) -> dict[str, int]:

@@ -43,6 +43,11 @@ def index_start(index: int, period_s: int) -> int:
     return index * period_s + WINDOW_ORIGIN
 
 
+def windows_in(days: float, period_s: int) -> int:
+    """How many windows of `period_s` cover `days` (at least one): spans are set in days, whatever the period."""
+    return max(1, -(-round(days * 86400) // period_s))
+
+
 # The history store keeps a window's ordinal as a uint32 (model/entries.py), and the API writes window starts as
 # ISO-8601 dates of years 1..9999: an event time outside both ranges cannot be stored or read back.
 LAST_ISO_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z

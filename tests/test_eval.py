@@ -23,7 +23,7 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
     cfg = EvalConfig(
         seeds=[0, 1],
         tokenizer_epochs=2,
-        align=AlignConfig(epochs=1, crop_every_weeks=8),
+        align=AlignConfig(epochs=1, crop_every_days=56),
         min_users=20,
         ctr_categories=20,
     )

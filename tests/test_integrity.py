@@ -143,6 +143,7 @@ def test_a_request_refused_with_429_stored_nothing(services):
         replies = {"b": (b, b_reply.result()), "c": (c, c_reply.result())}
     refused = [name for name, (_, r) in replies.items() if r.status_code == 429]
     assert refused and all(r.status_code in (200, 429) for _, r in replies.values()), replies
+    assert all(replies[name][1].headers["Retry-After"] for name in refused)
     for name in refused:
         req = replies[name][0]
         again = post(base, req)

@@ -111,3 +111,36 @@ def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(redis_
         "promotions": [10],
     }
     assert histories["a"]["promotions"]["codes"].tolist() == [[9, 10, 11, 12]]
+
+
+def test_the_store_and_eval_share_one_definition_of_an_identical_history(redis_server):
+    """The digest COMMIT writes in Redis is model.fallback.history_digest of the user's packed entries, source by
+    source: `u2qt eval` counts collisions with the very rule the service serves the fallback by."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from model.fallback import history_digest
+    from service.store import TokenHistoryStore
+
+    sources = ["purchases", "promotions", "visits"]
+    writes = [("d", "purchases", 10, 2, np.array([1, 2, 3, 4])), ("d", "visits", 11, 1, np.array([5, 6, 7, 8]))]
+    writes.append(("d", "purchases", 12, 3, np.array([9, 10, 11, 12])))
+
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = TokenHistoryStore(client, "digest", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
+        for user, source, window, n, _ in writes:
+            events = [(f"{source}-{window}-{i}", {"ts": 1.0, "text": "x"}) for i in range(n)]
+            await store.ingest([(user, source, window, events)])
+        moves = await store.commit(writes, sources)
+        stored = await client.hget(store.meta_key("d"), "d")
+        await client.aclose()
+        return moves["d"][0], stored.decode(), store.entries
+
+    digest, stored, entries = asyncio.run(scenario())
+    by_source = [[w for w in writes if w[1] == s] for s in sources]
+    expected = history_digest(
+        [entries.pack(np.array([w[2] for w in ws]), np.stack([w[4] for w in ws])) if ws else [] for ws in by_source]
+    )
+    assert digest == stored == expected

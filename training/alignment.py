@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from model.history import HistoryConfig, HistoryModel
 from model.sequence import history_sequence
-from model.sources import SourcesConfig, window_index
+from model.sources import SourcesConfig, window_index, windows_in
 from model.vocabulary import TokenVocabulary
 from model.windows import render_text_window
 from training.config import AlignConfig
@@ -86,9 +86,11 @@ def build_samples(
     until: int | None = None,
     progress: bool = True,
 ) -> AlignmentSamples:
-    """windows: user_id, source_index, window_start; token_ids [N, L]. Crops end every `crop_every_weeks`;
+    """windows: user_id, source_index, window_start; token_ids [N, L]. Crops end every `crop_every_days`;
     `until` (a timestamp) keeps t2 before a cut-off."""
     period = sources.period_s
+    span, future_span = windows_in(cfg.history_days, period), windows_in(cfg.future_days, period)
+    crop_every = windows_in(cfg.crop_every_days, period)
     w_idx = window_index(windows["window_start"].to_numpy(), period)
     ev_idx = window_index(events["ts"].to_numpy(), period)
     ev_by_user = dict(_groups(events["user_id"].to_numpy()))
@@ -102,13 +104,13 @@ def build_samples(
         uw = w_idx[idx]
         first, last = uw.min(), uw.max()
         if limit is not None:
-            last = min(last, limit - cfg.future_weeks)
+            last = min(last, limit - future_span)
         uev = ev_by_user.get(user, np.zeros(0, np.int64))
-        for end in range(first + 4, last + 1, cfg.crop_every_weeks):
-            inside = idx[(uw < end) & (uw >= end - cfg.history_weeks)]
+        for end in range(first + 4, last + 1, crop_every):
+            inside = idx[(uw < end) & (uw >= end - span)]
             if len(inside) == 0:
                 continue
-            future = uev[(ev_idx[uev] >= end) & (ev_idx[uev] < end + cfg.future_weeks)]
+            future = uev[(ev_idx[uev] >= end) & (ev_idx[uev] < end + future_span)]
             seq = history_sequence(w_idx[inside], src[inside], token_ids[inside], hcfg.max_tokens, hcfg.max_age)
             even = inside[w_idx[inside] % 2 == 0]
             odd = inside[w_idx[inside] % 2 == 1]

@@ -61,9 +61,9 @@ class AlignConfig(BaseModel):
     tau_token: float = 8.0  # tau_t of eq. 11
     tau_window: float = 0.1
     tau_semantic: float = 0.1
-    history_weeks: int = 26  # the paper's 180 days
-    future_weeks: int = 4  # t2: the span the semantic description covers
-    crop_every_weeks: int = 8  # one training sample per user every N weeks
+    history_days: int = Field(180, ge=1)  # the paper's 180 days
+    future_days: int = Field(28, ge=1)  # t2: the span the semantic description covers
+    crop_every_days: int = Field(56, ge=1)  # one training sample per user every N days
     d_model: int = 64
     layers: int = 2
     epochs: int = Field(3, ge=0)

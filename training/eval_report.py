@@ -111,7 +111,7 @@ def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.nda
         "# u2qt evaluation report",
         "",
         f"Written by `u2qt eval` ({report['wall_s']:.0f} s). Representations use only data before "
-        f"{cfg['cutoff']} (the last {cfg['history_weeks']} weekly windows: the paper's 180 days); future-behaviour "
+        f"{cfg['cutoff']} (the last {cfg['history_days']} days: the paper's 180); future-behaviour "
         f"labels come from after it. Linear probes: logistic regression (C = 0.1, standardized features), "
         f"{len(cfg['seeds'])} seeds of a stratified 70/30 user split, mean ± std. {report['users']} users.",
         "",

@@ -19,15 +19,16 @@ from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from model.entries import PackedEntries
-from model.fallback import assign_fallback, collision_rate
+from model.fallback import assign_fallback, collision_rate, history_digest
 from model.history import HistoryConfig
 from model.sequence import batch_sequences
-from model.sources import SourcesConfig, window_index
+from model.sources import SourcesConfig, window_index, windows_in
 from model.vocabulary import TokenVocabulary
 from training.alignment import build_samples, embed_users, token_table, train_history_model
 from training.config import AlignConfig, TrainConfig
 from training.corpus import WindowCorpus, build_corpus
 from training.embeddings import embed_texts_cached
+from training.metrics import collision_stats
 from training.probes import probe_seeds
 from training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
 
@@ -35,7 +36,7 @@ from training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cutoff: str = "2017-10-01"
-    history_weeks: int = 26  # the representation span before the cut-off: the paper's 180 days
+    history_days: int = 180  # the representation span before the cut-off: the paper's 180 days
     seeds: list[int] = [0, 1, 2]
     tokenizer_epochs: int = 10
     align: AlignConfig = AlignConfig()
@@ -214,10 +215,11 @@ def run_eval(
     cut_s = int(cutoff.timestamp())
     starts = corpus.windows["window_start"].to_numpy()
     pre = starts + period <= cut_s
-    span = pre & (starts >= cut_s - cfg.history_weeks * period)
+    span_s = windows_in(cfg.history_days, period) * period  # whole windows
+    span = pre & (starts >= cut_s - span_s)
     pre_rows = np.flatnonzero(pre)
     users = sorted(set(corpus.windows.loc[span, "user_id"]) & set(labels.index))
-    lo, hi = cut_s - cfg.history_weeks * period, cut_s  # unix seconds, as normalized events hold them
+    lo, hi = cut_s - span_s, cut_s  # unix seconds, as normalized events hold them
 
     variants = {"MRQ-VAE": (names, base.quantizer.shared_levels, base.quantizer.specific_levels)}
     levels = base.quantizer.shared_levels + base.quantizer.specific_levels
@@ -304,24 +306,21 @@ def run_eval(
         for rname, x in tqdm(reps.items(), desc=f"probe {task}", disable=not progress, leave=False):
             results[task][rname] = probe_seeds(x[keep], yk, cfg.seeds)
 
-    # collisions of users' full token sequences in the span, before and after the fallback token (eq. 9)
-    # engagement as the service counts it: every event accepted for the user (here: before the cut-off)
+    # collisions of users' full histories in the span, before and after the fallback token (eq. 9), with the
+    # service's own definition of "identical" (history_digest over the entries the store would hold) and of
+    # engagement (every event accepted for the user; here: before the cut-off)
+    entries = PackedEntries(levels, base.quantizer.codebook_size)
     engagement = events[events["ts"] < hi].groupby("user_id").size()
-    seq_by_user = {
-        u: tuple(map(tuple, full_ids[sorted(by_user[u], key=lambda r: (w_idx[r], src_all[r]))]))
-        for u in users
-        if u in by_user
-    }
-    fb = assign_fallback(seq_by_user, engagement.to_dict())
+    digests = {u: user_digest(by_user[u], w_idx, src_all, mrq, entries, len(names)) for u in users if u in by_user}
+    fb = assign_fallback(digests, engagement.to_dict())
     (out / "fallback.json").write_text(json.dumps(fb, indent=0, sort_keys=True))
     collisions = {
-        "users": len(seq_by_user),
-        "before fallback": collision_rate(seq_by_user),
-        "after fallback": collision_rate({u: (*s, ("fb", fb.get(u, 0))) for u, s in seq_by_user.items()}),
+        "users": len(digests),
+        "before fallback": collision_rate(digests),
+        "after fallback": collision_rate({u: (d, fb.get(u, 0)) for u, d in digests.items()}),
         "window tuples (distinct inputs, same tokens)": window_collisions(corpus, mrq, span),
     }
 
-    entries = PackedEntries(levels, base.quantizer.codebook_size)
     storage = storage_per_user(events, corpus, span, users, ck.encoder.dim, entries, lo, hi)
     ctr = ctr_check(events, corpus, toks["MRQ-VAE"], span, users, cut_s, onehot, cfg) if onehot is not None else {}
     report = {
@@ -362,12 +361,23 @@ def level_usage(tok: Tokenized) -> list[float]:
     ]
 
 
+def user_digest(rows, w_idx, src_all, tok: Tokenized, entries: PackedEntries, n_sources: int) -> str:
+    """The history_digest of one user's windows `rows` (corpus rows), as the store would hold them."""
+    codes_of = dict(zip(tok.rows.tolist(), tok.codes, strict=True))
+    per_source = []
+    for s in range(n_sources):
+        mine = sorted((r for r in rows if src_all[r] == s and r in codes_of), key=lambda r: w_idx[r])
+        per_source.append(entries.pack(w_idx[mine], np.stack([codes_of[r] for r in mine])) if mine else [])
+    return history_digest(per_source)
+
+
 def window_collisions(corpus: WindowCorpus, tok: Tokenized, span: np.ndarray) -> float:
-    keys = corpus.input_keys()[tok.rows]
-    src = corpus.windows["source"].to_numpy()[tok.rows]
-    df = pd.DataFrame({"key": keys, "src": src, "code": [c.tobytes() for c in tok.codes]}).drop_duplicates("key")
-    counts = df.groupby(["src", "code"]).size()
-    return float((counts[counts > 1].sum()) / len(df)) if len(df) else 0.0
+    """training.metrics.collision_stats (distinct inputs of a source sharing a token tuple) over the windows in
+    the span: the same window-level figure `u2qt train` and `u2qt inspect` report."""
+    in_span = span[tok.rows]
+    return collision_stats(
+        tok.codes[in_span], tok.source_index[in_span], corpus.input_keys()[tok.rows][in_span], tok.vocabulary.sources
+    )["overall"]
 
 
 def ctr_check(events, corpus, tok, span, users, cutoff: float, onehot, cfg) -> dict:
