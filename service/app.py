@@ -249,25 +249,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             settings.late_windows,
             settings.max_events_per_window,
         )
-        batcher = MicroBatcher(
-            runtime,
-            metrics,
-            settings.max_batch_size,
-            settings.max_wait_ms,
-            settings.max_queue_windows,
-            settings.max_queue_delay_ms,
-        )
+        # both batchers gather and admit alike: batch size, wait, queue size, queue delay
+        s = settings
+        batching = s.max_batch_size, s.max_wait_ms, s.max_queue_windows, s.max_queue_delay_ms
+        batcher = MicroBatcher(runtime, metrics, *batching)
         await batcher.start()
         embedder = None
         if runtime.history is not None:
-            embedder = EmbeddingBatcher(
-                runtime,
-                metrics,
-                settings.max_batch_size,
-                settings.max_wait_ms,
-                settings.max_queue_windows,
-                settings.max_queue_delay_ms,
-            )
+            embedder = EmbeddingBatcher(runtime, metrics, *batching)
             await embedder.start()
         state = ServiceState(
             settings,
