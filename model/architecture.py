@@ -93,6 +93,16 @@ class U2QTModel(nn.Module):
                 h[rows] = enc(features[name][rows])
         return h
 
+    def encode(
+        self, text_emb: torch.Tensor, source: torch.Tensor, features: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows' text embeddings or tabular features -> (codes [N, levels], latent z): the tokenizer in PyTorch,
+        for models that exist only in training (`u2qt eval`'s variants). Exported, it is the tabular graphs plus
+        quantizer.onnx (QuantizerGraph), which TokenizerRuntime.encode_windows runs; `u2qt export` checks that
+        the two give the same codes."""
+        z = self.encoder(self.source_embedding(text_emb, source, features))
+        return self.quantizer.encode(z, source)[0], z
+
     def standardize_text(self, text_emb: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         return (text_emb - self.source_mean[source]) / self.source_scale[source].unsqueeze(1)
 

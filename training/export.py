@@ -130,14 +130,12 @@ def verify_against_torch(train_dir: str | Path, export_dir: str | Path | None = 
     codes = rt.encode_windows(windows, text_embeddings=sample["text_embedding"])
     latent = rt.quantize(h, src)[1]
     with torch.no_grad():
-        z = ck.model.encoder(
-            ck.model.source_embedding(
-                torch.from_numpy(sample["text_embedding"]),
-                torch.from_numpy(src),
-                {k: torch.from_numpy(v) for k, v in feats.items()},
-            )
+        ref_codes, z = ck.model.encode(
+            torch.from_numpy(sample["text_embedding"]),
+            torch.from_numpy(src),
+            {k: torch.from_numpy(v) for k, v in feats.items()},
         )
-        ref_codes = ck.model.quantizer.encode(z, torch.from_numpy(src))[0].numpy()
+        ref_codes = ref_codes.numpy()
     out = {
         "windows": int(len(src)),
         "identical_codes": float((codes == ref_codes).all(1).mean()),

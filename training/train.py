@@ -95,8 +95,7 @@ def encode_all(model: U2QTModel, text_emb, source, features, chunk: int = 8192, 
     for s in range(0, len(source), chunk):
         sl = slice(s, s + chunk)
         feats = {k: v[sl] for k, v in features.items()}
-        z = model.encoder(model.source_embedding(text_emb[sl], source[sl], feats))
-        codes.append(model.quantizer.encode(z, source[sl])[0])
+        codes.append(model.encode(text_emb[sl], source[sl], feats)[0])
         if cosine:
             rec, tgt = model.reconstruct(text_emb[sl], source[sl], feats)
             cos.append(torch.nn.functional.cosine_similarity(rec, tgt, dim=-1))
