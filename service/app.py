@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
@@ -65,6 +66,21 @@ class ServiceState:
     embedded: EmbeddedRedis | None
     embedder: EmbeddingBatcher | None
     warmed: bool = False
+
+    @property
+    def model_description(self) -> dict:
+        m, v = self.manifest, self.tokenizer.vocabulary
+        return {
+            "model_version": m.model_version,
+            "window": m.sources.window,
+            "sources": [{"name": x.name, "kind": x.kind, "description": x.description} for x in m.sources.sources],
+            "shared_levels": v.shared_levels,
+            "specific_levels": v.specific_levels,
+            "codebook_size": v.codebook_size,
+            "vocabulary": m.vocabulary.model_dump(),
+            "tokens": self.tokenizer.strings,
+            "history_model": m.history.model_dump() if m.history else None,
+        }
 
 
 def warm_up(batcher: MicroBatcher, manifest: Manifest) -> list[WindowJob]:
@@ -199,9 +215,17 @@ class RequestMetrics:
             state = getattr(scope["app"].state, "u2qt", None)
             if state is not None:
                 route = scope.get("route")
-                path = route.path if route is not None else scope.get("u2qt_route", "unmatched")
+                path = route.path if route is not None else scope.get("u2qt_route") or plain_route(scope["path"])
                 state.metrics.requests.labels(path, scope["method"], str(status)).inc()
                 state.metrics.latency.labels(path, scope["method"], str(status)).observe(time.perf_counter() - t)
+
+
+DOCS_ASSETS = "/static-offline-docs"
+
+
+def plain_route(path: str) -> str:
+    """The metrics label of a request no FastAPI route took: the docs' static files, or "unmatched" (a 404)."""
+    return DOCS_ASSETS if path.startswith(DOCS_ASSETS + "/") else "unmatched"
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -288,7 +312,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if embedded:
                 embedded.stop()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files shipped in a package (fastapi-offline), not a CDN: /docs works offline
+    app = FastAPIOffline(
         title="u2qt",
         version="0.1.0",
         lifespan=lifespan,
@@ -515,11 +540,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/users/{user_id}/embedding", tags=["embeddings"], dependencies=[reader])
     async def user_embedding(user_id: UserId, s: ServiceState = Depends(state)):
-        """The user's dense embedding, computed from their stored token history by the history model."""
-        e = (await user_embeddings(s, [user_id]))[user_id]
-        if e is None:
-            return OrjsonResponse({"detail": f"no token history for user {user_id!r}"}, 404)
+        """The user's dense embedding, computed from their stored token history by the history model. A user
+        without history is no error, as for the token routes: `windows` 0 and `embedding` null."""
+        e = (await user_embeddings(s, [user_id]))[user_id] or {"windows": 0, "embedding": None}
         return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, **e})
+
+    @app.get("/model", tags=["model"])
+    async def model_description(s: ServiceState = Depends(state)):
+        """What a ranker needs to consume the tokens: the served model's version, sources and window period, the
+        levels and codebook size, the vocabulary's layout, and every token's string (index = token id)."""
+        return OrjsonResponse(s.model_description)
 
     @app.post(
         "/users/embeddings",

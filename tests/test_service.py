@@ -316,7 +316,8 @@ def test_embedding_endpoint_round_trip_matches_the_history_model_offline(serve, 
     np.testing.assert_allclose(served, offline, atol=1e-5)
     np.testing.assert_allclose(served, reference.numpy(), atol=1e-4)  # ONNX Runtime vs PyTorch
 
-    assert httpx.get(f"{base}/users/nobody/embedding").status_code == 404
+    nobody = httpx.get(f"{base}/users/nobody/embedding")  # no history is no error, as for tokens
+    assert nobody.status_code == 200 and (nobody.json()["windows"], nobody.json()["embedding"]) == (0, None)
     many = httpx.post(f"{base}/users/embeddings", json={"user_ids": [user, "nobody"]}).json()["users"]
     assert many["nobody"] is None
     np.testing.assert_allclose(many[user]["embedding"], served, atol=1e-6)
@@ -373,3 +374,24 @@ def test_identical_histories_get_a_fallback_token_that_survives_a_restart(serve,
         assert (b["fallback"], a["fallback"]) == (1, 2)  # engagement first
     else:
         assert "fallback" not in a and "fallback" not in b
+
+
+def test_the_model_route_describes_what_a_ranker_consumes(serve, one_user):
+    base, _ = serve()
+    m = httpx.get(f"{base}/model").json()
+    assert m["model_version"] == httpx.get(f"{base}/readyz").json()["model_version"]
+    assert [x["name"] for x in m["sources"]] == ["purchases", "promotions", "visits"] and m["window"] == "7d"
+    assert len(m["tokens"]) == m["vocabulary"]["size"]
+    df, _ = one_user
+    r = post(base, api_events(df.head(5))).json()
+    for w in r["windows"]:  # a token id indexes the token strings
+        assert [m["tokens"][t] for t in w["tokens"]] == w["token_strings"]
+
+
+def test_docs_work_offline_and_are_counted_by_route(serve):
+    base, _ = serve()
+    page = httpx.get(f"{base}/docs").text
+    assert "cdn." not in page and "/static-offline-docs/swagger-ui-bundle.js" in page
+    assert httpx.get(f"{base}/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'route="/docs"' in metrics and 'route="/static-offline-docs"' in metrics
