@@ -395,3 +395,20 @@ def test_docs_work_offline_and_are_counted_by_route(serve):
     assert httpx.get(f"{base}/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     metrics = httpx.get(f"{base}/metrics").text
     assert 'route="/docs"' in metrics and 'route="/static-offline-docs"' in metrics
+
+
+def test_serve_on_a_taken_port_says_which_option_to_change(trained_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "training.cli", "serve", "--artifacts", str(trained_dir[0]), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "serving" not in r.stdout

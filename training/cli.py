@@ -228,6 +228,18 @@ def cmd_inspect(args) -> None:
     print(f"plot: {png}")
 
 
+def check_port(host: str, port: int) -> None:
+    """Fails before any work when the port is taken, naming the option that picks another."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise CLIError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port") from None
+
+
 def cmd_serve(args) -> None:
     import uvicorn
 
@@ -237,6 +249,7 @@ def cmd_serve(args) -> None:
     settings = ServiceSettings(**({"artifacts": args.artifacts} if args.artifacts else {}))
     if not (Path(settings.artifacts) / "manifest.json").is_file():
         raise CLIError(f"no manifest.json in {settings.artifacts}: run `u2qt export` (or `u2qt up`) first")
+    check_port(args.host, args.port)
     print(
         f"serving {settings.artifacts} on http://{args.host}:{args.port}  (docs: /docs, metrics: /metrics, "
         f"store: {'REDIS_URL' if settings.redis_url else 'embedded redis in ' + str(settings.embedded_redis_dir)})",
@@ -267,6 +280,7 @@ def cmd_serve(args) -> None:
 def cmd_up(args) -> None:
     """The main job: train the default Complete Journey tokenizer if none is built, export it, serve it."""
     out = Path(args.out)
+    check_port(args.host, args.port)
     if not (out / "checkpoint" / "model.safetensors").is_file():
         print(f"no tokenizer in {out}: training the default one on The Complete Journey", flush=True)
         cmd_train(
@@ -296,21 +310,22 @@ def cmd_up(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="u2qt", description="Unified User Quantized Tokenizers")
     sub = p.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # every option's help shows its default
 
-    t = sub.add_parser("train", help="train a tokenizer from event logs")
+    t = sub.add_parser("train", help="train a tokenizer from event logs", formatter_class=defaults)
     t.add_argument("--dataset", choices=["completejourney"])
     t.add_argument("--events", help="canonical events file (.parquet, .csv, .jsonl)")
     t.add_argument("--sources", help="sources.yaml (window, sources; optional encoder/quantizer/optim)")
     t.add_argument("--out", required=True, help="training directory to write")
     t.add_argument("--max-users", type=int, help="keep only N users (a deterministic sample)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--shared-levels", type=int)
-    t.add_argument("--specific-levels", type=int)
-    t.add_argument("--codebook-size", type=int)
-    t.add_argument("--code-dim", type=int)
+    t.add_argument("--epochs", type=int, help="MRQ-VAE epochs (None: the config's, 30)")
+    t.add_argument("--seed", type=int, help="random seed (None: the config's, 0)")
+    t.add_argument("--shared-levels", type=int, help="codebook levels shared by all sources (None: 2)")
+    t.add_argument("--specific-levels", type=int, help="codebook levels of each source (None: 2)")
+    t.add_argument("--codebook-size", type=int, help="codes per level (None: 256)")
+    t.add_argument("--code-dim", type=int, help="width of the quantized latent (None: 64)")
     t.add_argument("--text-model", help="'all-MiniLM-L6-v2' (bundled) or a local Hugging Face model dir")
-    t.add_argument("--pooling", choices=["mean", "last_token"])
+    t.add_argument("--pooling", choices=["mean", "last_token"], help="text-model pooling (None: mean)")
     t.add_argument(
         "--precision",
         choices=["fp32", "int8"],
@@ -318,23 +333,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="export a trained tokenizer to ONNX + manifest.json")
+    e = sub.add_parser("export", help="export a trained tokenizer to ONNX + manifest.json", formatter_class=defaults)
     e.add_argument("train_dir")
     e.add_argument("--out", help="artifact directory (default: the training directory)")
     e.set_defaults(func=cmd_export)
 
-    i = sub.add_parser("inspect", help="codebook usage, perplexity, reconstruction, collisions; PNG plot")
+    i = sub.add_parser(
+        "inspect", help="codebook usage, perplexity, reconstruction, collisions; PNG plot", formatter_class=defaults
+    )
     i.add_argument("train_dir")
     i.add_argument("--plot", help="where to save the PNG (default TRAIN_DIR/utilization.png)")
     i.set_defaults(func=cmd_inspect)
-    al = sub.add_parser("align", help="train the history model (alignment pretext tasks) on a training dir")
+    al = sub.add_parser(
+        "align", help="train the history model (alignment pretext tasks) on a training dir", formatter_class=defaults
+    )
     al.add_argument("train_dir")
     al.add_argument("--dataset", choices=["completejourney"], default="completejourney")
     al.add_argument("--events", help="the canonical events the directory was trained on")
-    al.add_argument("--epochs", type=int)
+    al.add_argument("--epochs", type=int, help="alignment epochs (None: the training config's)")
     al.set_defaults(func=cmd_align)
 
-    ev = sub.add_parser("eval", help="linear probes (AUC/KS), ablations and storage: a markdown report")
+    ev = sub.add_parser(
+        "eval", help="linear probes (AUC/KS), ablations and storage: a markdown report", formatter_class=defaults
+    )
     ev.add_argument("train_dir")
     ev.add_argument("--out", required=True, help="report directory (report.md, report.json, PNG plots)")
     ev.add_argument("--cutoff", default="2017-10-01", help="representations use data before this date")
@@ -346,17 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", help="csv/parquet: user_id + one 0/1 column per task")
     ev.set_defaults(func=cmd_eval)
 
-    sv = sub.add_parser("serve", help="serve an exported tokenizer over HTTP")
+    sv = sub.add_parser("serve", help="serve an exported tokenizer over HTTP", formatter_class=defaults)
     sv.add_argument("--artifacts", help="artifact directory with manifest.json (default $U2QT_ARTIFACTS)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.set_defaults(func=cmd_serve)
 
-    up = sub.add_parser("up", help="train the default tokenizer if none is built, export it, and serve it")
-    up.add_argument("--out", default="artifacts/cj")
-    up.add_argument("--max-users", type=int)
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8000)
+    up = sub.add_parser(
+        "up", help="train the default tokenizer if none is built, export it, and serve it", formatter_class=defaults
+    )
+    up.add_argument("--out", default="artifacts/cj", help="training and artifact directory")
+    up.add_argument("--max-users", type=int, help="train on N households only (None: all 2,469)")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    up.add_argument("--port", type=int, default=8000, help="port to listen on")
     up.set_defaults(func=cmd_up)
     return p
 
