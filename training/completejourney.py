@@ -93,7 +93,7 @@ def load_events(directory: Path | None = None) -> pd.DataFrame:
             "lines": baskets["lines"].astype(float),
             "discount": baskets["discount"].astype(float),
             "hour": baskets["ts"].dt.hour.astype(float),
-            "weekend": (baskets["ts"].dt.dayofweek >= 5).astype(float),
+            "weekend": (baskets["ts"].dt.day_of_week >= 5).astype(float),
         }
     )
 

@@ -38,7 +38,9 @@ def read_events(path: str | Path) -> pd.DataFrame:
 def to_unix_seconds(ts: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(ts):
         return ts.astype("float64").to_numpy()
-    parsed = pd.to_datetime(ts, utc=True, errors="coerce")
+    # ISO-8601 text, read the same way for every row; without an offset it is UTC, as the service reads it
+    fmt = None if pd.api.types.is_datetime64_any_dtype(ts) else "ISO8601"
+    parsed = pd.to_datetime(ts, utc=True, errors="coerce", format=fmt)
     if parsed.isna().any():
         bad = ts[parsed.isna()].iloc[0]
         raise EventDataError(f"column ts: {bad!r} is neither unix seconds nor a date-time")

@@ -91,14 +91,15 @@ def plot_utilization(summary: dict, path) -> None:
         xs = [i + (j - (len(sources) - 1) / 2) * width for i in range(len(levels))]
         axes[0].bar(xs, [r["by_source"].get(s, {}).get("used_fraction", 0) for r in levels], width, label=s)
     axes[0].plot(range(len(levels)), [r["used_fraction"] for r in levels], "k_", markersize=30, label="level")
-    axes[0].axhline(0.3, color="red", linestyle=":", linewidth=1)
+    axes[0].axhline(0.3, color="red", linestyle=":", linewidth=1, label="30% target")
     axes[0].set_title("fraction of codes used")
     axes[0].set_ylim(0, 1.05)
     axes[1].bar(labels, [r["perplexity"] for r in levels], color="gray")
     axes[1].set_title("perplexity of code use (level)")
     for ax in axes:
         ax.set_xticks(range(len(levels)), labels)
-    axes[0].legend(fontsize=8)
+    # beside the bars, not over them
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=6, markerscale=0.3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -64,7 +64,7 @@ def load_checkpoint(out: Path) -> Checkpoint:
 def corpus_tensors(corpus: WindowCorpus, text_emb: np.ndarray) -> tuple:
     return (
         torch.from_numpy(text_emb),
-        torch.from_numpy(corpus.windows["source_index"].to_numpy(np.int64)),
+        torch.from_numpy(np.array(corpus.windows["source_index"], dtype=np.int64)),  # a writable copy
         {k: torch.from_numpy(v) for k, v in corpus.features.items()},
     )
 
