@@ -405,7 +405,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         tokenized, and stored in the user's history. Replays are no-ops; late events are refused per event."""
         body = parse_json(TokenizeRequest, await request.body())
         at_most(len(body.events), settings.max_events_per_request, "events", "events per request")
-        latest = time.time() + settings.max_future_skew.total_seconds()
+        latest = time.time() + settings.max_future_skew
         errors = validation_errors(body.events, s.manifest, latest)
         if errors:
             raise RequestValidationError(errors)
