@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import recorded  # noqa: E402
 
 
+@recorded
 def main() -> None:
     import onnxruntime as ort
 

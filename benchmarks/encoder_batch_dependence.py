@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import recorded  # noqa: E402
 
 
+@recorded
 def main() -> None:
     from model.runtime import OnnxTextEncoder, TokenizerRuntime
     from training.completejourney import load_events, sources_config

@@ -35,6 +35,7 @@ from benchmarks.harness import (  # noqa: E402
     drive,
     latency_buckets,
     lost_windows,
+    recorded,
     requests_by_user_week,
     server_quantile,
     wait_until,
@@ -150,7 +151,7 @@ def sigterm(artifacts, by_user, users, url) -> dict:
     # an at-least-once upstream: 429s are retried; after SIGTERM the retries meet a closed port until `stop`
     t = threading.Thread(target=lambda: out.update(r=drive(svc.base, streams(by_user, users, "term-"), stop)))
     t.start()
-    time.sleep(3)
+    time.sleep(1)  # a second of load, then the signal while windows are queued
     wait_until(lambda: queue_depth(svc.base) > 0, 30, "windows queued")
     signalled = time.perf_counter()
     svc.terminate()
@@ -236,6 +237,7 @@ def fuzz(artifacts, url, examples) -> dict:
     }
 
 
+@recorded
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)
@@ -262,7 +264,7 @@ def main() -> None:
         "2. overload": lambda tmp, url: overload(
             args.artifacts, by_user, users, args.overload_clients, args.seconds, url
         ),
-        "3. SIGTERM under load": lambda tmp, url: sigterm(args.artifacts, by_user, users[:16], url),
+        "3. SIGTERM under load": lambda tmp, url: sigterm(args.artifacts, by_user, users, url),
         "4. concurrent writers": lambda tmp, url: concurrent_writers(args.artifacts, by_user, users[:12], url),
         "5. schemathesis": lambda tmp, url: fuzz(args.artifacts, url, args.fuzz_examples),
     }

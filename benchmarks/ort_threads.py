@@ -5,7 +5,8 @@ runs of several widths, each alternated in one run.
         [--sections layouts,widths,batches]
 
 - one pool per session: every session (text encoder, quantizer, tabular MLPs) with ONNX Runtime's default
-  pool, one thread per core (what model.runtime did until session 4);
+  pool, one thread per core (ONNX Runtime's default, which the small sessions' pools spinning on the encoder's
+  cores make slower);
 - small sessions single-threaded: the quantizer and tabular MLPs on one thread, the encoder one run at a time
   on its pool of every core (what model.runtime does);
 - ... and the encoder's pool not spinning either.
@@ -35,7 +36,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import batch_stage_throughput  # noqa: E402
+from benchmarks.harness import batch_stage_throughput, recorded  # noqa: E402
 from benchmarks.service_bench import requests_by_user_week, window_jobs  # noqa: E402
 from model.manifest import Manifest  # noqa: E402
 from model.runtime import TokenizerRuntime, session_options  # noqa: E402
@@ -67,6 +68,7 @@ def busy(fraction: float, stop) -> None:
         time.sleep(burst * (1 - fraction) / fraction)
 
 
+@recorded
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)

@@ -1,7 +1,7 @@
 """Where the service's request path spends its time: py-spy samples of `u2qt serve` under POST or GET load.
 
     python3 benchmarks/profile_service.py --artifacts artifacts/cj [--providers cuda] [--seconds 12] [--load get]
-    python3 benchmarks/profile_service.py --summarize docs/gpu/profile_1_replica.txt.gz
+    python3 benchmarks/profile_service.py --summarize profile.txt.gz
 
 Starts redis-server and one service process, drives it with 32 clients (service_bench's load: one request
 per household-week of real events; wrk, or with --client python httpx clients in 2 processes) or, with
@@ -9,8 +9,7 @@ per household-week of real events; wrk, or with --client python httpx clients in
 180-day histories of every household), records the
 service with `py-spy record --threads -f raw` (py-spy from PyPI; active samples only), and prints each
 thread's share of the samples and, for the event-loop thread, the share spent in the parts of the request
-path. `--summarize` prints the same from a raw profile already recorded (the GPU figures in docs/gpu.md
-come from the committed one).
+path. `--summarize` prints the same from a raw profile already recorded (`--out profile.txt.gz` keeps one).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import RedisProcess, ServiceProcess, wrk  # noqa: E402
+from benchmarks.harness import RedisProcess, ServiceProcess, recorded, wrk  # noqa: E402
 from model.manifest import Manifest  # noqa: E402
 from model.sources import window_index  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
@@ -106,6 +106,7 @@ def paced_reads(
     return wrk(base, lua, seconds, connections)
 
 
+@recorded
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)

@@ -19,10 +19,11 @@ import redis
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import RedisProcess  # noqa: E402
+from benchmarks.harness import RedisProcess, recorded  # noqa: E402
 from service.store import TokenHistoryStore  # noqa: E402
 
 
+@recorded
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--users", type=int, default=100_000)

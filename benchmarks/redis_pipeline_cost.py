@@ -20,7 +20,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import RedisProcess  # noqa: E402
+from benchmarks.harness import RedisProcess, recorded  # noqa: E402
 from service.coalescing import CoalescingPipeline  # noqa: E402
 
 SCRIPT = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])"
@@ -101,4 +101,4 @@ if __name__ == "__main__":
     p.add_argument("--requests", type=int, default=4000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--repeat", type=int, default=5)
-    asyncio.run(main(p.parse_args()))
+    recorded(lambda args: asyncio.run(main(args)))(p.parse_args())

@@ -47,6 +47,7 @@ from benchmarks.harness import (  # noqa: E402
     cpu_seconds,
     interleaved,
     metric_total,
+    recorded,
     thread_groups,
     wrk,
 )
@@ -255,6 +256,7 @@ def gpu_name() -> str:
         return ""
 
 
+@recorded
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)

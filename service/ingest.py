@@ -75,8 +75,8 @@ class TooManyWindows(Exception):
 
 class RedisTimer:
     """Times one Redis step into u2qt_redis_command_duration_seconds and counts its errors. A class defined once,
-    over label children resolved once: one built per call showed in the read path's profile
-    (docs/cpu/profile_get_at_48c9a79.txt.gz)."""
+    over label children resolved once: a class built per call shows in the read path's profile
+    (benchmarks/profile_service.py --load get)."""
 
     __slots__ = ("latency", "errors", "t")
 

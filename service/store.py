@@ -111,8 +111,9 @@ return out
 
 # One call per user: KEYS = the metadata, every source's history (in the order of `sources`), then each write's
 # event set; ARGV = history cap, history TTL, event-set TTL, then for each write its source's position among the
-# histories (1-based), window index, event count and packed entry. A write applies only while its window's event
-# set lives and holds no entry built from more events.
+# histories (1-based), window index, event count and packed entry. A write applies when its window's event set
+# holds no count above the write's, or, with no event set, when the window has no entry yet (an entry whose event
+# set has expired is final).
 # -> {writes applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
 # fallback's key (paper eq. 9, model/fallback.py), hashed once per call over the user's whole history: users with
 # the same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's
@@ -126,23 +127,27 @@ for k = 0, writes - 1 do
   local a = 4 + 4 * k
   local hist, evs = KEYS[1 + tonumber(ARGV[a])], KEYS[2 + sources + k]
   local w, n, entry = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
-  if redis.call('EXISTS', evs) == 1 and tonumber(redis.call('HGET', evs, '') or '-1') <= n then
-    local entries = redis.call('LRANGE', hist, 0, -1)
-    local placed = false
-    for j = #entries, 1, -1 do
-      local ew = struct.unpack('<I4', entries[j])
-      if ew == w then
-        redis.call('LSET', hist, j - 1, entry)
-        placed = true
-        break
-      end
-      if ew < w then
-        redis.call('LINSERT', hist, 'AFTER', entries[j], entry)
-        placed = true
-        break
-      end
+  local entries = redis.call('LRANGE', hist, 0, -1)
+  local at, before = nil, nil
+  for j = #entries, 1, -1 do
+    local ew = struct.unpack('<I4', entries[j])
+    if ew == w then at = j break end
+    if ew < w then before = j break end
+  end
+  local ok
+  if redis.call('EXISTS', evs) == 1 then
+    ok = tonumber(redis.call('HGET', evs, '') or '-1') <= n
+  else
+    ok = at == nil  -- an entry whose event set is gone is final
+  end
+  if ok then
+    if at then
+      redis.call('LSET', hist, at - 1, entry)
+    elseif before then
+      redis.call('LINSERT', hist, 'AFTER', entries[before], entry)
+    else
+      redis.call('LPUSH', hist, entry)
     end
-    if not placed then redis.call('LPUSH', hist, entry) end
     redis.call('LTRIM', hist, -cap, -1)
     redis.call('EXPIRE', hist, ttl)
     redis.call('HSET', evs, '', n)

@@ -144,3 +144,26 @@ def test_the_store_and_eval_share_one_definition_of_an_identical_history(redis_s
         [entries.pack(np.array([w[2] for w in ws]), np.stack([w[4] for w in ws])) if ws else [] for ws in by_source]
     )
     assert digest == stored == expected
+
+
+def test_an_entry_whose_event_set_expired_is_final_and_a_new_window_needs_none(redis_server):
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from service.store import TokenHistoryStore
+
+    async def scenario():
+        client = aioredis.from_url(redis_server.url)
+        store = TokenHistoryStore(client, "final", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
+        first = await store.commit([("u", "purchases", 10, 5, np.array([1, 2, 3, 4]))], ["purchases"])
+        await client.delete(store.events_key("u", "purchases", 10))  # its event set expires
+        again = await store.commit([("u", "purchases", 10, 1, np.array([9, 9, 9, 9]))], ["purchases"])
+        newer = await store.commit([("u", "purchases", 11, 1, np.array([5, 6, 7, 8]))], ["purchases"])
+        histories, _ = await store.read(["u"], ["purchases"])
+        await client.aclose()
+        return first, again, newer, histories["u"]["purchases"]
+
+    first, again, newer, entries = asyncio.run(scenario())
+    assert first and not again and newer
+    assert entries["window"].tolist() == [10, 11] and entries["codes"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
