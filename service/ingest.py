@@ -39,8 +39,12 @@ def validation_errors(events: list[EventIn], manifest: Manifest, latest_ts: floa
 
     for i, e in enumerate(events):
         if e.ts >= latest:
-            error(i, "ts", f"ts {iso(int(e.ts))} is ahead of the server's clock by more than the allowed skew "
-                  f"(U2QT_MAX_FUTURE_SKEW); events are refused until they could have happened")
+            error(
+                i,
+                "ts",
+                f"ts {iso(int(e.ts))} is ahead of the server's clock by more than the allowed skew "
+                f"(U2QT_MAX_FUTURE_SKEW); events are refused until they could have happened",
+            )
         spec = sources.get(e.source)
         if spec is None:
             known = [s.name for s in sources.sources]

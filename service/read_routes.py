@@ -1,0 +1,197 @@
+"""The read routes: token histories (one user, many users), embeddings from the history model, and the model's
+description for rankers."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+
+from model.fallback import fallback_token
+from model.sequence import history_sequence
+from model.sources import index_start
+from service.http import (
+    READER,
+    NoHistoryModel,
+    OrjsonResponse,
+    at_most,
+    json_body,
+    key_check,
+    parse_json,
+    parse_params,
+)
+from service.ingest import RedisTimer, iso
+from service.schemas import (
+    BatchEmbeddingRequest,
+    BatchHistoryRequest,
+    BatchHistoryResponse,
+    HistoryPath,
+    HistoryQuery,
+    UserId,
+)
+from service.state import ServiceState, current
+
+router = APIRouter()
+
+
+def parse_sources(s: ServiceState, sources: list[str] | None) -> list[str]:
+    known = [x.name for x in s.manifest.sources.sources]
+    if not sources:
+        return known
+    sources = list(dict.fromkeys(sources))  # a source named twice is read once
+    unknown = [x for x in sources if x not in known]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ["query", "sources"],
+                    "type": "value_error",
+                    "msg": f"unknown source(s) {unknown}; this model has {known}",
+                }
+            ]
+        )
+    return sources
+
+
+async def histories(s: ServiceState, users: list[str], sources: list[str], since, until, limit, fmt):
+    with RedisTimer(s.metrics, "read"):
+        raw, fallback = await s.store.read(users, sources)
+    order = s.tokenizer.source_index
+    period, vocab, strings = s.manifest.sources.period_s, s.tokenizer.vocabulary, s.tokenizer.strings
+    lo = None if since is None else since.timestamp()
+    hi = None if until is None else until.timestamp()
+    out = {}
+    for user in users:
+        rows = []
+        for source in sources:
+            entries = raw[user][source]
+            if not len(entries):
+                continue
+            starts = entries["window"].astype(np.int64) * period + index_start(0, period)
+            keep = np.ones(len(entries), bool)
+            if lo is not None:
+                keep &= starts >= lo
+            if hi is not None:
+                keep &= starts <= hi
+            ids = vocab.ids(np.full(int(keep.sum()), s.tokenizer.source_index[source]), entries["codes"][keep])
+            rows += [(int(st), order[source], source, t) for st, t in zip(starts[keep], ids, strict=True)]
+        rows.sort(key=lambda r: (r[0], r[1]))
+        if limit is not None:
+            rows = rows[-limit:]
+        # plain dicts, serialized once by orjson: the read path is the hot one
+        out[user] = [
+            {
+                "source": src,
+                "window_start": iso(st),
+                **({"tokens": t.tolist()} if fmt != "strings" else {}),
+                **({"token_strings": [strings[i] for i in t]} if fmt != "ids" else {}),
+            }
+            for st, _, src, t in rows
+        ]
+    return out, {u: n for u, n in fallback.items() if n}
+
+
+# The hottest route (rankers read per user per request) is a plain Starlette route: with FastAPI's parameter
+# and dependency machinery its p99 was higher (benchmarks/read_bench.py side by side, README). Path and query
+# are validated by pydantic models, errors have FastAPI's shape, and document_routes puts it in the OpenAPI
+# schema.
+reader_check = key_check("reader_keys")
+
+
+async def user_tokens(request: Request) -> OrjsonResponse:
+    """A user's token history in time order, from the model version this service serves."""
+    request.scope["u2qt_route"] = "/users/{user_id}/tokens"
+    await reader_check(request)
+    s: ServiceState = request.app.state.u2qt
+    user_id = parse_params(HistoryPath, request.path_params, "path").user_id
+    qp = request.query_params
+    fields = {k: qp[k] for k in ("since", "until", "limit", "format") if k in qp}
+    q = parse_params(HistoryQuery, {**fields, "sources": qp.getlist("sources") or None}, "query")
+    srcs = parse_sources(s, [x for v in q.sources or [] for x in v.split(",") if x])
+    h, fb = await histories(s, [user_id], srcs, q.since, q.until, q.limit, q.format)
+    body = {"user_id": user_id, "model_version": s.manifest.model_version, "windows": h[user_id]}
+    if user_id in fb:  # another user's full token sequence is identical: the fallback token tells them apart
+        body |= {"fallback": fb[user_id], "fallback_token": fallback_token(fb[user_id])}
+    return OrjsonResponse(body)
+
+
+router.add_route("/users/{user_id}/tokens", user_tokens, methods=["GET"], include_in_schema=False)
+
+
+# The batch routes read their bodies themselves, after the key check (dependencies=[READER]): a caller without
+# a key learns nothing about the body's schema
+@router.post(
+    "/users/tokens",
+    response_model=BatchHistoryResponse,
+    response_model_exclude_none=True,
+    tags=["tokens"],
+    dependencies=[READER],
+    openapi_extra={"requestBody": json_body(BatchHistoryRequest)},
+)
+async def many_user_tokens(request: Request, s: ServiceState = Depends(current)):
+    """Histories of many users in one call (one Redis round trip), for rankers scoring many users."""
+    body = parse_json(BatchHistoryRequest, await request.body())
+    at_most(len(body.user_ids), s.settings.max_users_per_read, "user_ids", "users per call")
+    srcs = parse_sources(s, body.sources)
+    users = list(dict.fromkeys(body.user_ids))
+    h, fb = await histories(s, users, srcs, body.since, body.until, body.limit, body.format)
+    out = {"model_version": s.manifest.model_version, "users": h}
+    if fb:
+        out["fallback"] = {u: {"fallback": n, "fallback_token": fallback_token(n)} for u, n in fb.items()}
+    return OrjsonResponse(out)
+
+
+async def user_embeddings(s: ServiceState, users: list[str]) -> dict[str, dict | None]:
+    if s.embedder is None:
+        raise NoHistoryModel
+    h = s.manifest.history
+    with RedisTimer(s.metrics, "read"):
+        raw, _ = await s.store.read(users, s.tokenizer.source_names)
+    seqs, found = [], []
+    for user in users:
+        items = [
+            (e["window"].astype(np.int64), np.full(len(e), s.tokenizer.source_index[src]), e["codes"])
+            for src, e in raw[user].items()
+            if len(e)
+        ]
+        if not items:
+            continue
+        windows = np.concatenate([x[0] for x in items])
+        src_idx = np.concatenate([x[1] for x in items])
+        ids = s.tokenizer.vocabulary.ids(src_idx, np.concatenate([x[2] for x in items]))
+        seqs.append(history_sequence(windows, src_idx, ids, h.max_tokens, h.max_age))
+        found.append((user, len(windows)))
+    vectors = await s.embedder.embed(seqs) if seqs else []
+    out: dict[str, dict | None] = dict.fromkeys(users)
+    for (user, n), v in zip(found, vectors, strict=True):
+        out[user] = {"windows": n, "embedding": v.tolist()}
+    return out
+
+
+@router.get("/users/{user_id}/embedding", tags=["embeddings"], dependencies=[READER])
+async def user_embedding(user_id: UserId, s: ServiceState = Depends(current)):
+    """The user's dense embedding, computed from their stored token history by the history model. A user
+    without history is no error, as for the token routes: `windows` 0 and `embedding` null."""
+    e = (await user_embeddings(s, [user_id]))[user_id] or {"windows": 0, "embedding": None}
+    return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, **e})
+
+
+@router.get("/model", tags=["model"])
+async def model_description(s: ServiceState = Depends(current)):
+    """What a ranker needs to consume the tokens: the served model's version, sources and window period, the
+    levels and codebook size, the vocabulary's layout, and every token's string (index = token id)."""
+    return OrjsonResponse(s.model_description)
+
+
+@router.post(
+    "/users/embeddings",
+    tags=["embeddings"],
+    dependencies=[READER],
+    openapi_extra={"requestBody": json_body(BatchEmbeddingRequest)},
+)
+async def many_user_embeddings(request: Request, s: ServiceState = Depends(current)):
+    """Embeddings of many users in one call (null for a user with no history)."""
+    body = parse_json(BatchEmbeddingRequest, await request.body())
+    at_most(len(body.user_ids), s.settings.max_users_per_read, "user_ids", "users per call")
+    users = list(dict.fromkeys(body.user_ids))
+    return OrjsonResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})
