@@ -51,3 +51,19 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
         v for k, v in st.items() if k.startswith("continuous")
     )
     assert report["collisions"]["after fallback"] == 0.0
+    assert set(report["retention"]) == set(reps) and "signal retention" in md
+    assert report["retention"]["baseline: bag of event texts + tabular sums (raw data)"] == pytest.approx(1.0)
+
+
+def test_signal_retention_is_the_share_of_the_baselines_signal_above_chance():
+    from training.probes import signal_retention
+
+    results = {
+        "a": {"raw": {"auc": 0.7}, "tokens": {"auc": 0.6}, "dense": {"auc": 0.75}},
+        "b": {"raw": {"auc": 0.8}, "tokens": {"auc": 0.8}, "dense": {"auc": 0.65}},
+        "at chance": {"raw": {"auc": 0.5}, "tokens": {"auc": 0.9}, "dense": {"auc": 0.4}},  # says nothing
+    }
+    got = signal_retention(results, "raw")
+    assert got["raw"] == pytest.approx(1.0)
+    assert got["tokens"] == pytest.approx((0.5 + 1.0) / 2)
+    assert got["dense"] == pytest.approx((1.25 + 0.5) / 2)

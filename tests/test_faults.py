@@ -92,7 +92,7 @@ def test_redis_killed_mid_load_gives_503_then_recovers_and_keeps_every_acknowled
 
 
 def test_overload_is_refused_with_429_and_the_queue_stays_bounded(serve, user_streams):
-    base, _ = serve(max_queue_windows=64, max_queue_delay_ms=200, history_days=400)
+    base, _ = serve(max_queue_windows=64, max_queue_delay_ms=20, history_days=400)
     stop, result, depths = threading.Event(), {}, []
     load = threading.Thread(
         target=lambda: result.update(

@@ -18,13 +18,16 @@ def mean_over_tasks(report: dict, rep: str, metric: str = "auc") -> float:
 
 def table(report: dict, reps: list[str]) -> list[str]:
     tasks = list(report["results"])
-    lines = ["| representation | " + " | ".join(tasks) + " | mean AUC | mean KS |", "|---" * (len(tasks) + 3) + "|"]
+    head = "| representation | " + " | ".join(tasks) + " | mean AUC | mean KS | signal retention |"
+    lines = [head, "|---" * (len(tasks) + 4) + "|"]
+    retention = report.get("retention", {})
     for rep in reps:
         cells = [f"{report['results'][t][rep]['auc']:.3f} ± {report['results'][t][rep]['auc_std']:.3f}" for t in tasks]
         lines.append(
             f"| {rep} | "
             + " | ".join(cells)
-            + f" | **{mean_over_tasks(report, rep):.4f}** | {mean_over_tasks(report, rep, 'ks'):.4f} |"
+            + f" | **{mean_over_tasks(report, rep):.4f}** | {mean_over_tasks(report, rep, 'ks'):.4f}"
+            + f" | {retention.get(rep, float('nan')):.2f} |"
         )
     return lines
 
@@ -113,7 +116,9 @@ def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.nda
         f"Written by `u2qt eval` ({report['wall_s']:.0f} s). Representations use only data before "
         f"{cfg['cutoff']} (the last {cfg['history_days']} days: the paper's 180); future-behaviour "
         f"labels come from after it. Linear probes: logistic regression (C = 0.1, standardized features), "
-        f"{len(cfg['seeds'])} seeds of a stratified 70/30 user split, mean ± std. {report['users']} users.",
+        f"{len(cfg['seeds'])} seeds of a stratified 70/30 user split, mean ± std. {report['users']} users. "
+        "Signal retention = (AUC − 0.5) / (raw-data baseline AUC − 0.5), averaged over tasks: the share of the "
+        "raw data's signal a representation keeps.",
         "",
         "## Targets from the paper",
         "",

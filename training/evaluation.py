@@ -28,8 +28,9 @@ from training.alignment import build_samples, embed_users, token_table, train_hi
 from training.config import AlignConfig, TrainConfig
 from training.corpus import WindowCorpus, build_corpus
 from training.embeddings import embed_texts_cached
+from training.eval_report import BASELINE
 from training.metrics import collision_stats
-from training.probes import probe_seeds
+from training.probes import probe_seeds, signal_retention
 from training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
 
 
@@ -234,7 +235,7 @@ def run_eval(
     mrq = toks["MRQ-VAE"]
 
     reps: dict[str, np.ndarray] = {}
-    reps["baseline: bag of event texts + tabular sums (raw data)"] = raw_baseline(events, sources, users, lo, hi)
+    reps[BASELINE] = raw_baseline(events, sources, users, lo, hi)
     e, s, f = corpus_tensors(corpus, text_emb)
     with torch.no_grad():
         src_emb = torch.cat(
@@ -336,6 +337,7 @@ def run_eval(
             for t in results
         },
         "results": results,
+        "retention": signal_retention(results, BASELINE) if results else {},
         "storage_bytes_per_user": storage,
         "collisions": collisions,
         "ctr": ctr,

@@ -26,6 +26,22 @@ def probe(x: np.ndarray, y: np.ndarray, seed: int, test_size: float = 0.3, c: fl
     return float(roc_auc_score(yte, s)), ks_statistic(yte, s)
 
 
+def signal_retention(results: dict[str, dict[str, dict]], baseline: str) -> dict[str, float]:
+    """results: task -> representation -> {"auc": ...}. -> representation -> signal retention: how much of the
+    raw-data baseline's signal above chance it keeps, (AUC - 0.5) / (baseline AUC - 0.5), averaged over the tasks
+    (tasks where the baseline itself is at chance, AUC <= 0.5, say nothing and are left out)."""
+    reps = {r for by_rep in results.values() for r in by_rep}
+    out = {}
+    for rep in sorted(reps):
+        ratios = [
+            (by_rep[rep]["auc"] - 0.5) / (by_rep[baseline]["auc"] - 0.5)
+            for by_rep in results.values()
+            if rep in by_rep and baseline in by_rep and by_rep[baseline]["auc"] > 0.5
+        ]
+        out[rep] = float(np.mean(ratios)) if ratios else float("nan")
+    return out
+
+
 def probe_seeds(x: np.ndarray, y: np.ndarray, seeds: list[int]) -> dict:
     scores = np.array([probe(x, y, s) for s in seeds])
     return {
