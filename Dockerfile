@@ -15,7 +15,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY model/ model/
 COPY service/ service/
-COPY training/ training/
 COPY deploy/install.sh deploy/install.sh
 RUN case "$VARIANT" in cpu) mode=serve ;; gpu) mode=serve-gpu ;; *) echo "VARIANT is cpu or gpu" >&2; exit 1 ;; esac \
     && bash deploy/install.sh "$mode" \

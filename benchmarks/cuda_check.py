@@ -28,11 +28,11 @@ def main() -> None:
     import onnxruntime as ort
 
     from benchmarks.harness import batch_stage_throughput as throughput
-    from model.runtime import TokenizerRuntime
-    from service.batcher import WindowJob
-    from training.completejourney import load_events, sources_config
-    from training.corpus import build_corpus
-    from training.events import keep_users, normalize_events
+    from u2qt.model.runtime import TokenizerRuntime
+    from u2qt.service.batcher import WindowJob
+    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.corpus import build_corpus
+    from u2qt.training.events import keep_users, normalize_events
 
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)

@@ -22,12 +22,12 @@ from benchmarks.harness import recorded  # noqa: E402
 
 @recorded
 def main() -> None:
-    from model.runtime import OnnxTextEncoder, TokenizerRuntime
-    from training.completejourney import load_events, sources_config
-    from training.config import EncoderConfig
-    from training.corpus import build_corpus
-    from training.events import keep_users, normalize_events
-    from training.text_encoder import export_text_encoder
+    from u2qt.model.runtime import OnnxTextEncoder, TokenizerRuntime
+    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.config import EncoderConfig
+    from u2qt.training.corpus import build_corpus
+    from u2qt.training.events import keep_users, normalize_events
+    from u2qt.training.text_encoder import export_text_encoder
 
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)

@@ -247,8 +247,8 @@ def main() -> None:
     p.add_argument("--fuzz-examples", type=int, default=100)
     p.add_argument("--only", help="run only the scenario whose number is given, e.g. 3")
     args = p.parse_args()
-    from training.completejourney import load_events, sources_config
-    from training.events import keep_users, normalize_events
+    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.events import keep_users, normalize_events
 
     sources = sources_config()
     events = keep_users(normalize_events(load_events(), sources), args.users, seed=1)

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import redis
 
-from service.embedded_redis import redis_server_binary
+from u2qt.service.embedded_redis import redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,16 @@ class ServiceProcess:
         env = dict(os.environ, REDIS_URL=redis_url, **{f"U2QT_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the process; a file, not a pipe: a full pipe would block the server
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve", "--artifacts", str(artifacts), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "u2qt.service.cli",
+                "serve",
+                "--artifacts",
+                str(artifacts),
+                "--port",
+                str(self.port),
+            ],
             env=env,
             cwd=ROOT,
             stdout=self.log,
@@ -183,7 +192,7 @@ def _stage_throughput(runtime, jobs: list, batch: int, seconds: float) -> StageR
 
 def requests_by_user_week(events, sources, prefix: str = "") -> dict[str, list[list[dict]]]:
     """user -> one request per week in time order: that week's events of every source, as upstream sends them."""
-    from training.events import to_service_events
+    from u2qt.training.events import to_service_events
 
     ev = events.sort_values("ts").copy()
     ev["week"] = ((ev["ts"] - 4 * 86400) // (7 * 86400)).astype(int)

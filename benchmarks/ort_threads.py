@@ -38,8 +38,8 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import batch_stage_throughput, recorded  # noqa: E402
 from benchmarks.service_bench import requests_by_user_week, window_jobs  # noqa: E402
-from model.manifest import Manifest  # noqa: E402
-from model.runtime import TokenizerRuntime, session_options  # noqa: E402
+from u2qt.model.manifest import Manifest  # noqa: E402
+from u2qt.model.runtime import TokenizerRuntime, session_options  # noqa: E402
 
 
 def runtime(artifacts: Path, manifest: Manifest, layout: str) -> TokenizerRuntime:

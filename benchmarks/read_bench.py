@@ -25,10 +25,10 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import RedisProcess, ServiceProcess, recorded, wrk  # noqa: E402
-from model.manifest import Manifest  # noqa: E402
-from model.sources import window_index  # noqa: E402
-from service.settings import ServiceSettings  # noqa: E402
-from service.store import TokenHistoryStore  # noqa: E402
+from u2qt.model.manifest import Manifest  # noqa: E402
+from u2qt.model.sources import window_index  # noqa: E402
+from u2qt.service.settings import ServiceSettings  # noqa: E402
+from u2qt.service.store import TokenHistoryStore  # noqa: E402
 
 LUA = """
 local users = {%s}

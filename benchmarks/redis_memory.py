@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import RedisProcess, recorded  # noqa: E402
-from service.store import TokenHistoryStore  # noqa: E402
+from u2qt.service.store import TokenHistoryStore  # noqa: E402
 
 
 @recorded

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import RedisProcess, recorded  # noqa: E402
-from service.coalescing import CoalescingPipeline  # noqa: E402
+from u2qt.service.coalescing import CoalescingPipeline  # noqa: E402
 
 SCRIPT = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])"
 

@@ -51,17 +51,17 @@ from benchmarks.harness import (  # noqa: E402
     thread_groups,
     wrk,
 )
-from model.manifest import Manifest  # noqa: E402
-from model.runtime import TokenizerRuntime  # noqa: E402
-from service.batcher import WindowJob  # noqa: E402
-from service.ingest import EventTokenizer  # noqa: E402
-from service.metrics import ServiceMetrics  # noqa: E402
+from u2qt.model.manifest import Manifest  # noqa: E402
+from u2qt.model.runtime import TokenizerRuntime  # noqa: E402
+from u2qt.service.batcher import WindowJob  # noqa: E402
+from u2qt.service.ingest import EventTokenizer  # noqa: E402
+from u2qt.service.metrics import ServiceMetrics  # noqa: E402
 
 
 def requests_by_user_week(max_users: int) -> list[list[dict]]:
     """One request per (household, week): that week's events of every source, as upstream would send them."""
-    from training.completejourney import load_events, sources_config
-    from training.events import normalize_events
+    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.events import normalize_events
 
     sources = sources_config()
     return interleaved(harness.requests_by_user_week(normalize_events(load_events(), sources), sources), max_users)
@@ -69,7 +69,7 @@ def requests_by_user_week(max_users: int) -> list[list[dict]]:
 
 def window_jobs(manifest: Manifest, payloads: list[list[dict]]) -> list[WindowJob]:
     """The windows of `payloads` rendered as the service renders them (events as stored in Redis)."""
-    from service.schemas import EventIn
+    from u2qt.service.schemas import EventIn
 
     tok = EventTokenizer(manifest, None, None, ServiceMetrics())  # renders windows into jobs; no store, no queue
     jobs: list[WindowJob] = []

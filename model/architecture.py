@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from model.quantizer import ResidualQuantizer
+from u2qt.model.quantizer import ResidualQuantizer
 
 
 class ModelConfig(BaseModel):

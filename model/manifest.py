@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from model.sources import SourcesConfig
-from model.vocabulary import TokenVocabulary, VocabularyLayout
+from u2qt.model.sources import SourcesConfig
+from u2qt.model.vocabulary import TokenVocabulary, VocabularyLayout
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from model.manifest import EncoderInfo, Manifest
+from u2qt.model.manifest import EncoderInfo, Manifest
 
 
 def session_options(threads: int | None, spinning: bool = True) -> ort.SessionOptions:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.sources import SourceSpec, TextTemplate
+from u2qt.model.sources import SourceSpec, TextTemplate
 
 
 def render_text_window(

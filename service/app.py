@@ -14,9 +14,9 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from service import read_routes, state, write_routes
-from service.batcher import QueueFull
-from service.http import (
+from u2qt.service import read_routes, state, write_routes
+from u2qt.service.batcher import QueueFull
+from u2qt.service.http import (
     QUEUE_FULL,
     QUEUE_FULL_RETRY_AFTER,
     NoHistoryModel,
@@ -24,12 +24,12 @@ from service.http import (
     Unauthorized,
     json_safe,
 )
-from service.ingest import TooManyWindows
-from service.middleware import AdmissionGate, BodyLimit, RequestMetrics
-from service.openapi import document_routes
-from service.schemas import BatchEmbeddingRequest, BatchHistoryRequest, TokenizeRequest
-from service.settings import ServiceSettings
-from service.state import ServiceState, current
+from u2qt.service.ingest import TooManyWindows
+from u2qt.service.middleware import AdmissionGate, BodyLimit, RequestMetrics
+from u2qt.service.openapi import document_routes
+from u2qt.service.schemas import BatchEmbeddingRequest, BatchHistoryRequest, TokenizeRequest
+from u2qt.service.settings import ServiceSettings
+from u2qt.service.state import ServiceState, current
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.runtime import RenderedWindow, TokenizerRuntime
-from service.metrics import ServiceMetrics
+from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
+from u2qt.service.metrics import ServiceMetrics
 
 
 async def gather_batch(queue: asyncio.Queue, first, max_size: int, max_wait_s: float) -> list:

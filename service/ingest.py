@@ -14,13 +14,13 @@ from functools import lru_cache
 import numpy as np
 from redis.exceptions import RedisError
 
-from model.manifest import Manifest
-from model.sources import event_time_bounds, index_start, window_index
-from model.windows import render_text_window, tabular_window_features
-from service.batcher import MicroBatcher, WindowJob
-from service.metrics import OUTCOMES, ServiceMetrics
-from service.schemas import EventIn
-from service.store import ACCEPTED, CLOSED, DUPLICATE, EXPIRED, FULL, TokenHistoryStore
+from u2qt.model.manifest import Manifest
+from u2qt.model.sources import event_time_bounds, index_start, window_index
+from u2qt.model.windows import render_text_window, tabular_window_features
+from u2qt.service.batcher import MicroBatcher, WindowJob
+from u2qt.service.metrics import OUTCOMES, ServiceMetrics
+from u2qt.service.schemas import EventIn
+from u2qt.service.store import ACCEPTED, CLOSED, DUPLICATE, EXPIRED, FULL, TokenHistoryStore
 
 STATUS = {ACCEPTED: "accepted", DUPLICATE: "duplicate", CLOSED: "late", EXPIRED: "late", FULL: "refused"}
 

@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from service.http import QUEUE_FULL, QUEUE_FULL_RETRY_AFTER
+from u2qt.service.http import QUEUE_FULL, QUEUE_FULL_RETRY_AFTER
 
 
 class BodyLimit:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.schemas import HistoryPath, HistoryQuery, HistoryResponse
+from u2qt.service.schemas import HistoryPath, HistoryQuery, HistoryResponse
 
 
 def document_routes(app: FastAPI, *bodies: type[BaseModel]) -> None:

@@ -7,10 +7,10 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from model.fallback import fallback_token
-from model.sequence import history_sequence
-from model.sources import index_start
-from service.http import (
+from u2qt.model.fallback import fallback_token
+from u2qt.model.sequence import history_sequence
+from u2qt.model.sources import index_start
+from u2qt.service.http import (
     READER,
     NoHistoryModel,
     OrjsonResponse,
@@ -20,8 +20,8 @@ from service.http import (
     parse_json,
     parse_params,
 )
-from service.ingest import RedisTimer, iso
-from service.schemas import (
+from u2qt.service.ingest import RedisTimer, iso
+from u2qt.service.schemas import (
     BatchEmbeddingRequest,
     BatchHistoryRequest,
     BatchHistoryResponse,
@@ -29,7 +29,7 @@ from service.schemas import (
     HistoryQuery,
     UserId,
 )
-from service.state import ServiceState, current
+from u2qt.service.state import ServiceState, current
 
 router = APIRouter()
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from model.sources import LAST_ISO_SECOND, WINDOW_ORIGIN
+from u2qt.model.sources import LAST_ISO_SECOND, WINDOW_ORIGIN
 
 # Braces would break the `{user}` hash tag of the Redis key layout; the rest keeps keys printable.
 UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@+=\-]{1,128}$")]

@@ -10,14 +10,14 @@ import numpy as np
 import redis.asyncio as aioredis
 from fastapi import Request
 
-from model.manifest import Manifest
-from model.runtime import TokenizerRuntime
-from service.batcher import EmbeddingBatcher, MicroBatcher, WindowJob
-from service.embedded_redis import EmbeddedRedis
-from service.ingest import EventTokenizer
-from service.metrics import ServiceMetrics
-from service.settings import ServiceSettings
-from service.store import TokenHistoryStore
+from u2qt.model.manifest import Manifest
+from u2qt.model.runtime import TokenizerRuntime
+from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, WindowJob
+from u2qt.service.embedded_redis import EmbeddedRedis
+from u2qt.service.ingest import EventTokenizer
+from u2qt.service.metrics import ServiceMetrics
+from u2qt.service.settings import ServiceSettings
+from u2qt.service.store import TokenHistoryStore
 
 
 @dataclass

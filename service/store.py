@@ -47,8 +47,8 @@ import numpy as np
 import orjson
 from redis.asyncio import Redis
 
-from model.entries import PackedEntries
-from service.coalescing import CoalescingPipeline
+from u2qt.model.entries import PackedEntries
+from u2qt.service.coalescing import CoalescingPipeline
 
 # One call per user: KEYS = for each of the user's (source, window) groups its history and its event set, then the
 # user's metadata; ARGV = late windows, event-set TTL, history TTL, events per window cap, then for each group its

@@ -7,10 +7,10 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from service.http import WRITER, OrjsonResponse, at_most, json_body, parse_json
-from service.ingest import validation_errors
-from service.schemas import TokenizeRequest, TokenizeResponse
-from service.state import ServiceState, current
+from u2qt.service.http import WRITER, OrjsonResponse, at_most, json_body, parse_json
+from u2qt.service.ingest import validation_errors
+from u2qt.service.schemas import TokenizeRequest, TokenizeResponse
+from u2qt.service.state import ServiceState, current
 
 router = APIRouter()
 

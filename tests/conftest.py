@@ -16,8 +16,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 @pytest.fixture(scope="session")
 def cj_events():
     """Canonical events of a small, fixed sample of real Complete Journey households."""
-    from training.completejourney import load_events, sources_config
-    from training.events import keep_users, normalize_events
+    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.events import keep_users, normalize_events
 
     sources = sources_config()
     return keep_users(normalize_events(load_events(), sources), 40, seed=0), sources
@@ -26,9 +26,9 @@ def cj_events():
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory, cj_events):
     """A small tokenizer trained and exported on the real slice (fp32 encoder, for parity checks)."""
-    from training.config import EncoderConfig, OptimConfig, QuantizerConfig, TrainConfig
-    from training.export import export_artifacts
-    from training.train import train
+    from u2qt.training.config import EncoderConfig, OptimConfig, QuantizerConfig, TrainConfig
+    from u2qt.training.export import export_artifacts
+    from u2qt.training.train import train
 
     events, sources = cj_events
     cfg = TrainConfig(
@@ -64,8 +64,8 @@ class ServiceThreads:
 
         import uvicorn
 
-        from service.app import create_app
-        from service.settings import ServiceSettings
+        from u2qt.service.app import create_app
+        from u2qt.service.settings import ServiceSettings
 
         overrides.setdefault("redis_url", self.redis_url)
         overrides.setdefault("key_prefix", f"t{len(self.servers)}-{self.directory.name}")

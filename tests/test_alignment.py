@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.fallback import assign_fallback, collision_rate
-from model.sequence import history_sequence
-from training.alignment import info_nce, token_alignment_loss
+from u2qt.model.fallback import assign_fallback, collision_rate
+from u2qt.model.sequence import history_sequence
+from u2qt.training.alignment import info_nce, token_alignment_loss
 
 
 def test_token_alignment_loss_is_zero_for_a_perfect_prediction_and_two_for_the_opposite():
@@ -73,7 +73,7 @@ def test_fallback_orders_colliding_users_by_engagement_then_id():
 def test_fallback_ids_do_not_drift_between_processes():
     code = (
         "import json, random\n"
-        "from model.fallback import assign_fallback\n"
+        "from u2qt.model.fallback import assign_fallback\n"
         "rng = random.Random(7)\n"
         "users = [f'u{i}' for i in range(300)]\n"
         "seqs = {u: (rng.randrange(20),) for u in users}\n"

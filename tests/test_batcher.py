@@ -5,10 +5,10 @@ import threading
 
 import numpy as np
 
-from model.manifest import Manifest
-from model.runtime import TokenizerRuntime, length_runs
-from service.batcher import MicroBatcher, WindowJob
-from service.metrics import ServiceMetrics
+from u2qt.model.manifest import Manifest
+from u2qt.model.runtime import TokenizerRuntime, length_runs
+from u2qt.service.batcher import MicroBatcher, WindowJob
+from u2qt.service.metrics import ServiceMetrics
 
 
 class GatedBatcher(MicroBatcher):

@@ -84,7 +84,7 @@ def test_compose_stack_wires_its_parts_from_files_that_exist():
 def test_the_readme_documents_every_setting_with_its_default():
     """README.md holds `python3 -m service.settings`'s table as it is now: a new or changed setting fails here
     until the README shows it."""
-    from service.settings import settings_table
+    from u2qt.service.settings import settings_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert settings_table() in readme, "regenerate the README's settings table: python3 -m service.settings"

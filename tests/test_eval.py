@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from training.config import AlignConfig
-from training.evaluation import EvalConfig, run_eval
-from training.probes import ks_statistic
+from u2qt.training.config import AlignConfig
+from u2qt.training.evaluation import EvalConfig, run_eval
+from u2qt.training.probes import ks_statistic
 
 
 def test_ks_statistic_is_the_largest_gap_between_score_distributions():
@@ -56,7 +56,7 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
 
 
 def test_signal_retention_is_the_share_of_the_baselines_signal_above_chance():
-    from training.probes import signal_retention
+    from u2qt.training.probes import signal_retention
 
     results = {
         "a": {"raw": {"auc": 0.7}, "tokens": {"auc": 0.6}, "dense": {"auc": 0.75}},

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from model.sources import SourcesConfig
-from training.cli import main
-from training.events import EventDataError, normalize_events
+from u2qt.model.sources import SourcesConfig
+from u2qt.service.cli import main
+from u2qt.training.events import EventDataError, normalize_events
 
 SOURCES = {
     "window": "1d",

@@ -277,7 +277,7 @@ def test_two_model_versions_keep_their_own_event_sets(redis_server):
     import numpy as np
     import redis.asyncio as aioredis
 
-    from service.store import ACCEPTED, TokenHistoryStore
+    from u2qt.service.store import ACCEPTED, TokenHistoryStore
 
     async def scenario():
         client = aioredis.from_url(redis_server.url)

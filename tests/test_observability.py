@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from training.events import to_service_events
+from u2qt.training.events import to_service_events
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 RATE_INTERVAL = "30s"  # what Grafana's $__rate_interval becomes at a 1 s scrape interval
@@ -74,7 +74,7 @@ def alert_rules() -> list[tuple[str, str]]:
 
 
 def test_every_dashboard_panel_and_alert_query_works_against_real_prometheus(serve, prometheus, cj_events):
-    from training.completejourney import sources_config
+    from u2qt.training.completejourney import sources_config
 
     base, _ = serve()
     prom = prometheus(base.removeprefix("http://"))

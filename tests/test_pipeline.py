@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.manifest import Manifest
-from model.runtime import TokenizerRuntime
-from training.corpus import build_corpus
-from training.text_encoder import load_pooled_model
-from training.train import load_checkpoint, train
+from u2qt.model.manifest import Manifest
+from u2qt.model.runtime import TokenizerRuntime
+from u2qt.training.corpus import build_corpus
+from u2qt.training.text_encoder import load_pooled_model
+from u2qt.training.train import load_checkpoint, train
 
 
 def test_training_report_shows_a_working_tokenizer(trained_dir):
@@ -86,7 +86,7 @@ def test_manifest_is_the_contract(trained_dir):
     except ValueError as e:
         assert "checksum" in str(e)
     finally:
-        from training.export import export_artifacts
+        from u2qt.training.export import export_artifacts
 
         export_artifacts(out)
 
@@ -97,12 +97,20 @@ def test_model_version_does_not_depend_on_where_the_code_is_checked_out(trained_
     out, _, _ = trained_dir
     repo = Path(__file__).resolve().parents[1]
     elsewhere = tmp_path / "another-checkout"
-    for package in ("model", "training"):
-        shutil.copytree(repo / package, elsewhere / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("model", "service", "training"):  # laid out as installed: u2qt.<package>
+        shutil.copytree(repo / package, elsewhere / "u2qt" / package, ignore=shutil.ignore_patterns("__pycache__"))
     dest = tmp_path / "exported-elsewhere"
-    code = "import sys; from training.export import export_artifacts as e; print(e(*sys.argv[1:]).model_version)"
+    code = (
+        "import sys; sys.path.insert(0, '.'); from u2qt.training import export; "
+        "assert export.__file__.startswith(sys.argv[3]), export.__file__; "
+        "print(export.export_artifacts(*sys.argv[1:3]).model_version)"
+    )
     run = subprocess.run(
-        [sys.executable, "-c", code, str(out), str(dest)], cwd=elsewhere, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(out), str(dest), str(elsewhere)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     here = Manifest.load(out)
     assert run.stdout.split()[-1] == here.model_version
@@ -123,7 +131,7 @@ def test_same_data_config_and_seed_give_the_same_codes(trained_dir, cj_events, t
 
 
 def test_inspect_prints_figures_and_saves_a_plot(trained_dir, tmp_path, capsys):
-    from training.cli import main
+    from u2qt.service.cli import main
 
     out, _, _ = trained_dir
     png = tmp_path / "usage.png"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.sources import index_start, window_index
 from tests.conftest import ServiceThreads
+from u2qt.model.sources import index_start, window_index
 
 WEEK = 7 * 86400
 START = 1489060406  # 2017-03-09
@@ -100,6 +100,6 @@ def history(base: str, user: str) -> list[dict]:
 
 
 def window_of(ts: float) -> str:
-    from service.ingest import iso
+    from u2qt.service.ingest import iso
 
     return iso(index_start(int(window_index(ts, WEEK)), WEEK))

@@ -1,9 +1,9 @@
 import torch
 
-from model.architecture import ModelConfig, U2QTModel
-from model.quantizer import ResidualQuantizer
-from training.config import TrainConfig
-from training.train import load_checkpoint, save_checkpoint
+from u2qt.model.architecture import ModelConfig, U2QTModel
+from u2qt.model.quantizer import ResidualQuantizer
+from u2qt.training.config import TrainConfig
+from u2qt.training.train import load_checkpoint, save_checkpoint
 
 
 def _quantizer(**kw):
@@ -77,7 +77,7 @@ def test_dead_codes_are_moved_onto_current_residuals_at_every_level():
 
 
 def test_checkpoint_round_trip_gives_identical_codes_and_keeps_kmeans_state(tmp_path):
-    from training.completejourney import sources_config
+    from u2qt.training.completejourney import sources_config
 
     cfg = TrainConfig(sources=sources_config())
     model = U2QTModel(
@@ -95,7 +95,7 @@ def test_checkpoint_round_trip_gives_identical_codes_and_keeps_kmeans_state(tmp_
         z = model.encoder(model.source_embedding(emb, source, feats))
     model.quantizer.init_kmeans(z, source, seed=0)
     model.eval()
-    from model.manifest import EncoderInfo
+    from u2qt.model.manifest import EncoderInfo
 
     info = EncoderInfo(
         name="x",

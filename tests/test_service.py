@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import redis
 
-from model.runtime import TokenizerRuntime
-from training.corpus import build_corpus
-from training.events import to_service_events
+from u2qt.model.runtime import TokenizerRuntime
+from u2qt.training.corpus import build_corpus
+from u2qt.training.events import to_service_events
 
 
 def api_events(df, user_prefix=""):
-    from training.completejourney import sources_config
+    from u2qt.training.completejourney import sources_config
 
     return to_service_events(df, sources_config(), user_prefix)
 
@@ -273,9 +273,9 @@ def test_service_imports_without_torch():
     code = (
         "import sys\n"
         "sys.modules['torch'] = None  # any import of torch now fails\n"
-        "import service.app\n"
-        "from service.app import create_app\n"
-        "from training.cli import build_parser\n"
+        "import u2qt.service.app\n"
+        "from u2qt.service.app import create_app\n"
+        "from u2qt.service.cli import build_parser\n"
         "build_parser().parse_args(['serve'])\n"
         "print('ok')"
     )
@@ -286,9 +286,9 @@ def test_service_imports_without_torch():
 def test_embedding_endpoint_round_trip_matches_the_history_model_offline(serve, one_user, trained_dir):
     import torch
 
-    from model.sequence import history_sequence
-    from model.sources import window_index
-    from training.alignment import load_history_model
+    from u2qt.model.sequence import history_sequence
+    from u2qt.model.sources import window_index
+    from u2qt.training.alignment import load_history_model
 
     base, _ = serve()
     df, _ = one_user
@@ -405,7 +405,16 @@ def test_serve_on_a_taken_port_says_which_option_to_change(trained_dir):
         taken.listen()
         port = taken.getsockname()[1]
         r = subprocess.run(
-            [sys.executable, "-m", "training.cli", "serve", "--artifacts", str(trained_dir[0]), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "u2qt.service.cli",
+                "serve",
+                "--artifacts",
+                str(trained_dir[0]),
+                "--port",
+                str(port),
+            ],
             capture_output=True,
             text=True,
             timeout=120,

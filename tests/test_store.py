@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from model.entries import PackedEntries
+from u2qt.model.entries import PackedEntries
 
 
 @pytest.mark.parametrize("levels,codebook_size", [(1, 2), (4, 1024), (4, 1000), (5, 1025), (6, 256), (3, 65536)])
@@ -34,7 +34,7 @@ def test_coalescing_pipeline_shares_one_round_trip_and_keeps_each_callers_replie
     import redis.asyncio as aioredis
     from redis.exceptions import ResponseError
 
-    from service.coalescing import CoalescingPipeline
+    from u2qt.service.coalescing import CoalescingPipeline
 
     async def scenario():
         client = aioredis.from_url(redis_server.url)
@@ -64,7 +64,7 @@ def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(redis_
 
     import redis.asyncio as aioredis
 
-    from service.store import ACCEPTED, CLOSED, DUPLICATE, TokenHistoryStore
+    from u2qt.service.store import ACCEPTED, CLOSED, DUPLICATE, TokenHistoryStore
 
     sources = ["purchases", "visits", "promotions"]
 
@@ -120,8 +120,8 @@ def test_the_store_and_eval_share_one_definition_of_an_identical_history(redis_s
 
     import redis.asyncio as aioredis
 
-    from model.fallback import history_digest
-    from service.store import TokenHistoryStore
+    from u2qt.model.fallback import history_digest
+    from u2qt.service.store import TokenHistoryStore
 
     sources = ["purchases", "promotions", "visits"]
     writes = [("d", "purchases", 10, 2, np.array([1, 2, 3, 4])), ("d", "visits", 11, 1, np.array([5, 6, 7, 8]))]
@@ -151,7 +151,7 @@ def test_an_entry_whose_event_set_expired_is_final_and_a_new_window_needs_none(r
 
     import redis.asyncio as aioredis
 
-    from service.store import TokenHistoryStore
+    from u2qt.service.store import TokenHistoryStore
 
     async def scenario():
         client = aioredis.from_url(redis_server.url)

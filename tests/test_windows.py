@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from model.sources import SourcesConfig, TextTemplate, parse_period, window_start
-from model.vocabulary import TokenVocabulary
-from model.windows import render_text_window, tabular_window_features
+from u2qt.model.sources import SourcesConfig, TextTemplate, parse_period, window_start
+from u2qt.model.vocabulary import TokenVocabulary
+from u2qt.model.windows import render_text_window, tabular_window_features
 
 
 def test_text_window_merges_repeats_and_puts_the_heaviest_first():

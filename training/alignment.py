@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from model.history import HistoryConfig, HistoryModel
-from model.sequence import history_sequence
-from model.sources import SourcesConfig, window_index, windows_in
-from model.vocabulary import TokenVocabulary
-from model.windows import render_text_window
-from training.config import AlignConfig
+from u2qt.model.history import HistoryConfig, HistoryModel
+from u2qt.model.sequence import history_sequence
+from u2qt.model.sources import SourcesConfig, window_index, windows_in
+from u2qt.model.vocabulary import TokenVocabulary
+from u2qt.model.windows import render_text_window
+from u2qt.training.config import AlignConfig
 
 
 def token_alignment_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
@@ -250,7 +250,7 @@ def fit_alignment(
 ) -> tuple[HistoryModel, list[dict], int]:
     """The alignment stage of `u2qt train`: samples from every user's token history, descriptions embedded by
     the same ONNX text encoder, then the history model trained on cfg.align's tasks."""
-    from training.embeddings import embed_texts_cached
+    from u2qt.training.embeddings import embed_texts_cached
 
     a = cfg.align
     hcfg = HistoryConfig(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.sources import SourcesConfig, SourceSpec, TextTemplate
+from u2qt.model.sources import SourcesConfig, SourceSpec, TextTemplate
 
 VISIT_ATTRIBUTES = ["spend", "lines", "discount", "hour", "weekend"]
 

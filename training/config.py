@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.sources import SourcesConfig
+from u2qt.model.sources import SourcesConfig
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from model.runtime import RenderedWindow
-from model.sources import SourcesConfig, window_start
-from model.windows import render_text_window, tabular_window_features
+from u2qt.model.runtime import RenderedWindow
+from u2qt.model.sources import SourcesConfig, window_start
+from u2qt.model.windows import render_text_window, tabular_window_features
 
 
 @dataclass

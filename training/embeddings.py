@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from model.manifest import EncoderInfo, sha256_file
-from model.runtime import OnnxTextEncoder, pick_providers
+from u2qt.model.manifest import EncoderInfo, sha256_file
+from u2qt.model.runtime import OnnxTextEncoder, pick_providers
 
 
 def embed_texts_cached(

@@ -18,20 +18,20 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from model.entries import PackedEntries
-from model.fallback import assign_fallback, collision_rate, history_digest
-from model.history import HistoryConfig
-from model.sequence import batch_sequences
-from model.sources import SourcesConfig, window_index, windows_in
-from model.vocabulary import TokenVocabulary
-from training.alignment import build_samples, embed_users, token_table, train_history_model
-from training.config import AlignConfig, TrainConfig
-from training.corpus import WindowCorpus, build_corpus
-from training.embeddings import embed_texts_cached
-from training.eval_report import BASELINE
-from training.metrics import collision_stats
-from training.probes import probe_seeds, signal_retention
-from training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
+from u2qt.model.entries import PackedEntries
+from u2qt.model.fallback import assign_fallback, collision_rate, history_digest
+from u2qt.model.history import HistoryConfig
+from u2qt.model.sequence import batch_sequences
+from u2qt.model.sources import SourcesConfig, window_index, windows_in
+from u2qt.model.vocabulary import TokenVocabulary
+from u2qt.training.alignment import build_samples, embed_users, token_table, train_history_model
+from u2qt.training.config import AlignConfig, TrainConfig
+from u2qt.training.corpus import WindowCorpus, build_corpus
+from u2qt.training.embeddings import embed_texts_cached
+from u2qt.training.eval_report import BASELINE
+from u2qt.training.metrics import collision_stats
+from u2qt.training.probes import probe_seeds, signal_retention
+from u2qt.training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
 
 
 class EvalConfig(BaseModel):
@@ -132,7 +132,7 @@ def raw_baseline(events: pd.DataFrame, sources: SourcesConfig, users: list[str],
 def cj_labels(cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Complete Journey tasks: household profile (demographics) and Q4 behaviour after the cut-off.
     -> (labels [user x task] with NaN where unknown, demographics one-hot for the CTR check)."""
-    from training.completejourney import data_dir
+    from u2qt.training.completejourney import data_dir
 
     d = data_dir()
     demo = pd.read_parquet(d / "demographics.parquet")
@@ -200,8 +200,8 @@ def run_eval(
     cutoff = pd.Timestamp(cfg.cutoff, tz="UTC")
     onehot = None
     if events is None:
-        from training.completejourney import load_events
-        from training.events import normalize_events
+        from u2qt.training.completejourney import load_events
+        from u2qt.training.events import normalize_events
 
         events = normalize_events(load_events(), sources)
     if labels is None:  # The Complete Journey's own tasks (its households, its demographics)
@@ -346,7 +346,7 @@ def run_eval(
         "wall_s": round(time.perf_counter() - started, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    from training.eval_report import write_report
+    from u2qt.training.eval_report import write_report
 
     write_report(report, out, src_emb[span_rows], corpus.windows["source"].to_numpy()[span_rows], toks)
     return report

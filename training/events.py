@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.sources import SourcesConfig, event_time_bounds
+from u2qt.model.sources import SourcesConfig, event_time_bounds
 
 REQUIRED = ("user_id", "source", "ts")
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.architecture import QuantizerGraph, U2QTModel
-from model.manifest import HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
-from model.runtime import RenderedWindow, TokenizerRuntime
-from model.windows import tabular_feature_names
-from training.alignment import load_history_model
-from training.onnx_graph import export_graph
-from training.train import CHECKPOINT_DIR, load_checkpoint
+from u2qt.model.architecture import QuantizerGraph, U2QTModel
+from u2qt.model.manifest import HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
+from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
+from u2qt.model.windows import tabular_feature_names
+from u2qt.training.alignment import load_history_model
+from u2qt.training.onnx_graph import export_graph
+from u2qt.training.train import CHECKPOINT_DIR, load_checkpoint
 
 QUANTIZER_FILE = "quantizer.onnx"
 HISTORY_FILE = "history.onnx"
@@ -108,7 +108,7 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
 
 
 def _layout(c):
-    from model.vocabulary import TokenVocabulary
+    from u2qt.model.vocabulary import TokenVocabulary
 
     return TokenVocabulary(c.sources, c.shared_levels, c.specific_levels, c.codebook_size).layout()
 

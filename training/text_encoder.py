@@ -16,9 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from a hu
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from model.manifest import EncoderInfo  # noqa: E402
-from training.config import DEFAULT_TEXT_MODEL, EncoderConfig  # noqa: E402
-from training.onnx_graph import export_graph  # noqa: E402
+from u2qt.model.manifest import EncoderInfo  # noqa: E402
+from u2qt.training.config import DEFAULT_TEXT_MODEL, EncoderConfig  # noqa: E402
+from u2qt.training.onnx_graph import export_graph  # noqa: E402
 
 ENCODER_FILE = "encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"

@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from model.architecture import ModelConfig, U2QTModel
-from model.manifest import EncoderInfo
-from training.config import TrainConfig
-from training.corpus import WindowCorpus, build_corpus
-from training.embeddings import embed_texts_cached
-from training.metrics import plot_utilization, summarize
-from training.text_encoder import export_text_encoder
+from u2qt.model.architecture import ModelConfig, U2QTModel
+from u2qt.model.manifest import EncoderInfo
+from u2qt.training.config import TrainConfig
+from u2qt.training.corpus import WindowCorpus, build_corpus
+from u2qt.training.embeddings import embed_texts_cached
+from u2qt.training.metrics import plot_utilization, summarize
+from u2qt.training.text_encoder import export_text_encoder
 
 CHECKPOINT_DIR = "checkpoint"
 TEXT_TARGET_VARIANCE = 16.0
@@ -232,8 +232,8 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
     )
     align_log, align_samples = [], 0
     if cfg.align.enabled:
-        from model.vocabulary import TokenVocabulary
-        from training.alignment import fit_alignment, save_history_model
+        from u2qt.model.vocabulary import TokenVocabulary
+        from u2qt.training.alignment import fit_alignment, save_history_model
 
         t = time.perf_counter()
         vocab = TokenVocabulary(names, q.shared_levels, q.specific_levels, q.codebook_size)

@@ -1,4 +1,6 @@
-"""The `u2qt` command. Each subcommand imports only what it needs: `u2qt serve` never imports torch."""
+"""The `u2qt` command, in both installs: serving (`serve`) needs only u2qt; `train`, `export`, `inspect`, `align`,
+`eval` and `up` need u2qt-train (training/) too, and say so when it is missing. Each subcommand imports only what
+it needs: `u2qt serve` never imports torch."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ class CLIError(Exception):
 
 
 def _train_config(args):
-    from training.completejourney import sources_config
-    from training.config import TrainConfig
+    from u2qt.training.completejourney import sources_config
+    from u2qt.training.config import TrainConfig
 
     if args.dataset and args.events:
         raise CLIError("give either --dataset or --events, not both")
@@ -48,15 +50,15 @@ def _train_config(args):
 
 
 def cmd_train(args) -> None:
-    from training.events import keep_users, normalize_events, read_events
-    from training.train import train
+    from u2qt.training.events import keep_users, normalize_events, read_events
+    from u2qt.training.train import train
 
     cfg = _train_config(args)
     t0 = time.perf_counter()
     if args.events:
         events = read_events(args.events)
     else:
-        from training.completejourney import load_events
+        from u2qt.training.completejourney import load_events
 
         print("loading The Complete Journey ...", flush=True)
         events = load_events()
@@ -70,12 +72,12 @@ def cmd_train(args) -> None:
 
 
 def _load_events(args, sources, max_users=None, seed=0):
-    from training.events import keep_users, normalize_events, read_events
+    from u2qt.training.events import keep_users, normalize_events, read_events
 
     if getattr(args, "events", None):
         events = read_events(args.events)
     else:
-        from training.completejourney import load_events
+        from u2qt.training.completejourney import load_events
 
         print("loading The Complete Journey ...", flush=True)
         events = load_events()
@@ -86,9 +88,9 @@ def cmd_align(args) -> None:
     """The alignment stage alone, on an existing training directory (e.g. one trained without it)."""
     import numpy as np
 
-    from model.vocabulary import TokenVocabulary
-    from training.alignment import fit_alignment, save_history_model
-    from training.train import CHECKPOINT_DIR, load_checkpoint
+    from u2qt.model.vocabulary import TokenVocabulary
+    from u2qt.training.alignment import fit_alignment, save_history_model
+    from u2qt.training.train import CHECKPOINT_DIR, load_checkpoint
 
     out = Path(args.train_dir)
     ck = load_checkpoint(out)
@@ -126,9 +128,9 @@ def cmd_align(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from training.config import AlignConfig
-    from training.evaluation import EvalConfig, run_eval
-    from training.train import load_checkpoint
+    from u2qt.training.config import AlignConfig
+    from u2qt.training.evaluation import EvalConfig, run_eval
+    from u2qt.training.train import load_checkpoint
 
     train_dir = Path(args.train_dir)
     cfg = EvalConfig(
@@ -184,7 +186,7 @@ def format_report(r: dict) -> str:
 
 
 def cmd_export(args) -> None:
-    from training.export import export_artifacts, verify_against_torch
+    from u2qt.training.export import export_artifacts, verify_against_torch
 
     manifest = export_artifacts(args.train_dir, args.out)
     out = args.out or args.train_dir
@@ -204,8 +206,8 @@ def cmd_export(args) -> None:
 def cmd_inspect(args) -> None:
     import numpy as np
 
-    from training.metrics import plot_utilization, summarize
-    from training.train import load_checkpoint
+    from u2qt.training.metrics import plot_utilization, summarize
+    from u2qt.training.train import load_checkpoint
 
     d = Path(args.train_dir)
     ck = load_checkpoint(d)
@@ -243,8 +245,8 @@ def check_port(host: str, port: int) -> None:
 def cmd_serve(args) -> None:
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import ServiceSettings
+    from u2qt.service.app import create_app
+    from u2qt.service.settings import ServiceSettings
 
     settings = ServiceSettings(**({"artifacts": args.artifacts} if args.artifacts else {}))
     if not (Path(settings.artifacts) / "manifest.json").is_file():
@@ -429,6 +431,15 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         args.func(args)
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith(("u2qt.training", "torch", "pandas", "transformers", "sklearn")):
+            raise
+        print(
+            f"u2qt {args.command}: error: this command needs the training package, u2qt-train, which this install "
+            f"lacks ({e.name}): bash deploy/install.sh, or pip install -e training beside u2qt",
+            file=sys.stderr,
+        )
+        return 2
     except (CLIError, FileNotFoundError, ValueError, RuntimeError) as e:
         # pydantic's ValidationError is a ValueError: its text names the field and the reason
         print(f"u2qt {args.command}: error: {e}", file=sys.stderr)
