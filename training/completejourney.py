@@ -54,14 +54,21 @@ def _category(products: pd.DataFrame) -> pd.Series:
 
 
 def load_events(directory: Path | None = None) -> pd.DataFrame:
+    """The Complete Journey as canonical events: purchases (product categories with spend), visits (one per
+    basket, tabular), and promotions (campaigns received, coupons redeemed)."""
     d = directory or data_dir()
     tx = pd.read_parquet(d / "transactions.parquet")
     products = pd.read_parquet(d / "products.parquet")
     products["category"] = _category(products)
     tx = tx.merge(products[["product_id", "category"]], on="product_id", how="left")
     tx["category"] = tx["category"].fillna("other")
+    events = pd.concat([_purchases(tx), *_promotions(d, products), _visits(tx)], ignore_index=True)
+    events["ts"] = pd.to_datetime(events["ts"]).dt.tz_localize("UTC")
+    return events
 
-    purchases = pd.DataFrame(
+
+def _purchases(tx: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
         {
             "event_id": "tx-" + tx["basket_id"].astype(str) + "-" + tx["product_id"].astype(str),
             "user_id": tx["household_id"].astype(str),
@@ -72,7 +79,10 @@ def load_events(directory: Path | None = None) -> pd.DataFrame:
         }
     )
 
-    tx["disc"] = tx["retail_disc"].abs() + tx["coupon_disc"].abs() + tx["coupon_match_disc"].abs()
+
+def _visits(tx: pd.DataFrame) -> pd.DataFrame:
+    """One tabular event per basket: spend, lines, discounts, hour and weekend."""
+    tx = tx.assign(disc=tx["retail_disc"].abs() + tx["coupon_disc"].abs() + tx["coupon_match_disc"].abs())
     baskets = (
         tx.groupby(["household_id", "basket_id"], sort=False)
         .agg(
@@ -83,7 +93,7 @@ def load_events(directory: Path | None = None) -> pd.DataFrame:
         )
         .reset_index()
     )
-    visits = pd.DataFrame(
+    return pd.DataFrame(
         {
             "event_id": "basket-" + baskets["basket_id"].astype(str),
             "user_id": baskets["household_id"].astype(str),
@@ -97,6 +107,9 @@ def load_events(directory: Path | None = None) -> pd.DataFrame:
         }
     )
 
+
+def _promotions(d: Path, products: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Campaigns mailed to a household, and coupons it redeemed (named by the coupon's main product category)."""
     campaigns = pd.read_parquet(d / "campaigns.parquet").merge(
         pd.read_parquet(d / "campaign_descriptions.parquet"), on="campaign_id"
     )
@@ -125,6 +138,4 @@ def load_events(directory: Path | None = None) -> pd.DataFrame:
             "text": "redeemed coupon for " + red["category"],
         }
     )
-    events = pd.concat([purchases, mailed, redeemed, visits], ignore_index=True)
-    events["ts"] = pd.to_datetime(events["ts"]).dt.tz_localize("UTC")
-    return events
+    return mailed, redeemed

@@ -83,13 +83,18 @@ def plot_levels(report: dict, out: Path) -> None:
 
 
 def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.ndarray, toks: dict) -> None:
+    """report.md and its two plots into `out`."""
+    plot_levels(report, out)
+    plot_source_embeddings(src_emb, src_names, out)
+    (out / "report.md").write_text(markdown(report))
+
+
+def plot_source_embeddings(src_emb: np.ndarray, src_names: np.ndarray, out: Path) -> None:
+    """Figure 4: a 2-D projection of source embeddings, coloured by source."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    plot_levels(report, out)
-
     from sklearn.decomposition import PCA
 
     rng = np.random.default_rng(0)
@@ -105,6 +110,9 @@ def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.nda
     fig.savefig(out / "source_embeddings.png", dpi=120)
     plt.close(fig)
 
+
+def markdown(report: dict) -> str:
+    """The report's text: targets, tasks, the paper's tables 3-6 and 8, collisions."""
     reps = list(next(iter(report["results"].values())))
     main = [BASELINE, CONTINUOUS] + [r for r in reps if r.startswith("bag of tokens") and "without" not in r]
     ablation = ["bag of tokens: MRQ-VAE"] + [r for r in reps if "without" in r]
@@ -157,26 +165,7 @@ def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.nda
         *[f"- {k}: {v:.4%}" if isinstance(v, float) else f"- {k}: {v}" for k, v in report["collisions"].items()],
         "",
     ]
-    if report.get("ctr"):
-        c = report["ctr"]
-        lines += [
-            "## Table 8 — downstream ranking (Appendix C on public data)",
-            "",
-            f"Will a household buy from each of the {c['categories']} most common product categories in Q4? "
-            f"Gradient-boosted trees on (profile one-hot, category) pairs, {c['users']} households with "
-            "demographics; with tokens adds a 32-d SVD of the household's MRQ-VAE bag of tokens. HR@K = share of a "
-            "test household's Q4 categories (up to K) ranked in its top K.",
-            "",
-            "| features | AUC | HR@10 | HR@20 |",
-            "|---|---|---|---|",
-            *[
-                f"| {n} | "
-                + " | ".join(f"{c[n][m][0]:.4f} ± {c[n][m][1]:.4f}" for m in ("AUC", "HR@10", "HR@20"))
-                + " |"
-                for n in ("profile only", "with tokens")
-            ],
-            "",
-        ]
+    lines += ctr_section(report["ctr"]) if report.get("ctr") else []
     lines += [
         "## Plots",
         "",
@@ -186,4 +175,24 @@ def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.nda
         + "; ".join(f"{k}: {v[-1] if v else 'untrained'}" for k, v in report["alignment_losses"].items()),
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def ctr_section(c: dict) -> list[str]:
+    """Table 8: the downstream ranking check, with and without tokens."""
+    return [
+        "## Table 8 — downstream ranking (Appendix C on public data)",
+        "",
+        f"Will a household buy from each of the {c['categories']} most common product categories in Q4? "
+        f"Gradient-boosted trees on (profile one-hot, category) pairs, {c['users']} households with "
+        "demographics; with tokens adds a 32-d SVD of the household's MRQ-VAE bag of tokens. HR@K = share of a "
+        "test household's Q4 categories (up to K) ranked in its top K.",
+        "",
+        "| features | AUC | HR@10 | HR@20 |",
+        "|---|---|---|---|",
+        *[
+            f"| {n} | " + " | ".join(f"{c[n][m][0]:.4f} ± {c[n][m][1]:.4f}" for m in ("AUC", "HR@10", "HR@20")) + " |"
+            for n in ("profile only", "with tokens")
+        ],
+        "",
+    ]

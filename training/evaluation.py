@@ -184,6 +184,33 @@ def storage_per_user(events, corpus, span, users, emb_dim, entries: PackedEntrie
     }
 
 
+@dataclass
+class EvalData:
+    """What every step of `u2qt eval` reads: the checkpoint, the events and labels, the window corpus with its
+    text embeddings, and the span (the windows of the history_days before the cut-off) and users it judges."""
+
+    ck: object
+    events: pd.DataFrame
+    labels: pd.DataFrame
+    onehot: pd.DataFrame | None
+    corpus: WindowCorpus
+    text_emb: np.ndarray
+    cut_s: int
+    span: np.ndarray  # corpus rows in the span
+    pre_rows: np.ndarray  # corpus rows wholly before the cut-off
+    users: list[str]
+    lo: float  # the span in unix seconds, as normalized events hold them
+    hi: float
+
+    @property
+    def sources(self) -> SourcesConfig:
+        return self.ck.train_config.sources
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sources.sources]
+
+
 def run_eval(
     train_dir: Path,
     out: Path,
@@ -194,9 +221,51 @@ def run_eval(
 ) -> dict:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    d = prepare(train_dir, cfg, events, labels, progress)
+    toks = fit_tokenizers(d, cfg, progress)
+    reps, src_emb = token_representations(d, toks)
+    align_log = history_representations(d, cfg, toks["MRQ-VAE"], train_dir, reps, progress)
+    results = probe_all(d, reps, cfg, progress)
+    entries = PackedEntries(toks["MRQ-VAE"].vocabulary.levels, d.ck.train_config.quantizer.codebook_size)
+    q = toks["MRQ-VAE"]
+    report = {
+        "config": cfg.model_dump(),
+        "train_dir": str(train_dir),
+        "users": len(d.users),
+        "windows in span": int(d.span.sum()),
+        "tasks": {
+            t: {
+                "users": int(d.labels.reindex(d.users)[t].notna().sum()),
+                "positive rate": float(d.labels.reindex(d.users)[t].mean()),
+            }
+            for t in results
+        },
+        "results": results,
+        "retention": signal_retention(results, BASELINE) if results else {},
+        "storage_bytes_per_user": storage_per_user(
+            d.events, d.corpus, d.span, d.users, d.ck.encoder.dim, entries, d.lo, d.hi
+        ),
+        "collisions": user_collisions(d, q, entries, out),
+        "ctr": ctr_check(d.events, d.corpus, q, d.span, d.users, d.cut_s, d.onehot, cfg)
+        if d.onehot is not None
+        else {},
+        "alignment_losses": align_log,
+        "utilization": {name: level_usage(t) for name, t in toks.items()},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    from u2qt.training.eval_report import write_report
+
+    span_rows = np.flatnonzero(d.span)
+    write_report(report, out, src_emb[span_rows], d.corpus.windows["source"].to_numpy()[span_rows], toks)
+    return report
+
+
+def prepare(train_dir: Path, cfg: EvalConfig, events, labels, progress: bool) -> EvalData:
+    """Events (default: The Complete Journey) and labels (default: its demographics and Q4 behaviour), the window
+    corpus and its text embeddings (from the training directory's cache), the span and the users with labels."""
     ck = load_checkpoint(train_dir)
-    base, sources = ck.train_config, ck.train_config.sources
-    names = [s.name for s in sources.sources]
+    sources = ck.train_config.sources
     cutoff = pd.Timestamp(cfg.cutoff, tz="UTC")
     onehot = None
     if events is None:
@@ -218,10 +287,15 @@ def run_eval(
     pre = starts + period <= cut_s
     span_s = windows_in(cfg.history_days, period) * period  # whole windows
     span = pre & (starts >= cut_s - span_s)
-    pre_rows = np.flatnonzero(pre)
     users = sorted(set(corpus.windows.loc[span, "user_id"]) & set(labels.index))
-    lo, hi = cut_s - span_s, cut_s  # unix seconds, as normalized events hold them
+    return EvalData(
+        ck, events, labels, onehot, corpus, text_emb, cut_s, span, np.flatnonzero(pre), users, cut_s - span_s, cut_s
+    )
 
+
+def fit_tokenizers(d: EvalData, cfg: EvalConfig, progress: bool) -> dict[str, Tokenized]:
+    """MRQ-VAE, shared-only, specific-only and (ablations) MRQ-VAE without each source, on pre-cut-off windows."""
+    base, names = d.ck.train_config, d.names
     variants = {"MRQ-VAE": (names, base.quantizer.shared_levels, base.quantizer.specific_levels)}
     levels = base.quantizer.shared_levels + base.quantizer.specific_levels
     variants["RQ-VAE, shared levels only"] = (names, levels, 0)
@@ -229,14 +303,18 @@ def run_eval(
     if cfg.ablations:
         for s in names:
             variants[f"MRQ-VAE without {s}"] = ([x for x in names if x != s], *variants["MRQ-VAE"][1:])
-    toks = {}
-    for name, (keep, sh, sp) in tqdm(variants.items(), desc="tokenizers", disable=not progress):
-        toks[name] = fit_variant(name, base, corpus, text_emb, pre_rows, keep, sh, sp, cfg.tokenizer_epochs, False)
-    mrq = toks["MRQ-VAE"]
+    return {
+        name: fit_variant(name, base, d.corpus, d.text_emb, d.pre_rows, keep, sh, sp, cfg.tokenizer_epochs, False)
+        for name, (keep, sh, sp) in tqdm(variants.items(), desc="tokenizers", disable=not progress)
+    }
 
-    reps: dict[str, np.ndarray] = {}
-    reps[BASELINE] = raw_baseline(events, sources, users, lo, hi)
-    e, s, f = corpus_tensors(corpus, text_emb)
+
+def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The raw-data baseline, the continuous window embeddings pooled, and a bag of tokens per tokenizer ->
+    (representations by name, the MRQ-VAE's source embeddings of every window)."""
+    mrq = toks["MRQ-VAE"]
+    reps: dict[str, np.ndarray] = {BASELINE: raw_baseline(d.events, d.sources, d.users, d.lo, d.hi)}
+    e, s, f = corpus_tensors(d.corpus, d.text_emb)
     with torch.no_grad():
         src_emb = torch.cat(
             [
@@ -244,47 +322,56 @@ def run_eval(
                 for i in range(0, len(s), 8192)
             ]
         ).numpy()
-    reps["continuous: window embeddings before quantization, pooled"] = pooled(src_emb, corpus, span, users, names)
+    reps["continuous: window embeddings before quantization, pooled"] = pooled(
+        src_emb, d.corpus, d.span, d.users, d.names
+    )
     for name, tok in toks.items():
-        reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, corpus, span, users)
+        reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
+    return reps, src_emb
 
-    # the history model over MRQ-VAE tokens, without and with the pretext tasks (Table 5)
-    align_log = {}
-    full_ids = np.zeros((len(corpus), levels), np.int64)
-    src_all = corpus.windows["source_index"].to_numpy()
+
+def span_rows_by_user(d: EvalData) -> dict[str, list[int]]:
+    by_user: dict[str, list[int]] = {}
+    for r in np.flatnonzero(d.span):
+        by_user.setdefault(d.corpus.windows["user_id"].iat[r], []).append(r)
+    return by_user
+
+
+def history_representations(
+    d: EvalData, cfg: EvalConfig, mrq: Tokenized, train_dir: Path, reps: dict, progress: bool
+) -> dict[str, list]:
+    """The history model over MRQ-VAE tokens, without and with the pretext tasks (Table 5), added to `reps`
+    -> the alignment losses by variant."""
+    levels = mrq.vocabulary.levels
+    full_ids = np.zeros((len(d.corpus), levels), np.int64)
+    src_all = d.corpus.windows["source_index"].to_numpy()
     full_ids[mrq.rows] = mrq.vocabulary.ids(src_all[mrq.rows], mrq.codes)
     hcfg = HistoryConfig(
         vocab_size=mrq.vocabulary.size,
-        code_dim=base.quantizer.code_dim,
+        code_dim=d.ck.train_config.quantizer.code_dim,
         levels=levels,
-        text_dim=ck.encoder.dim,
+        text_dim=d.ck.encoder.dim,
         d_model=cfg.align.d_model,
         layers=cfg.align.layers,
     )
-    pre_w = corpus.windows.iloc[pre_rows]
-    pre_events = events[events["ts"] < cut_s]
+    pre_w = d.corpus.windows.iloc[d.pre_rows]
+    pre_events = d.events[d.events["ts"] < d.cut_s]
     samples = build_samples(
-        pre_w, full_ids[pre_rows], pre_events, sources, cfg.align, hcfg, until=cut_s, progress=progress
+        pre_w, full_ids[d.pre_rows], pre_events, d.sources, cfg.align, hcfg, until=d.cut_s, progress=progress
     )
     desc_emb, _ = embed_texts_cached(
-        samples.description, train_dir / "encoder", ck.encoder, train_dir / "cache", 64, progress
+        samples.description, train_dir / "encoder", d.ck.encoder, train_dir / "cache", 64, progress
     )
     table = token_table(mrq.model.quantizer, mrq.vocabulary)
-    span_rows = np.flatnonzero(span)
-    w_idx = window_index(starts, period)
-    by_user = {}
-    for r in span_rows:
-        by_user.setdefault(corpus.windows["user_id"].iat[r], []).append(r)
+    w_idx = window_index(d.corpus.windows["window_start"].to_numpy(), d.sources.period_s)
+    by_user = span_rows_by_user(d)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, levels), np.int64))
     seq = batch_sequences(
-        [
-            (w_idx[by_user[u]], src_all[by_user[u]], full_ids[by_user[u]])
-            if u in by_user
-            else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, levels), np.int64))
-            for u in users
-        ],
+        [(w_idx[by_user[u]], src_all[by_user[u]], full_ids[by_user[u]]) if u in by_user else empty for u in d.users],
         hcfg.max_tokens,
         hcfg.max_age,
     )
+    align_log = {}
     for label, tasks in (
         ("no pretext task", []),
         ("S", ["semantic"]),
@@ -295,10 +382,14 @@ def run_eval(
         model, log = train_history_model(samples, desc_emb, table, hcfg, acfg, progress)
         align_log[label] = log
         reps[f"history model: {label}"] = embed_users(model, *seq)
+    return align_log
 
+
+def probe_all(d: EvalData, reps: dict[str, np.ndarray], cfg: EvalConfig, progress: bool) -> dict[str, dict]:
+    """task -> representation -> probe scores; a task with too few labelled users, or one class, is left out."""
     results: dict[str, dict[str, dict]] = {}
-    for task in labels.columns:
-        y = labels.reindex(users)[task]
+    for task in d.labels.columns:
+        y = d.labels.reindex(d.users)[task]
         keep = y.notna().to_numpy()
         yk = y[keep].to_numpy().astype(int)
         if keep.sum() < cfg.min_users or yk.min() == yk.max():
@@ -306,50 +397,26 @@ def run_eval(
         results[task] = {}
         for rname, x in tqdm(reps.items(), desc=f"probe {task}", disable=not progress, leave=False):
             results[task][rname] = probe_seeds(x[keep], yk, cfg.seeds)
+    return results
 
-    # collisions of users' full histories in the span, before and after the fallback token (eq. 9), with the
-    # service's own definition of "identical" (history_digest over the entries the store would hold) and of
-    # engagement (every event accepted for the user; here: before the cut-off)
-    entries = PackedEntries(levels, base.quantizer.codebook_size)
-    engagement = events[events["ts"] < hi].groupby("user_id").size()
-    digests = {u: user_digest(by_user[u], w_idx, src_all, mrq, entries, len(names)) for u in users if u in by_user}
+
+def user_collisions(d: EvalData, mrq: Tokenized, entries: PackedEntries, out: Path) -> dict:
+    """Collisions of users' full histories in the span, before and after the fallback token (eq. 9), with the
+    service's own definition of "identical" (history_digest over the entries the store would hold) and of
+    engagement (every event accepted for the user; here: before the cut-off). Writes fallback.json."""
+    w_idx = window_index(d.corpus.windows["window_start"].to_numpy(), d.sources.period_s)
+    src_all = d.corpus.windows["source_index"].to_numpy()
+    by_user = span_rows_by_user(d)
+    engagement = d.events[d.events["ts"] < d.hi].groupby("user_id").size()
+    digests = {u: user_digest(by_user[u], w_idx, src_all, mrq, entries, len(d.names)) for u in d.users if u in by_user}
     fb = assign_fallback(digests, engagement.to_dict())
     (out / "fallback.json").write_text(json.dumps(fb, indent=0, sort_keys=True))
-    collisions = {
+    return {
         "users": len(digests),
         "before fallback": collision_rate(digests),
-        "after fallback": collision_rate({u: (d, fb.get(u, 0)) for u, d in digests.items()}),
-        "window tuples (distinct inputs, same tokens)": window_collisions(corpus, mrq, span),
+        "after fallback": collision_rate({u: (g, fb.get(u, 0)) for u, g in digests.items()}),
+        "window tuples (distinct inputs, same tokens)": window_collisions(d.corpus, mrq, d.span),
     }
-
-    storage = storage_per_user(events, corpus, span, users, ck.encoder.dim, entries, lo, hi)
-    ctr = ctr_check(events, corpus, toks["MRQ-VAE"], span, users, cut_s, onehot, cfg) if onehot is not None else {}
-    report = {
-        "config": cfg.model_dump(),
-        "train_dir": str(train_dir),
-        "users": len(users),
-        "windows in span": int(span.sum()),
-        "tasks": {
-            t: {
-                "users": int(labels.reindex(users)[t].notna().sum()),
-                "positive rate": float(labels.reindex(users)[t].mean()),
-            }
-            for t in results
-        },
-        "results": results,
-        "retention": signal_retention(results, BASELINE) if results else {},
-        "storage_bytes_per_user": storage,
-        "collisions": collisions,
-        "ctr": ctr,
-        "alignment_losses": align_log,
-        "utilization": {name: level_usage(t) for name, t in toks.items()},
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    from u2qt.training.eval_report import write_report
-
-    write_report(report, out, src_emb[span_rows], corpus.windows["source"].to_numpy()[span_rows], toks)
-    return report
 
 
 def level_usage(tok: Tokenized) -> list[float]:

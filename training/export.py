@@ -29,24 +29,31 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str],
 
 
 def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -> Manifest:
+    """A training directory's checkpoint -> ONNX graphs (quantizer, tabular encoders, history model) and
+    manifest.json in `out_dir` (default: the training directory), the text encoder's files beside them."""
     train_dir = Path(train_dir)
     out = Path(out_dir) if out_dir else train_dir
     out.mkdir(parents=True, exist_ok=True)
     ck = load_checkpoint(train_dir)
-    model: U2QTModel = ck.model
-    c = model.config
     if out.resolve() != train_dir.resolve():
         (out / "encoder").mkdir(exist_ok=True)
         for f in (ck.encoder.file, ck.encoder.tokenizer_file):
             for src in (train_dir / "encoder").glob(f + "*"):
                 shutil.copy2(src, out / "encoder" / src.name)
+    tabular = export_tokenizer_graphs(ck, out)
+    history = export_history_graph(train_dir, out)
+    manifest = build_manifest(ck, out, tabular, history)
+    manifest.save(out)
+    return manifest
 
-    n = 4
-    emb = torch.randn(n, c.text_dim)
-    src = torch.arange(n) % len(c.sources)
+
+def export_tokenizer_graphs(ck, out: Path) -> dict[str, TabularInfo]:
+    """quantizer.onnx (source embedding -> codes, latent) and one tabular_<source>.onnx per tabular source."""
+    model: U2QTModel = ck.model
+    c, n = model.config, 4
     _export(
         QuantizerGraph(model).eval(),
-        (emb, src),
+        (torch.randn(n, c.text_dim), torch.arange(n) % len(c.sources)),
         out / QUANTIZER_FILE,
         ["source_embedding", "source_index"],
         ["codes", "latent"],
@@ -57,26 +64,31 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
         f = f"tabular_{name}.onnx"
         _export(enc.eval(), (torch.randn(n, enc.mean.numel()),), out / f, ["features"], ["tabular_embedding"])
         tabular[name] = TabularInfo(file=f, feature_names=tabular_feature_names(specs[name]))
+    return tabular
 
-    history = None
+
+def export_history_graph(train_dir: Path, out: Path) -> HistoryInfo | None:
+    """history.onnx (token history -> user embedding), when training ran the alignment stage."""
     history_model = load_history_model(train_dir / CHECKPOINT_DIR)
-    if history_model is not None:
-        hc = history_model.config
-        ids = torch.randint(1, hc.vocab_size, (3, hc.max_tokens))
-        ids[0, 40:] = 0  # a short, padded history among the examples
-        _export(
-            history_model,
-            (
-                ids,
-                torch.arange(hc.max_tokens).repeat(3, 1) % hc.levels,
-                torch.zeros(3, hc.max_tokens, dtype=torch.long),
-            ),
-            out / HISTORY_FILE,
-            ["token_ids", "level", "age"],
-            ["user_embedding"],
-        )
-        history = HistoryInfo(file=HISTORY_FILE, dim=hc.d_model, max_tokens=hc.max_tokens, max_age=hc.max_age)
+    if history_model is None:
+        return None
+    hc = history_model.config
+    ids = torch.randint(1, hc.vocab_size, (3, hc.max_tokens))
+    ids[0, 40:] = 0  # a short, padded history among the examples
+    _export(
+        history_model,
+        (ids, torch.arange(hc.max_tokens).repeat(3, 1) % hc.levels, torch.zeros(3, hc.max_tokens, dtype=torch.long)),
+        out / HISTORY_FILE,
+        ["token_ids", "level", "age"],
+        ["user_embedding"],
+    )
+    return HistoryInfo(file=HISTORY_FILE, dim=hc.d_model, max_tokens=hc.max_tokens, max_age=hc.max_age)
 
+
+def build_manifest(ck, out: Path, tabular: dict[str, TabularInfo], history: HistoryInfo | None) -> Manifest:
+    """The manifest of the files in `out`; the model version hashes those files and the sources, so the same
+    checkpoint exported anywhere gets the same version."""
+    c = ck.model.config
     encoder = ck.encoder.model_copy(
         update={"file": f"encoder/{ck.encoder.file}", "tokenizer_file": f"encoder/{ck.encoder.tokenizer_file}"}
     )
@@ -86,7 +98,7 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
     files = {r: sha256_file(out / r) for r in sorted(rels)}
     digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in files.items()).encode())
     digest.update(ck.train_config.sources.model_dump_json().encode())
-    manifest = Manifest(
+    return Manifest(
         model_version=digest.hexdigest()[:12],
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         sources=ck.train_config.sources,
@@ -103,8 +115,6 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
         history=history,
         files=files,
     )
-    manifest.save(out)
-    return manifest
 
 
 def _layout(c):

@@ -131,17 +131,7 @@ def fit_mrq(
     )
     emb, source, features = corpus_tensors(corpus, text_emb)
     train_idx = torch.from_numpy(np.flatnonzero(~holdout))
-    for i, spec in enumerate(cfg.sources.sources):
-        rows = ((source == i) & torch.from_numpy(~holdout)).numpy()
-        if spec.kind == "text" and rows.any():
-            mean = emb[rows].mean(0)
-            model.source_mean[i] = mean
-            # centered windows get a mean squared norm of TEXT_TARGET_VARIANCE
-            model.source_scale[i] = ((emb[rows] - mean) ** 2).sum(1).mean().sqrt() / TEXT_TARGET_VARIANCE**0.5
-    for name, enc in model.tabular.items():
-        rows = (source == names.index(name)) & torch.from_numpy(~holdout)
-        enc.mean.copy_(features[name][rows].mean(0))
-        enc.std.copy_(features[name][rows].std(0).clamp(min=1e-3))
+    set_input_statistics(model, cfg, emb, source, features, holdout)
 
     t = time.perf_counter()
     sample = train_idx[torch.from_numpy(rng.permutation(len(train_idx))[: o.kmeans_sample])]
@@ -153,6 +143,30 @@ def fit_mrq(
     timings["kmeans_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    history, restarted = train_loop(model, o, emb, source, features, train_idx, progress)
+    timings["train_s"] = time.perf_counter() - t
+    return model, history, restarted, timings
+
+
+def set_input_statistics(model: U2QTModel, cfg: TrainConfig, emb, source, features, holdout: np.ndarray) -> None:
+    """Per-source standardization from the training windows: text embeddings centered and scaled to a mean
+    squared norm of TEXT_TARGET_VARIANCE, tabular features to mean 0 and standard deviation 1."""
+    names = [s.name for s in cfg.sources.sources]
+    for i, spec in enumerate(cfg.sources.sources):
+        rows = ((source == i) & torch.from_numpy(~holdout)).numpy()
+        if spec.kind == "text" and rows.any():
+            mean = emb[rows].mean(0)
+            model.source_mean[i] = mean
+            model.source_scale[i] = ((emb[rows] - mean) ** 2).sum(1).mean().sqrt() / TEXT_TARGET_VARIANCE**0.5
+    for name, enc in model.tabular.items():
+        rows = (source == names.index(name)) & torch.from_numpy(~holdout)
+        enc.mean.copy_(features[name][rows].mean(0))
+        enc.std.copy_(features[name][rows].std(0).clamp(min=1e-3))
+
+
+def train_loop(model: U2QTModel, o, emb, source, features, train_idx, progress: bool) -> tuple[list[dict], int]:
+    """The MRQ-VAE's optimization, with dead codes restarted every `restart_every` steps early on -> (per-epoch
+    mean losses, codes restarted); leaves the model in eval mode."""
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     gen = torch.Generator().manual_seed(o.seed)
     steps_per_epoch = math.ceil(len(train_idx) / o.batch_size)
@@ -179,9 +193,8 @@ def fit_mrq(
                 if step % 20 == 0:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{res.loss.item():.3f}", restarts=restarted, refresh=False)
             history.append(dict(zip(["loss", "recon", "rq"], (sums / steps_per_epoch).round(5).tolist(), strict=True)))
-    timings["train_s"] = time.perf_counter() - t
     model.eval()
-    return model, history, restarted, timings
+    return history, restarted
 
 
 def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = True) -> dict:
@@ -232,24 +245,8 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
     )
     align_log, align_samples = [], 0
     if cfg.align.enabled:
-        from u2qt.model.vocabulary import TokenVocabulary
-        from u2qt.training.alignment import fit_alignment, save_history_model
-
         t = time.perf_counter()
-        vocab = TokenVocabulary(names, q.shared_levels, q.specific_levels, q.codebook_size)
-        history_model, align_log, align_samples = fit_alignment(
-            cfg,
-            corpus.windows,
-            vocab.ids(source.numpy(), codes),
-            events,
-            model.quantizer,
-            vocab,
-            out / "encoder",
-            info,
-            out / "cache",
-            progress,
-        )
-        save_history_model(out / CHECKPOINT_DIR, history_model)
+        align_log, align_samples = align_stage(cfg, corpus, codes, events, model, info, out, progress)
         timings["align_s"] = time.perf_counter() - t
     report = {
         "config": cfg.model_dump(),
@@ -268,3 +265,28 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_utilization(report, out / "utilization.png")
     return report
+
+
+def align_stage(cfg: TrainConfig, corpus, codes, events, model: U2QTModel, info, out: Path, progress: bool):
+    """The alignment stage after the MRQ-VAE: the history model over the windows' tokens, saved beside the
+    checkpoint -> (losses by epoch, samples)."""
+    from u2qt.model.vocabulary import TokenVocabulary
+    from u2qt.training.alignment import fit_alignment, save_history_model
+
+    q = cfg.quantizer
+    vocab = TokenVocabulary([s.name for s in cfg.sources.sources], q.shared_levels, q.specific_levels, q.codebook_size)
+    source = corpus.windows["source_index"].to_numpy()
+    history_model, align_log, align_samples = fit_alignment(
+        cfg,
+        corpus.windows,
+        vocab.ids(source, codes),
+        events,
+        model.quantizer,
+        vocab,
+        out / "encoder",
+        info,
+        out / "cache",
+        progress,
+    )
+    save_history_model(out / CHECKPOINT_DIR, history_model)
+    return align_log, align_samples
