@@ -43,7 +43,8 @@ def main() -> None:
         pipe = r.pipeline(transaction=False)
         for u in tqdm(range(args.users), desc="write histories", unit="user"):
             codes = rng.integers(0, args.codebook_size, size=(args.days, args.levels))
-            entries = store.entries.pack(first_day + np.arange(args.days), codes)  # what COMMIT stores
+            counts = rng.integers(1, 60, size=args.days)
+            entries = store.entries.pack(first_day + np.arange(args.days), codes, counts)  # what COMMIT stores
             user = f"user-{u:09d}"
             pipe.rpush(store.history_key(user, "purchases"), *entries)
             pipe.expire(store.history_key(user, "purchases"), store.ttl_s)  # COMMIT sets a TTL on every history
@@ -70,7 +71,7 @@ def main() -> None:
         )
         print(
             f"redis {r.info('server')['redis_version']}, entry = {store.entries.size} bytes "
-            f"(uint32 window, {args.levels} codes x {store.entries.bits} bits)"
+            f"(3-byte window index, {args.levels} codes x {store.entries.bits} bits, 1-byte event count)"
         )
         print(f"users {args.users:,}, windows per user {args.days}, tokens {tokens:,}")
         print(

@@ -12,13 +12,17 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
+from u2qt.model.entries import COUNT_BYTES
+
 
 def history_digest(histories: Sequence[Sequence[bytes]]) -> str:
     """What makes two users' histories "identical" for the fallback: the first 16 hex digits of the SHA1 of
-    every source's packed entries (window index and codes, model/entries.py), oldest first, the sources in the
-    manifest's order joined by "|". The store's COMMIT script computes this very digest inside Redis
-    (service/store.py; tests/test_store.py holds the two equal), and `u2qt eval` computes it here."""
-    return hashlib.sha1(b"|".join(b"".join(entries) for entries in histories)).hexdigest()[:16]
+    every source's packed entries (model/entries.py) without their event counts — window index and codes, the
+    tokens a ranker reads — oldest first, the sources in the manifest's order joined by "|". The store's COMMIT
+    script computes this very digest inside Redis (service/store.py; tests/test_store.py holds the two equal),
+    and `u2qt eval` computes it here."""
+    tokens = b"|".join(b"".join(e[:-COUNT_BYTES] for e in entries) for entries in histories)
+    return hashlib.sha1(tokens).hexdigest()[:16]
 
 
 def assign_fallback(sequences: dict[str, Hashable], engagement: dict[str, float]) -> dict[str, int]:

@@ -10,6 +10,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from u2qt.model.entries import MAX_WINDOWS
+
 # Windows start on a Monday at 00:00 UTC, so a 7-day window is a calendar week and a 1-day window a day.
 WINDOW_ORIGIN = 4 * 86400  # 1970-01-05T00:00:00Z
 _PERIOD = re.compile(r"^(\d+)([smhdw])$")
@@ -22,7 +24,10 @@ def parse_period(text: str) -> int:
     match = _PERIOD.match(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"window period {text!r} is not like '1d', '7d', '12h'")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < MIN_PERIOD_S:
+        raise ValueError(f"window period {text!r} is shorter than an hour, the shortest a window may be")
+    return seconds
 
 
 def window_start(ts, period_s: int):
@@ -34,7 +39,7 @@ def window_start(ts, period_s: int):
 
 
 def window_index(ts, period_s: int):
-    """Ordinal of the window holding `ts` (what the history store keeps, in 4 bytes); a number or an array."""
+    """Ordinal of the window holding `ts` (what the history store keeps, in 3 bytes); a number or an array."""
     idx = np.floor_divide(np.asarray(ts, dtype=np.float64) - WINDOW_ORIGIN, period_s).astype(np.int64)
     return int(idx) if idx.ndim == 0 else idx
 
@@ -48,16 +53,17 @@ def windows_in(days: float, period_s: int) -> int:
     return max(1, -(-round(days * 86400) // period_s))
 
 
-# The history store keeps a window's ordinal as a uint32 (model/entries.py), and the API writes window starts as
+# The history store keeps a window's ordinal in 3 bytes (model/entries.py), and the API writes window starts as
 # ISO-8601 dates of years 1..9999: an event time outside both ranges cannot be stored or read back.
 LAST_ISO_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
+MIN_PERIOD_S = 3600  # with MAX_WINDOWS window indices: 1,914 years of 1-hour windows from 1970
 
 
 def event_time_bounds(period_s: int) -> tuple[float, float]:
     """[first, last) event times (unix seconds) whose window the store can keep: window index 0 (the first
-    window, starting 1970-01-05, a Monday) up to the last window that fits a uint32 index and whose start is
-    still a year-9999 date."""
-    last_window = min(2**32 - 1, (LAST_ISO_SECOND - WINDOW_ORIGIN) // period_s)
+    window, starting 1970-01-05, a Monday) up to the last window that fits the entry's 3-byte index and whose
+    start is still a year-9999 date."""
+    last_window = min(MAX_WINDOWS - 1, (LAST_ISO_SECOND - WINDOW_ORIGIN) // period_s)
     return float(WINDOW_ORIGIN), float(index_start(last_window + 1, period_s))
 
 

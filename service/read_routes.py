@@ -74,7 +74,8 @@ async def histories(s: ServiceState, users: list[str], sources: list[str], since
             if hi is not None:
                 keep &= starts <= hi
             ids = vocab.ids(np.full(int(keep.sum()), s.tokenizer.source_index[source]), entries["codes"][keep])
-            rows += [(int(st), order[source], source, t) for st, t in zip(starts[keep], ids, strict=True)]
+            counts = entries["count"][keep].tolist()
+            rows += [(int(st), order[source], source, t, n) for st, t, n in zip(starts[keep], ids, counts, strict=True)]
         rows.sort(key=lambda r: (r[0], r[1]))
         if limit is not None:
             rows = rows[-limit:]
@@ -83,10 +84,11 @@ async def histories(s: ServiceState, users: list[str], sources: list[str], since
             {
                 "source": src,
                 "window_start": iso(st),
+                "event_count": n,
                 **({"tokens": t.tolist()} if fmt != "strings" else {}),
                 **({"token_strings": [strings[i] for i in t]} if fmt != "ids" else {}),
             }
-            for st, _, src, t in rows
+            for st, _, src, t, n in rows
         ]
     return out, {u: n for u, n in fallback.items() if n}
 

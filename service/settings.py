@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from u2qt.model.entries import MAX_WINDOW_EVENTS
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="U2QT_", extra="ignore", populate_by_name=True)
@@ -67,7 +69,11 @@ class ServiceSettings(BaseSettings):
         300.0, ge=0, description="seconds: event times further ahead of the server's clock get 422"
     )
     max_events_per_window: int = Field(
-        1000, ge=1, description="events per (user, source, window); more are `refused` per event"
+        MAX_WINDOW_EVENTS,
+        ge=1,
+        le=MAX_WINDOW_EVENTS,
+        description="events per (user, source, window), at most 255 (a history entry keeps the count in a byte); "
+        "more are `refused` per event",
     )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies over this get 413")
     max_events_per_request: int = Field(10_000, ge=1, description="events per POST /tokenize at most (422)")

@@ -3,7 +3,7 @@
 Keys (a user's keys share the hash tag `{user}`, so they live in one Redis Cluster slot and the
 multi-key scripts below stay legal there):
 
-    {prefix}:{<user>}:t:<model_version>:<source>   LIST, one packed entry per window, oldest first
+    {prefix}:{<user>}:c:<model_version>:<source>   LIST, one packed entry per window, oldest first
     {prefix}:{<user>}:e:<model_version>:<source>:<window_index>
                                                    HASH, for windows still open: event_id -> event JSON, and
                                                    the field "" (no event id is empty) = how many events the
@@ -14,11 +14,13 @@ multi-key scripts below stay legal there):
     {prefix}:fb:<model_version>:<digest>           ZSET: users whose histories have this digest, scored by
                                                    -engagement (the only key not in a user's slot)
 
-Packed entry (PackedEntries): uint32 window index (little endian), then the levels' codes in
-ceil(log2(codebook size)) bits each, most significant bit first, zero-padded to a whole byte (9 bytes for
-4 codes of a 1024-entry codebook). Every key but the collision sets' names the model version, so two versions
-never share a history, an event set or a count: a new version's histories are built beside the old ones from
-the same events (docs/operations.md, "Upgrading the model"). The history key's `t` names this entry format.
+Packed entry (PackedEntries): the window index in 3 bytes (little endian), then the levels' codes in
+ceil(log2(codebook size)) bits each, most significant bit first, zero-padded to a whole byte, then the number of
+events the tokens were built from (one byte): 9 bytes for 4 codes of a 1024-entry codebook. Every
+key but the collision sets' names the model version, so two versions never share a history, an event set or a
+count: a new version's histories are built beside the old ones from the same events (docs/operations.md,
+"Upgrading the model"). The history key's `c` names this entry format (`t` held entries without the count), so
+a history written in another format is never misread.
 
 A window accepts events while it is open: no more than `late_windows` windows older than the newest window
 stored for that user and source (event time, so a backfill in time order works), and while its event set
@@ -66,7 +68,7 @@ for g = 0, (#KEYS - 1) / 2 - 1 do
   local tail = redis.call('LRANGE', hist, -(late + 1), -1)
   local refuse, newest, stored = nil, -1, false
   for j = 1, #tail do
-    local ew = struct.unpack('<I4', tail[j])
+    local ew = struct.unpack('<I3', tail[j])
     if ew == w then stored = true end
     newest = ew
   end
@@ -115,7 +117,8 @@ return out
 # holds no count above the write's, or, with no event set, when the window has no entry yet (an entry whose event
 # set has expired is final).
 # -> {writes applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
-# fallback's key (paper eq. 9, model/fallback.py), hashed once per call over the user's whole history: users with
+# fallback's key (paper eq. 9, model/fallback.py: history_digest, the entries without their event counts),
+# hashed once per call over the user's whole history: users with
 # the same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's
 # tie order) is the fallback order.
 COMMIT = """
@@ -130,7 +133,7 @@ for k = 0, writes - 1 do
   local entries = redis.call('LRANGE', hist, 0, -1)
   local at, before = nil, nil
   for j = #entries, 1, -1 do
-    local ew = struct.unpack('<I4', entries[j])
+    local ew = struct.unpack('<I3', entries[j])
     if ew == w then at = j break end
     if ew < w then before = j break end
   end
@@ -157,7 +160,11 @@ for k = 0, writes - 1 do
 end
 if applied == 0 then return {0, '', '', 0, 0} end
 local parts = {}
-for i = 2, sources + 1 do parts[#parts + 1] = table.concat(redis.call('LRANGE', KEYS[i], 0, -1)) end
+for i = 2, sources + 1 do
+  local tokens = {}
+  for _, e in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do tokens[#tokens + 1] = string.sub(e, 1, -2) end
+  parts[#parts + 1] = table.concat(tokens)
+end
 local old = redis.call('HGET', meta, 'd') or ''
 local digest = string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
 redis.call('HSET', meta, 'd', digest)
@@ -199,7 +206,7 @@ class TokenHistoryStore:
         history_days: int,
         ttl_days: int,
         late_windows: int,
-        max_events_per_window: int = 1000,
+        max_events_per_window: int = 255,
     ):
         self.redis, self.prefix, self.model_version = redis, prefix, model_version
         self.pipeline = CoalescingPipeline(redis)  # every write, and batch reads, go through it
@@ -211,7 +218,7 @@ class TokenHistoryStore:
         self.events_ttl_s = (late_windows + 2) * period_s
 
     def history_key(self, user: str, source: str) -> str:
-        return f"{self.prefix}:{{{user}}}:t:{self.model_version}:{source}"
+        return f"{self.prefix}:{{{user}}}:c:{self.model_version}:{source}"
 
     def events_key(self, user: str, source: str, window: int) -> str:
         return f"{self.prefix}:{{{user}}}:e:{self.model_version}:{source}:{window}"
@@ -312,7 +319,9 @@ class TokenHistoryStore:
         per user and call, not once per window."""
         if not writes:
             return {}
-        packed = self.entries.pack(np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]))
+        packed = self.entries.pack(
+            np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]), np.array([w[3] for w in writes])
+        )
         position = {s: i + 1 for i, s in enumerate(sources)}
         by_user = _positions_by_user(writes)
         commands = []

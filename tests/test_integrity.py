@@ -46,7 +46,7 @@ def test_a_replay_after_the_event_set_expired_never_makes_a_window_poorer(serve,
     before = httpx.get(f"{base}/users/{user}/tokens").json()
     # what the event sets' TTL does, (U2QT_LATE_WINDOWS + 2) periods after their last change
     r = redis.Redis(port=redis_server.port)
-    open_keys = [k for k in r.scan_iter(f"{settings.key_prefix}:{{{user}}}:*") if b":t:" not in k and b":m:" not in k]
+    open_keys = [k for k in r.scan_iter(f"{settings.key_prefix}:{{{user}}}:*") if b":c:" not in k and b":m:" not in k]
     assert open_keys
     r.delete(*open_keys)
     replay = post(base, events[:1]).json()

@@ -1,5 +1,3 @@
-import struct
-
 import numpy as np
 import pytest
 
@@ -11,21 +9,35 @@ def test_packed_entries_round_trip_every_code(levels, codebook_size):
     rng = np.random.default_rng(levels * codebook_size)
     codes = rng.integers(0, codebook_size, size=(500, levels))
     codes[0], codes[1] = 0, codebook_size - 1  # both ends of the codebook
-    windows = rng.integers(0, 2**32, size=500, dtype=np.uint64)
+    windows = rng.integers(0, 2**24, size=500)
+    windows[0], windows[1] = 0, 2**24 - 1  # both ends of the window index
+    counts = rng.integers(0, 256, size=500)
     layout = PackedEntries(levels, codebook_size)
-    entries = layout.pack(windows, codes)
+    entries = layout.pack(windows, codes, counts)
     assert len(entries) == 500 and {len(e) for e in entries} == {layout.size}
-    # the Lua scripts read the window index as the entry's first 4 bytes, little endian
-    assert [struct.unpack("<I", e[:4])[0] for e in entries[:20]] == windows[:20].tolist()
+    # the Lua scripts read the window index as the entry's first 3 bytes, little endian (struct '<I3')
+    assert [int.from_bytes(e[:3], "little") for e in entries[:20]] == windows[:20].tolist()
     back = layout.unpack(b"".join(entries))
     assert np.array_equal(back["window"], windows) and np.array_equal(back["codes"], codes)
+    assert np.array_equal(back["count"], counts)
 
 
 def test_packed_entry_is_nine_bytes_for_four_codes_of_1024():
-    assert PackedEntries(4, 1024).size == 9  # uint32 window + 40 bits, where uint16 codes took 12
+    assert PackedEntries(4, 1024).size == 9  # 3-byte window + 40 bits of codes + the event count's byte
     assert PackedEntries(4, 1025).size == 10
+    assert PackedEntries(4, 256).size == 8
     with pytest.raises(ValueError, match="16 bits"):
         PackedEntries(4, 2**16 + 1)
+    with pytest.raises(ValueError, match="window indices"):
+        PackedEntries(4, 1024).pack(np.array([2**24]), np.zeros((1, 4)))
+
+
+def test_window_periods_shorter_than_an_hour_are_refused():
+    from u2qt.model.sources import SourcesConfig
+
+    with pytest.raises(ValueError, match="shorter than an hour"):
+        SourcesConfig.model_validate({"window": "30m", "sources": [{"name": "a", "kind": "text"}]})
+    assert SourcesConfig.model_validate({"window": "1h", "sources": [{"name": "a", "kind": "text"}]}).period_s == 3600
 
 
 def test_coalescing_pipeline_shares_one_round_trip_and_keeps_each_callers_replies(redis_server):
