@@ -31,8 +31,9 @@ class BodyLimit:
             nonlocal seen, complete
             if complete:  # after the body only a disconnect can come: no deadline on waiting for it
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            try:  # asyncio.timeout_at, not wait_for: no task per receive on the hot path
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 raise _SlowBody from None
             if message["type"] == "http.request":
