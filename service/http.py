@@ -88,13 +88,16 @@ def fastapi_errors(e: ValidationError, where: str) -> list[dict]:
 
 
 def json_safe(value):
-    """`value` with every non-finite float written as a string and every object JSON cannot hold as its text."""
+    """`value` with every non-finite float, every integer beyond 64 bits and every object JSON cannot hold written
+    as its text."""
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)  # JSON allows it, orjson writes 64-bit integers only
     if value is None or isinstance(value, str | int | bool):
         return value
     if isinstance(value, bytes):

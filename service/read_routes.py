@@ -122,6 +122,13 @@ router.add_route("/users/{user_id}/tokens", user_tokens, methods=["GET"], includ
 
 # The batch routes read their bodies themselves, after the key check (dependencies=[READER]): a caller without
 # a key learns nothing about the body's schema
+async def batch_body(request: Request, model, s: ServiceState):
+    """A batch read's body, its user list at most U2QT_MAX_USERS_PER_READ long (422) -> (body, distinct users)."""
+    body = parse_json(model, await request.body())
+    at_most(len(body.user_ids), s.settings.max_users_per_read, "user_ids", "users per call")
+    return body, list(dict.fromkeys(body.user_ids))
+
+
 @router.post(
     "/users/tokens",
     response_model=BatchHistoryResponse,
@@ -132,10 +139,8 @@ router.add_route("/users/{user_id}/tokens", user_tokens, methods=["GET"], includ
 )
 async def many_user_tokens(request: Request, s: ServiceState = Depends(current)):
     """Histories of many users in one call (one Redis round trip), for rankers scoring many users."""
-    body = parse_json(BatchHistoryRequest, await request.body())
-    at_most(len(body.user_ids), s.settings.max_users_per_read, "user_ids", "users per call")
+    body, users = await batch_body(request, BatchHistoryRequest, s)
     srcs = parse_sources(s, body.sources)
-    users = list(dict.fromkeys(body.user_ids))
     h, fb = await histories(s, users, srcs, body.since, body.until, body.limit, body.format)
     out = {"model_version": s.manifest.model_version, "users": h}
     if fb:
@@ -193,7 +198,5 @@ async def model_description(s: ServiceState = Depends(current)):
 )
 async def many_user_embeddings(request: Request, s: ServiceState = Depends(current)):
     """Embeddings of many users in one call (null for a user with no history)."""
-    body = parse_json(BatchEmbeddingRequest, await request.body())
-    at_most(len(body.user_ids), s.settings.max_users_per_read, "user_ids", "users per call")
-    users = list(dict.fromkeys(body.user_ids))
+    body, users = await batch_body(request, BatchEmbeddingRequest, s)
     return OrjsonResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})

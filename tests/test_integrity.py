@@ -88,6 +88,11 @@ def test_events_ahead_of_the_clock_are_refused_and_cannot_close_a_history(serve)
             '{"events":[{"event_id":"a","user_id":"u","source":"visits","ts":1489060406,"attributes":{"spend":-Infinity}}]}',
             "attributes",
         ),
+        (
+            '{"events":[{"event_id":"a","user_id":"u","source":"visits","ts":1489060406,'
+            '"attributes":{"spend":-201077867664740712448}}]}',
+            "attributes",
+        ),
     ],
 )
 def test_non_finite_or_overflowing_numbers_get_422_naming_the_field(serve, body, field):

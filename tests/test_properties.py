@@ -27,7 +27,7 @@ def live(trained_dir, redis_server, tmp_path_factory):
     services.stop()
 
 
-hostile = st.sampled_from([True, 0, -1, 86400, math.nan, math.inf, 1e400, 4_070_908_800, "2017-13-45", "", None])
+hostile = st.sampled_from([True, 0, -1, 86400, math.nan, math.inf, 1e400, 2**70, 4_070_908_800, "2017-13-45", "", None])
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
 
