@@ -19,22 +19,23 @@ ceil(log2(codebook size)) bits each, most significant bit first, zero-padded to 
 events the tokens were built from (one byte): 9 bytes for 4 codes of a 1024-entry codebook. Every
 key but the collision sets' names the model version, so two versions never share a history, an event set or a
 count: a new version's histories are built beside the old ones from the same events (docs/operations.md,
-"Upgrading the model"). The history key's `c` names this entry format (`t` held entries without the count), so
-a history written in another format is never misread.
+"Upgrading the model"). The history key's `c` names this entry format (`t` held a 4-byte window index and no count),
+so a history written in another format is never misread.
 
 A window accepts events while it is open: no more than `late_windows` windows older than the newest window
 stored for that user and source (event time, so a backfill in time order works), and while its event set
 lives. The event set expires `(late_windows + 2)` window periods of wall-clock time after its last change; a
 window whose entry is stored but whose event set has expired can no longer be rebuilt, so it is closed too:
-an event for it (a replay included) is refused as late and the stored entry stays as it is. The entry and the
-count it was built from live and die together in one key, so a replay can never replace an entry with one built
-from fewer events.
+an event for it (a replay included) is refused as late and the stored entry stays as it is. A window's events
+and the count of events its entry was built from live and die together in one key (the event set), so a replay
+can never replace an entry with one built from fewer events.
 
 Every change to one user is one Lua script, so it is atomic without locks, and a request that touches several
 of a user's windows (a household's week: one per source) costs one script per step, not one per window:
   INGEST  adds events (idempotent on event_id), refuses events of closed windows and events past the
           per-window cap, and says for each window whether it must be (re)tokenized, returning its events if so;
-  COMMIT  appends or replaces each window's entry unless one built from as many or more events is stored,
+  COMMIT  appends or replaces each window's entry unless one built from more events is stored (or the window's
+          entry is stored and its event set has expired),
           trims the history to its cap, sets the TTL, and then re-hashes the user's whole history (every
           source) once into the metadata's digest, in the same atomic step, for the collision fallback.
 Concurrent writers therefore converge: the entry built from the most events wins. Commands go out through
