@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,7 @@ LAST_ISO_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
 MIN_PERIOD_S = 3600  # with MAX_WINDOWS window indices: 1,914 years of 1-hour windows from 1970
 
 
+@functools.cache
 def event_time_bounds(period_s: int) -> tuple[float, float]:
     """[first, last) event times (unix seconds) whose window the store can keep: window index 0 (the first
     window, starting 1970-01-05, a Monday) up to the last window that fits the entry's 3-byte index and whose

@@ -135,7 +135,7 @@ class MicroBatcher:
         max_queue_delay_ms: float = 0.0,
     ):
         self.runtime, self.metrics = runtime, metrics
-        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
         # Admission by expected wait, not only by count: under overload the queue then stays as short as the
         # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
         self.admission = Admission(max_queue, max_queue_delay_ms, metrics.queue_depth)

@@ -300,25 +300,11 @@ def cmd_up(args) -> None:
             f"{minutes} on a 2-core machine{'' if args.full else '; --full trains on every household'}",
             flush=True,
         )
-        cmd_train(
-            argparse.Namespace(
-                dataset="completejourney",
-                events=None,
-                sources=None,
-                out=str(out),
-                max_users=users,
-                epochs=None,
-                seed=None,
-                shared_levels=None,
-                specific_levels=None,
-                codebook_size=None,
-                code_dim=None,
-                text_model=None,
-                pooling=None,
-                precision=None,
-                then_serve=True,
-            )
-        )
+        # the train command's own parser and defaults, not a copy of them
+        argv = ["train", "--dataset", "completejourney", "--out", str(out)]
+        train_args = build_parser().parse_args(argv + (["--max-users", str(users)] if users else []))
+        train_args.then_serve = True
+        cmd_train(train_args)
     else:
         print(f"found a trained tokenizer in {out}", flush=True)
     if not exported:

@@ -120,8 +120,8 @@ class EventTokenizer:
         windows = window_index(np.array([e.ts for e in events], dtype=np.float64), self.period).tolist()
         for i, (e, w) in enumerate(zip(events, windows, strict=True)):  # one vectorized call per request
             groups[(e.user_id, e.source, w)].append(i)
-        if len(groups) > self.batcher.max_queue:
-            raise TooManyWindows(len(groups), self.batcher.max_queue)
+        if len(groups) > self.batcher.admission.max_items:
+            raise TooManyWindows(len(groups), self.batcher.admission.max_items)
         with self.batcher.reserve(len(groups)) as reservation:
             return await self._tokenize(events, groups, reservation)
 

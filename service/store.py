@@ -51,6 +51,7 @@ import orjson
 from redis.asyncio import Redis
 
 from u2qt.model.entries import PackedEntries
+from u2qt.model.sources import windows_in
 from u2qt.service.coalescing import CoalescingPipeline
 
 # One call per user: KEYS = for each of the user's (source, window) groups its history and its event set, then the
@@ -213,7 +214,7 @@ class TokenHistoryStore:
         self.pipeline = CoalescingPipeline(redis)  # every write, and batch reads, go through it
         self.period_s, self.late_windows, self.max_events_per_window = period_s, late_windows, max_events_per_window
         self.entries = PackedEntries(levels, codebook_size)
-        self.max_entries = max(1, -(-history_days * 86400 // period_s))
+        self.max_entries = windows_in(history_days, period_s)
         self.ttl_s = ttl_days * 86400
         # an open window's events are kept while late events may still arrive for it
         self.events_ttl_s = (late_windows + 2) * period_s

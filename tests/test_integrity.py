@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from benchmarks.harness import wait_until
 from tests.test_service import api_events, post
 
 TS = 1489060406  # 2017-03-09, inside The Complete Journey
@@ -141,9 +142,9 @@ def test_a_request_refused_with_429_stored_nothing(services):
         b_reply = pool.submit(post, base, b)
         assert b_in_ingest.wait(30)
         c_reply = pool.submit(post, base, c)
-        wait_for(lambda: c_reply.done() or inference_calls, "C answered or in inference")
+        wait_until(lambda: c_reply.done() or inference_calls, 30, "C answered or in inference")
         release_ingest.set()
-        wait_for(lambda: b_reply.done() or any(inference_calls), "B answered or in inference")
+        wait_until(lambda: b_reply.done() or any(inference_calls), 30, "B answered or in inference")
         release_inference.set()
         replies = {"b": (b, b_reply.result()), "c": (c, c_reply.result())}
     refused = [name for name, (_, r) in replies.items() if r.status_code == 429]
@@ -153,13 +154,6 @@ def test_a_request_refused_with_429_stored_nothing(services):
         req = replies[name][0]
         again = post(base, req)
         assert again.status_code == 200 and again.json()["accepted"] == len(req), f"{name}'s 429 had stored events"
-
-
-def wait_for(check, what: str, timeout_s: float = 30) -> None:
-    deadline = time.time() + timeout_s
-    while not check():
-        assert time.time() < deadline, what
-        time.sleep(0.01)
 
 
 def test_sequential_writers_of_large_requests_are_not_refused(serve, cj_events):

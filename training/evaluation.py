@@ -201,6 +201,8 @@ class EvalData:
     users: list[str]
     lo: float  # the span in unix seconds, as normalized events hold them
     hi: float
+    w_idx: np.ndarray  # every corpus row's window index
+    by_user: dict[str, list[int]]  # user -> corpus rows in the span
 
     @property
     def sources(self) -> SourcesConfig:
@@ -288,8 +290,24 @@ def prepare(train_dir: Path, cfg: EvalConfig, events, labels, progress: bool) ->
     span_s = windows_in(cfg.history_days, period) * period  # whole windows
     span = pre & (starts >= cut_s - span_s)
     users = sorted(set(corpus.windows.loc[span, "user_id"]) & set(labels.index))
+    by_user: dict[str, list[int]] = {}
+    for r in np.flatnonzero(span):
+        by_user.setdefault(corpus.windows["user_id"].iat[r], []).append(r)
     return EvalData(
-        ck, events, labels, onehot, corpus, text_emb, cut_s, span, np.flatnonzero(pre), users, cut_s - span_s, cut_s
+        ck,
+        events,
+        labels,
+        onehot,
+        corpus,
+        text_emb,
+        cut_s,
+        span,
+        np.flatnonzero(pre),
+        users,
+        cut_s - span_s,
+        cut_s,
+        window_index(starts, period),
+        by_user,
     )
 
 
@@ -330,13 +348,6 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
     return reps, src_emb
 
 
-def span_rows_by_user(d: EvalData) -> dict[str, list[int]]:
-    by_user: dict[str, list[int]] = {}
-    for r in np.flatnonzero(d.span):
-        by_user.setdefault(d.corpus.windows["user_id"].iat[r], []).append(r)
-    return by_user
-
-
 def history_representations(
     d: EvalData, cfg: EvalConfig, mrq: Tokenized, train_dir: Path, reps: dict, progress: bool
 ) -> dict[str, list]:
@@ -363,8 +374,7 @@ def history_representations(
         samples.description, train_dir / "encoder", d.ck.encoder, train_dir / "cache", 64, progress
     )
     table = token_table(mrq.model.quantizer, mrq.vocabulary)
-    w_idx = window_index(d.corpus.windows["window_start"].to_numpy(), d.sources.period_s)
-    by_user = span_rows_by_user(d)
+    w_idx, by_user = d.w_idx, d.by_user
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, levels), np.int64))
     seq = batch_sequences(
         [(w_idx[by_user[u]], src_all[by_user[u]], full_ids[by_user[u]]) if u in by_user else empty for u in d.users],
@@ -404,9 +414,8 @@ def user_collisions(d: EvalData, mrq: Tokenized, entries: PackedEntries, out: Pa
     """Collisions of users' full histories in the span, before and after the fallback token (eq. 9), with the
     service's own definition of "identical" (history_digest over the entries the store would hold) and of
     engagement (every event accepted for the user; here: before the cut-off). Writes fallback.json."""
-    w_idx = window_index(d.corpus.windows["window_start"].to_numpy(), d.sources.period_s)
     src_all = d.corpus.windows["source_index"].to_numpy()
-    by_user = span_rows_by_user(d)
+    w_idx, by_user = d.w_idx, d.by_user
     engagement = d.events[d.events["ts"] < d.hi].groupby("user_id").size()
     digests = {u: user_digest(by_user[u], w_idx, src_all, mrq, entries, len(d.names)) for u in d.users if u in by_user}
     fb = assign_fallback(digests, engagement.to_dict())
