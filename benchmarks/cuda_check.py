@@ -58,8 +58,9 @@ def main() -> None:
     corpus = build_corpus(keep_users(normalize_events(load_events(), sources), 120, seed=5), sources, progress=False)
     w = corpus.windows[corpus.windows["text"] != ""].head(args.windows)
     texts, src = w["text"].tolist(), w["source_index"].to_numpy()
-    ids = gpu.text.tokenizer.encode(texts)
-    print(f"{len(texts)} text windows, {np.mean([len(x) for x in ids]):.0f} subword tokens on average")
+    ids = [c for chunks in gpu.text.tokenizer.encode(texts) for c in chunks]  # every chunk, as the encoder runs them
+    mean_len = np.mean([len(x) for x in ids])
+    print(f"{len(texts)} text windows, {len(ids)} chunks of {mean_len:.0f} subword tokens on average")
 
     def codes(rt, emb):
         return rt.quantize(emb, src)[0]

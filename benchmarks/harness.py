@@ -81,6 +81,62 @@ class RedisProcess:
     stop = kill
 
 
+class RedisClusterProcess:
+    """A real Redis Cluster of `masters` redis-servers (no replicas) on free loopback ports, created with
+    `redis-cli --cluster create`: what a test or benchmark needs to run against sharded Redis."""
+
+    def __init__(self, masters: int = 3, directory: Path | None = None):
+        self.masters = masters
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="u2qt-cluster-"))
+        self.ports = [free_port() for _ in range(masters)]
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> RedisClusterProcess:
+        binary = redis_server_binary()
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        if binary is None or not Path(cli).exists():
+            raise RuntimeError("redis-server and redis-cli are not installed (bash deploy/install.sh installs them)")
+        for port in self.ports:
+            d = self.directory / str(port)
+            d.mkdir(parents=True, exist_ok=True)
+            args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"), "--dir", str(d)]
+            self.processes.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            wait_until(lambda port=port: redis.Redis(port=port).ping(), 10, "redis-server start")
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: all(redis.Redis(port=p).cluster("info")["cluster_state"] == "ok" for p in self.ports),
+            20,
+            "cluster state ok",
+        )
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def keys_per_master(self) -> list[int]:
+        return [redis.Redis(port=p).dbsize() for p in self.ports]
+
+    def flushall(self) -> None:
+        for p in self.ports:
+            redis.Redis(port=p).flushall()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        self.processes = []
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class ServiceProcess:
     """`u2qt serve` in its own process (so SIGTERM is a real signal), configured through U2QT_* variables."""
 

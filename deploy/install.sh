@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one place u2qt's install steps live: .ci/run, the quickstart and the container image all run it.
-#   bash deploy/install.sh              # training + tests: u2qt with ONNX Runtime CPU and u2qt-train (training/:
+#   bash deploy/install.sh              # training + tests: u2qt with ONNX Runtime CPU, u2qt batch (Ray Data),
+#                                       # and u2qt-train (training/:
 #                                       # torch pinned to the 2.13.0 CPU build), Debian's redis-server and
 #                                       # prometheus (promtool) for the tests
 #   bash deploy/install.sh serve        # serving only, CPU: onnxruntime, no torch (the default image)
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 debian=()
 train=()
 case "${1:-all}" in
-  all)       spec=".[cpu,dev]"; train=(-e training); debian=(redis-server prometheus) ;;
+  all)       spec=".[cpu,dev,batch]"; train=(-e training); debian=(redis-server prometheus) ;;
   serve)     spec=".[cpu]" ;;
   serve-gpu) spec=".[gpu]" ;;
   *)         echo "usage: deploy/install.sh [all|serve|serve-gpu]" >&2; exit 2 ;;

@@ -30,6 +30,8 @@ class ModelConfig(BaseModel):
     codebook_size: int = Field(256, ge=2)
     commitment: float = 0.25  # alpha, eq. 8
     usage_decay: float = 0.99
+    # z layer-normalized (no affine) before quantization: its scale cannot drift away from the codewords
+    latent_norm: bool = False
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -71,6 +73,8 @@ class U2QTModel(nn.Module):
             {name: TabularEncoder(n, c.hidden_dim, c.text_dim) for name, n in c.tabular_features.items()}
         )
         self.encoder = mlp(c.text_dim, c.hidden_dim, c.code_dim)
+        if c.latent_norm:  # appended: no parameters, so the Linear layers keep their checkpoint names
+            self.encoder.append(nn.LayerNorm(c.code_dim, elementwise_affine=False))
         self.quantizer = ResidualQuantizer(
             len(c.sources), c.shared_levels, c.specific_levels, c.codebook_size, c.code_dim, c.commitment, c.usage_decay
         )

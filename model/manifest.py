@@ -20,7 +20,10 @@ class EncoderInfo(BaseModel):
     name: str  # what it was exported from (HF id or local path)
     pooling: Literal["mean", "last_token"]
     normalize: bool
-    max_tokens: int
+    max_tokens: int  # subword tokens per chunk
+    # A window longer than one chunk is encoded in up to max_chunks chunks whose embeddings are pooled (mean
+    # weighted by chunk length); 1 truncates at max_tokens, as artifacts written before chunking do.
+    max_chunks: int = 1
     text_prefix: str
     dim: int
     precision: Literal["fp32", "int8"]

@@ -110,6 +110,16 @@ class ResidualQuantizer(nn.Module):
         return torch.stack(codes, 1), quantized
 
     @torch.no_grad()
+    def decode(self, codes: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Codes [B, L] (per-level indices within the window's block) -> their codeword sum z_hat [B, dim]: what a
+        reader that holds the codebooks recovers from stored tokens alone."""
+        out = torch.zeros(len(codes), self.dim, dtype=self.codebooks[0].dtype)
+        for level in range(self.levels):
+            block = source if level >= self.shared_levels else torch.zeros_like(source)
+            out += self.codebooks[level][block * self.codebook_size + codes[:, level]]
+        return out
+
+    @torch.no_grad()
     def init_kmeans(self, z: torch.Tensor, source: torch.Tensor, seed: int) -> None:
         """Level by level, codebooks become k-means centroids of that level's residuals."""
         residual = z.detach().clone()
@@ -130,10 +140,10 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def restart_dead_codes(
         self, residuals: list[torch.Tensor], source: torch.Tensor, threshold: float, generator: torch.Generator
-    ) -> int:
+    ) -> dict[int, torch.Tensor]:
         """Moves codes whose usage fell below `threshold` x their block's mean onto residuals of this
-        batch, at every level (the official code restarts level 1 only). Returns how many moved."""
-        k, moved = self.codebook_size, 0
+        batch, at every level (the official code restarts level 1 only). -> level -> rows moved in its table."""
+        k, moved = self.codebook_size, {}
         for level in range(self.levels):
             usage, table = self.usage(level), self.codebooks[level]
             for b in range(self.blocks(level)):
@@ -145,5 +155,5 @@ class ResidualQuantizer(nn.Module):
                 pick = torch.randint(len(rows), (len(dead),), generator=generator)
                 table.data[b * k + dead] = rows[pick]
                 u[dead] = u.mean()
-                moved += len(dead)
+                moved[level] = torch.cat([moved.get(level, dead[:0]), b * k + dead])
         return moved

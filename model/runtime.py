@@ -69,19 +69,33 @@ def length_runs(lengths: np.ndarray, width: float, max_padding: float = math.inf
     return runs
 
 
+Chunks = list[list[int]]  # one text's subword ids: its first max_tokens, then what overflowed, chunk by chunk
+
+
 class TextTokenizer:
-    """The encoder's subword tokenizer with u2qt's prefix and truncation rule (shared by train and serve)."""
+    """The encoder's subword tokenizer with u2qt's prefix and chunking rule (shared by train and serve): a text
+    is cut into chunks of max_tokens (each with the model's special tokens; the prefix leads the first), at most
+    max_chunks of them; the rest is dropped."""
 
     def __init__(self, path: Path, info: EncoderInfo):
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
+        # what passes max_tokens is not lost: the tokenizer puts it in `overflowing`, the following chunks
         self.tokenizer.enable_truncation(max_length=info.max_tokens)
         self.prefix = info.text_prefix
-        self.max_tokens = info.max_tokens
+        self.max_tokens, self.max_chunks = info.max_tokens, info.max_chunks
         self.pad_id = info.pad_token_id
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch([self.prefix + t for t in texts])]
+    def _all_chunks(self, texts: Sequence[str]) -> list[Chunks]:
+        encoded = self.tokenizer.encode_batch([self.prefix + t for t in texts])
+        return [[e.ids, *(o.ids for o in e.overflowing)] for e in encoded]
+
+    def encode(self, texts: Sequence[str]) -> list[Chunks]:
+        return [chunks[: self.max_chunks] for chunks in self._all_chunks(texts)]
+
+    def chunks_needed(self, texts: Sequence[str]) -> np.ndarray:
+        """How many chunks each text would take uncut (more than max_chunks: its tail is dropped)."""
+        return np.array([len(c) for c in self._all_chunks(texts)], dtype=np.int64)
 
     def untruncated_lengths(self, texts: Sequence[str]) -> np.ndarray:
         self.tokenizer.no_truncation()
@@ -120,25 +134,37 @@ class OnnxTextEncoder:
 
     def embed_ids(
         self,
-        ids: Sequence[list[int]],
+        texts: Sequence[Chunks],
         width: float,
         max_padding: float = math.inf,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Embeds subword-id sequences in length runs (length_runs), returned in input order."""
-        out = np.zeros((len(ids), self.info.dim), dtype=np.float32)
-        if not len(ids):
+        """Embeds chunked subword ids (TextTokenizer.encode) in length runs of chunks (length_runs) -> one
+        embedding per text, in input order: the mean of its chunks' embeddings weighted by their lengths
+        (re-normalized when the encoder normalizes), so a one-chunk text is exactly its chunk's embedding."""
+        out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
+        if not len(texts):
             return out
-        for run in length_runs(np.array([len(x) for x in ids]), width, max_padding):
-            out[run] = self.run_ids([ids[i] for i in run])
+        flat = [c for chunks in texts for c in chunks]
+        lengths = np.array([len(c) for c in flat])
+        emb = np.zeros((len(flat), self.info.dim), dtype=np.float32)
+        for run in length_runs(lengths, width, max_padding):
+            emb[run] = self.run_ids([flat[i] for i in run])
             if progress:
                 progress(len(run))
+        if len(flat) == len(texts):
+            return emb
+        owner = np.repeat(np.arange(len(texts)), [len(c) for c in texts])
+        np.add.at(out, owner, emb * lengths[:, None].astype(np.float32))
+        out /= np.bincount(owner, weights=lengths, minlength=len(texts))[:, None].astype(np.float32)
+        if self.info.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
     def embed(
         self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
-        """Embeds texts in runs of similar length (less padding), returned in input order."""
+        """Embeds texts (chunked, in runs of similar length: less padding), returned in input order."""
         return self.embed_ids(self.tokenizer.encode(texts), batch_size, progress=progress)
 
 
@@ -182,8 +208,8 @@ class TokenizerRuntime:
         rare = session_options(threads, spinning=False)
         self.history = ort.InferenceSession(str(self.directory / h.file), rare, providers=self.providers) if h else None
 
-    def tokenize_texts(self, windows: Sequence[RenderedWindow]) -> list[list[int] | None]:
-        """The subword ids of each text window (None for tabular ones): the first stage of encode_windows, which
+    def tokenize_texts(self, windows: Sequence[RenderedWindow]) -> list[Chunks | None]:
+        """The chunked subword ids of each text window (None for tabular ones): the first stage of encode_windows, which
         the service runs in a thread of its own."""
         texts = [i for i, w in enumerate(windows) if w.text is not None]
         out: list[list[int] | None] = [None] * len(windows)
@@ -194,7 +220,7 @@ class TokenizerRuntime:
     def embed_windows(
         self,
         windows: Sequence[RenderedWindow],
-        token_ids: Sequence[list[int] | None] | None = None,
+        token_ids: Sequence[Chunks | None] | None = None,
         text_embeddings: np.ndarray | None = None,
     ) -> np.ndarray:
         """-> the source embeddings [N, dim] of rendered windows: text through the text encoder (from `token_ids`
@@ -217,7 +243,7 @@ class TokenizerRuntime:
     def encode_windows(
         self,
         windows: Sequence[RenderedWindow],
-        token_ids: Sequence[list[int] | None] | None = None,
+        token_ids: Sequence[Chunks | None] | None = None,
         text_embeddings: np.ndarray | None = None,
     ) -> np.ndarray:
         """Rendered windows -> their codes [N, levels]: what every part of u2qt that tokenizes windows calls."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
+from u2qt.model.runtime import Chunks, RenderedWindow, TokenizerRuntime
 from u2qt.service.metrics import ServiceMetrics
 
 
@@ -121,7 +121,7 @@ class WindowJob(RenderedWindow):
 @dataclass
 class PreparedBatch:
     jobs: list[WindowJob]
-    token_ids: list[list[int] | None]  # per job (None for tabular windows)
+    token_ids: list[Chunks | None]  # per job (None for tabular windows)
 
 
 class MicroBatcher:

@@ -137,7 +137,7 @@ def cmd_eval(args) -> None:
         cutoff=args.cutoff,
         seeds=args.seeds,
         tokenizer_epochs=args.tokenizer_epochs,
-        align=AlignConfig(epochs=args.align_epochs),
+        align=AlignConfig(epochs=args.align_epochs, min_steps=args.align_min_steps),
         ablations=not args.no_ablations,
     )
     events = labels = None
@@ -157,6 +157,59 @@ def cmd_eval(args) -> None:
         f"wrote {args.out}/report.md ({len(report['results'])} tasks, {report['users']} users, "
         f"{report['wall_s']:.0f} s)"
     )
+
+
+def cmd_dataset(args) -> None:
+    from u2qt.training.movielens import write_dataset
+
+    try:
+        counts = write_dataset(Path(getattr(args, "from")), Path(args.out))
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+    out = args.out
+    print(
+        f"wrote {out}/events.parquet ({counts['events']:,} events, {counts['users']:,} users), {out}/sources.yaml, "
+        f"{out}/labels.csv (tasks: {', '.join(counts['tasks'])})"
+    )
+    print(f"next: u2qt train --events {out}/events.parquet --sources {out}/sources.yaml --out artifacts/ml-100k")
+    print(
+        f"then: u2qt eval artifacts/ml-100k --out docs/eval/ml-100k --events {out}/events.parquet "
+        f"--labels {out}/labels.csv --cutoff 1998-03-01"
+    )
+
+
+def cmd_batch(args) -> None:
+    from u2qt.service.batch_job import BatchJob, parse_time, run
+
+    if not Path(args.artifacts, "manifest.json").is_file():
+        raise CLIError(f"{args.artifacts}: no manifest.json (u2qt export writes it)")
+    job = BatchJob(
+        artifacts=Path(args.artifacts),
+        events=args.events,
+        since=parse_time(args.since),
+        until=parse_time(args.until),
+        redis_url=args.redis,
+        redis_cluster=args.redis_cluster,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        encoders=args.encoders,
+        gpus_per_encoder=args.gpus_per_encoder,
+        resume=args.resume,
+        rows_per_batch=args.rows_per_batch,
+        providers=args.providers,
+        report=Path(args.report) if args.report else None,
+        progress=not args.quiet,
+    )
+    r = run(job)
+    per_stage = ", ".join(f"{k} {v:.1f} s" for k, v in r["stage_s"].items())
+    print(
+        f"u2qt batch ({r['engine']}): {r['windows']:,} windows of {r['users']:,} users from {r['events read']:,} "
+        f"events ({sum(r['events refused'].values()):,} refused) in {r['steady_s']:.1f} s = {r['windows_per_s']:,.0f} "
+        f"windows/s (start-up {r['startup_s']:.1f} s); written {r['windows written']:,}, kept as stored "
+        f"{r['windows kept']:,}, skipped (resume) {r['windows skipped (resume)']:,}; {r['scripts']:,} Redis scripts"
+    )
+    print(f"stages: {per_stage}")
+    print(f"report: {r['report_file']}")
 
 
 def format_report(r: dict) -> str:
@@ -369,10 +422,45 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ev.add_argument("--tokenizer-epochs", type=int, default=10)
     ev.add_argument("--align-epochs", type=int, default=3)
+    ev.add_argument(
+        "--align-min-steps", type=int, default=300, help="history-model steps at least, whatever the data size"
+    )
     ev.add_argument("--no-ablations", action="store_true", help="skip the source-removal tokenizers")
     ev.add_argument("--events", help="your canonical events (default: The Complete Journey)")
     ev.add_argument("--labels", help="csv/parquet: user_id + one 0/1 column per task")
     ev.set_defaults(func=cmd_eval)
+
+    ds = sub.add_parser(
+        "dataset",
+        help="rebuild a public data set as canonical events, sources.yaml and labels",
+        formatter_class=defaults,
+    )
+    ds.add_argument("name", choices=["movielens-100k"])
+    ds.add_argument("--from", required=True, help="the unpacked ml-100k folder (u.data, u.item, u.user)")
+    ds.add_argument("--out", required=True, help="directory to write")
+    ds.set_defaults(func=cmd_dataset)
+
+    b = sub.add_parser(
+        "batch",
+        help="tokenize an event archive (a day, or all of it) into the Redis histories the service reads",
+        formatter_class=defaults,
+    )
+    b.add_argument("--artifacts", required=True, help="artifact directory (manifest.json and ONNX files)")
+    b.add_argument("--events", required=True, nargs="+", help="Parquet files, directories, globs or URLs")
+    b.add_argument("--since", help="only events at or after this time (ISO-8601 or unix seconds; no offset: UTC)")
+    b.add_argument("--until", help="only events before this time")
+    b.add_argument("--redis", help="Redis URL (None: $REDIS_URL); redis+cluster://host:port for a Redis Cluster")
+    b.add_argument("--redis-cluster", action="store_true", help="the Redis URL names a node of a Redis Cluster")
+    b.add_argument("--engine", choices=["local", "ray"], default="local", help="one process, or Ray Data")
+    b.add_argument("--ray-address", help="a running Ray cluster (None: start Ray on this machine)")
+    b.add_argument("--encoders", type=int, default=1, help="encoder actors (Ray)")
+    b.add_argument("--gpus-per-encoder", type=float, default=0, help="GPUs per encoder actor (Ray)")
+    b.add_argument("--resume", action="store_true", help="skip windows already stored from these same events")
+    b.add_argument("--rows-per-batch", type=int, default=20_000, help="events per batch (local engine)")
+    b.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime provider")
+    b.add_argument("--report", help="where to write the JSON report (None: ./batch-report.json)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_batch)
 
     sv = sub.add_parser("serve", help="serve an exported tokenizer over HTTP", formatter_class=defaults)
     sv.add_argument("--artifacts", help="artifact directory with manifest.json (default $U2QT_ARTIFACTS)")
@@ -418,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except ModuleNotFoundError as e:
+        if args.command == "batch" and (e.name or "").startswith(("pyarrow", "ray", "pandas")):
+            print(
+                f"u2qt batch: error: this command needs the batch extra, which this install lacks ({e.name}): "
+                "pip install 'u2qt[batch]', or bash deploy/install.sh",
+                file=sys.stderr,
+            )
+            return 2
         if not (e.name or "").startswith(("u2qt.training", "torch", "pandas", "transformers", "sklearn")):
             raise
         print(

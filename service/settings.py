@@ -22,9 +22,10 @@ class ServiceSettings(BaseSettings):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL", "U2QT_REDIS_URL"),
-        description="the Redis to keep histories in (`redis://`, `rediss://`, with auth); unset: an embedded "
-        "redis-server the service starts itself",
+        description="the Redis to keep histories in (`redis://`, `rediss://`, with auth; `redis+cluster://` any "
+        "node of a Redis Cluster); unset: an embedded redis-server the service starts itself",
     )
+    redis_cluster: bool = Field(False, description="REDIS_URL names a node of a Redis Cluster (as `redis+cluster://`)")
     embedded_redis_dir: Path = Field(Path("artifacts/redis"), description="where the embedded Redis keeps its data")
     key_prefix: str = Field("u2qt", description="first segment of every Redis key")
     redis_max_connections: int = Field(

@@ -7,8 +7,9 @@ import gc
 from dataclasses import dataclass
 
 import numpy as np
-import redis.asyncio as aioredis
 from fastapi import Request
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import TokenizerRuntime
@@ -16,6 +17,7 @@ from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, WindowJob
 from u2qt.service.embedded_redis import EmbeddedRedis
 from u2qt.service.ingest import EventTokenizer
 from u2qt.service.metrics import ServiceMetrics
+from u2qt.service.redis_client import connect
 from u2qt.service.settings import ServiceSettings
 from u2qt.service.store import TokenHistoryStore
 
@@ -26,7 +28,7 @@ class ServiceState:
     manifest: Manifest
     runtime: TokenizerRuntime
     metrics: ServiceMetrics
-    redis: aioredis.Redis
+    redis: Redis | RedisCluster
     store: TokenHistoryStore
     batcher: MicroBatcher
     tokenizer: EventTokenizer
@@ -80,16 +82,7 @@ async def start(settings: ServiceSettings) -> ServiceState:
     if not url:
         embedded = EmbeddedRedis(settings.embedded_redis_dir)
         url = embedded.start()
-    # A blocking pool: a request waits for a free connection (a burst of reads is load, not an outage)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        health_check_interval=10,
-    )
-    client = aioredis.Redis(connection_pool=pool)
+    client = connect(url, settings.redis_cluster, settings.redis_max_connections, settings.redis_pool_timeout_s)
     store = TokenHistoryStore(
         client,
         settings.key_prefix,

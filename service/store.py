@@ -114,8 +114,10 @@ return out
 """
 
 # One call per user: KEYS = the metadata, every source's history (in the order of `sources`), then each write's
-# event set; ARGV = history cap, history TTL, event-set TTL, then for each write its source's position among the
-# histories (1-based), window index, event count and packed entry. A write applies when its window's event set
+# event set; ARGV = history cap, history TTL, event-set TTL, whether to count engagement (1: `u2qt batch`, whose
+# events never pass INGEST: a window it adds counts its events once; 0: the online path, whose INGEST counted
+# them), then for each write its source's position among the histories (1-based), window index, event count and
+# packed entry. A write applies when its window's event set
 # holds no count above the write's, or, with no event set, when the window has no entry yet (an entry whose event
 # set has expired is final).
 # -> {writes applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
@@ -124,12 +126,12 @@ return out
 # the same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's
 # tie order) is the fallback order.
 COMMIT = """
-local cap, ttl, ettl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local writes = (#ARGV - 3) / 4
+local cap, ttl, ettl, counting = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local writes = (#ARGV - 4) / 4
 local sources = #KEYS - 1 - writes
-local meta, applied = KEYS[1], 0
+local meta, applied, engaged = KEYS[1], 0, 0
 for k = 0, writes - 1 do
-  local a = 4 + 4 * k
+  local a = 5 + 4 * k
   local hist, evs = KEYS[1 + tonumber(ARGV[a])], KEYS[2 + sources + k]
   local w, n, entry = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
   local entries = redis.call('LRANGE', hist, 0, -1)
@@ -153,6 +155,7 @@ for k = 0, writes - 1 do
     else
       redis.call('LPUSH', hist, entry)
     end
+    if counting and not at then engaged = engaged + n end
     redis.call('LTRIM', hist, -cap, -1)
     redis.call('EXPIRE', hist, ttl)
     redis.call('HSET', evs, '', n)
@@ -160,6 +163,7 @@ for k = 0, writes - 1 do
     applied = applied + 1
   end
 end
+if engaged > 0 then redis.call('HINCRBY', meta, 'x', engaged) end
 if applied == 0 then return {0, '', '', 0, 0} end
 local parts = {}
 for i = 2, sources + 1 do
@@ -181,6 +185,25 @@ READ = """
 local out = {}
 for i = 1, #KEYS - 1 do out[i] = redis.call('LRANGE', KEYS[i], 0, -1) end
 out[#KEYS] = redis.call('HGET', KEYS[#KEYS], 'f') or '0'
+return out
+"""
+
+# One call per user: KEYS = the user's histories asked about; ARGV = for each window its history's position in
+# KEYS (1-based) and its window index. -> per window the event count its stored entry was built from, or -1.
+STORED = """
+local lists, out = {}, {}
+for i = 1, #ARGV, 2 do
+  local k, w = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  lists[k] = lists[k] or redis.call('LRANGE', KEYS[k], 0, -1)
+  local n = -1
+  for j = #lists[k], 1, -1 do
+    local e = lists[k][j]
+    local ew = struct.unpack('<I3', e)
+    if ew == w then n = string.byte(e, -1) break end
+    if ew < w then break end
+  end
+  out[#out + 1] = n
+end
 return out
 """
 
@@ -319,8 +342,15 @@ class TokenHistoryStore:
         -> user: (history digest now, digest before this call, engagement, has a fallback index) for users
         whose history changed, what refresh_fallback takes. One script per user: the digest is hashed once
         per user and call, not once per window."""
+        return (await self.commit_counted(writes, sources))[0]
+
+    async def commit_counted(
+        self, writes: list[tuple[str, str, int, int, np.ndarray]], sources: list[str], engagement: bool = False
+    ) -> tuple[dict[str, tuple[str, str, int, bool]], int]:
+        """commit(), also -> how many windows were written. engagement: count the events of windows this call
+        adds to a history (`u2qt batch`, whose events do not pass INGEST)."""
         if not writes:
-            return {}
+            return {}, 0
         packed = self.entries.pack(
             np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]), np.array([w[3] for w in writes])
         )
@@ -329,18 +359,37 @@ class TokenHistoryStore:
         commands = []
         for user, members in by_user.items():
             keys = [self.meta_key(user)] + [self.history_key(user, s) for s in sources]
-            args = [self.max_entries, self.ttl_s, self.events_ttl_s]
+            args = [self.max_entries, self.ttl_s, self.events_ttl_s, int(engagement)]
             for i in members:
                 _, source, window, n, _ = writes[i]
                 keys.append(self.events_key(user, source, window))
                 args += [position[source], window, n, packed[i]]
             commands.append(_eval(COMMIT, keys, args))
         replies = await self.pipeline.execute(commands)
-        return {
-            user: (_text(digest), _text(old), int(engagement), bool(ranked))
-            for user, (applied, digest, old, engagement, ranked) in zip(by_user, replies, strict=True)
+        moves = {
+            user: (_text(digest), _text(old), int(engaged), bool(ranked))
+            for user, (applied, digest, old, engaged, ranked) in zip(by_user, replies, strict=True)
             if applied
         }
+        return moves, sum(int(r[0]) for r in replies)
+
+    async def stored_counts(self, windows: list[tuple[str, str, int]]) -> list[int]:
+        """(user, source, window index) -> the event count its stored entry was built from, or -1 (none). One
+        script per user."""
+        by_user = _positions_by_user(windows)
+        commands = []
+        for user, members in by_user.items():
+            keys: dict[str, int] = {}
+            args = []
+            for i in members:
+                key = self.history_key(user, windows[i][1])
+                args += [keys.setdefault(key, len(keys) + 1), windows[i][2]]
+            commands.append(_eval(STORED, list(keys), args))
+        out = [-1] * len(windows)
+        for members, reply in zip(by_user.values(), await self.pipeline.execute(commands), strict=True):
+            for i, n in zip(members, reply, strict=True):
+                out[i] = int(n)
+        return out
 
     async def read(self, users: list[str], sources: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
         """-> ({user: {source: structured array of entries (window, codes)}}, {user: fallback index}) in one

@@ -4,8 +4,8 @@ import warnings
 import pytest
 
 # one implementation of real processes (redis-server, u2qt serve) for tests, benchmarks and the fault drill
+from benchmarks.harness import RedisClusterProcess, free_port
 from benchmarks.harness import RedisProcess as RedisServer
-from benchmarks.harness import free_port
 
 __all__ = ["RedisServer", "free_port"]
 
@@ -26,7 +26,7 @@ def cj_events():
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory, cj_events):
     """A small tokenizer trained and exported on the real slice (fp32 encoder, for parity checks)."""
-    from u2qt.training.config import EncoderConfig, OptimConfig, QuantizerConfig, TrainConfig
+    from u2qt.training.config import AlignConfig, EncoderConfig, OptimConfig, QuantizerConfig, TrainConfig
     from u2qt.training.export import export_artifacts
     from u2qt.training.train import train
 
@@ -36,6 +36,7 @@ def trained_dir(tmp_path_factory, cj_events):
         encoder=EncoderConfig(precision="fp32"),
         quantizer=QuantizerConfig(codebook_size=64, code_dim=32, hidden_dim=128),
         optim=OptimConfig(epochs=6, batch_size=256, restart_every=10, kmeans_sample=4000),
+        align=AlignConfig(min_steps=0),  # the default's 1000 steps are for real data sizes
     )
     out = tmp_path_factory.mktemp("cj") / "train"
     report = train(cfg, events, out, progress=False)
@@ -48,6 +49,46 @@ def redis_server():
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real 3-master Redis Cluster (Debian's redis-server, `redis-cli --cluster create`)."""
+    cluster = RedisClusterProcess(masters=3).start()
+    yield cluster
+    cluster.stop()
+
+
+class RedisTarget:
+    """A standalone server or a cluster, as a test sees either: its URL and its masters' ports."""
+
+    def __init__(self, kind: str, url: str, ports: list[int]):
+        self.kind, self.url, self.ports = kind, url, ports
+
+    def client(self):
+        from u2qt.service.redis_client import connect
+
+        return connect(self.url)
+
+    def eval_calls(self) -> int:
+        import redis
+
+        stats = (redis.Redis(port=p).info("commandstats") for p in self.ports)
+        return sum(s.get("cmdstat_eval", {}).get("calls", 0) for s in stats)
+
+    def keys_per_master(self) -> list[int]:
+        import redis
+
+        return [redis.Redis(port=p).dbsize() for p in self.ports]
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def any_redis(request, redis_server):
+    """Each test that takes it runs twice: against one redis-server and against a 3-master Redis Cluster."""
+    if request.param == "cluster":
+        c = request.getfixturevalue("redis_cluster")
+        return RedisTarget("cluster", c.url, c.ports)
+    return RedisTarget("standalone", redis_server.url, [redis_server.port])
 
 
 class ServiceThreads:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from u2qt.training.config import AlignConfig
+from u2qt.training.eval_report import BASELINE, DECODED
 from u2qt.training.evaluation import EvalConfig, run_eval
 from u2qt.training.probes import ks_statistic
 
@@ -23,7 +24,7 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
     cfg = EvalConfig(
         seeds=[0, 1],
         tokenizer_epochs=2,
-        align=AlignConfig(epochs=1, crop_every_days=56),
+        align=AlignConfig(epochs=1, min_steps=0, crop_every_days=56),
         min_users=20,
         ctr_categories=20,
     )
@@ -52,7 +53,8 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
     )
     assert report["collisions"]["after fallback"] == 0.0
     assert set(report["retention"]) == set(reps) and "signal retention" in md
-    assert report["retention"]["baseline: bag of event texts + tabular sums (raw data)"] == pytest.approx(1.0)
+    assert report["retention"][BASELINE] == pytest.approx(1.0)
+    assert DECODED in reps and "best token-based representation" in md
 
 
 def test_signal_retention_is_the_share_of_the_baselines_signal_above_chance():

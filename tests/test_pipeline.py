@@ -44,12 +44,14 @@ def test_onnx_runtime_matches_pytorch_on_real_windows(trained_dir, cj_events):
 
     # the text encoder: the PyTorch model on the same token ids vs the exported ONNX file
     pooled, _ = load_pooled_model(cfg.encoder)
-    ids = rt.text.tokenizer.encode(texts)
+    chunked = rt.text.tokenizer.encode(texts)
     torch_emb = np.zeros((len(texts), rt.manifest.encoder.dim), dtype=np.float32)
     with torch.no_grad():
-        for s in range(0, len(ids), 64):
-            input_ids, mask = rt.text.tokenizer.pad(ids[s : s + 64])
-            torch_emb[s : s + 64] = pooled(torch.from_numpy(input_ids), torch.from_numpy(mask)).numpy()
+        for i, chunks in enumerate(chunked):  # a long window: its chunks' mean weighted by length, re-normalized
+            input_ids, mask = rt.text.tokenizer.pad(chunks)
+            e = pooled(torch.from_numpy(input_ids), torch.from_numpy(mask)).numpy()
+            v = (e * mask.sum(1, keepdims=True)).sum(0)
+            torch_emb[i] = v / np.linalg.norm(v)
     ort_emb = rt.text.embed(texts)
     assert np.abs(ort_emb - torch_emb).max() < 1e-4
 

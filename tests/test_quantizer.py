@@ -67,7 +67,7 @@ def test_dead_codes_are_moved_onto_current_residuals_at_every_level():
         q.usage(level).fill_(1.0)
         q.usage(level)[3] = 0.0  # code 3 of the first block of every level is dead
     moved = q.restart_dead_codes(out.residuals, source, threshold=0.5, generator=torch.Generator().manual_seed(0))
-    assert moved == q.levels
+    assert sum(len(rows) for rows in moved.values()) == q.levels
     for level in range(q.levels):
         after = q.codebooks[level].detach()
         rows = out.residuals[level] if level < q.shared_levels else out.residuals[level][source == 0]
@@ -115,3 +115,43 @@ def test_checkpoint_round_trip_gives_identical_codes_and_keeps_kmeans_state(tmp_
     with torch.no_grad():
         z2 = loaded.encoder(loaded.source_embedding(emb, source, feats))
     assert torch.equal(model.quantizer.encode(z, source)[0], loaded.quantizer.encode(z2, source)[0])
+
+
+def test_decoding_tokens_gives_the_codeword_sum_encode_quantized_to():
+    q = _quantizer()
+    z, source = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    q.init_kmeans(z, source, seed=0)
+    codes, quantized = q.encode(z, source)
+    torch.testing.assert_close(q.decode(codes, source), quantized)
+
+
+def test_a_restarted_codeword_loses_the_optimizer_moments_of_the_dead_one():
+    from u2qt.training.train import clear_moments
+
+    q = _quantizer()
+    z, source = torch.randn(128, 8), torch.randint(0, 3, (128,))
+    q.init_kmeans(z, source, seed=0)  # every code in use, so every row has a gradient history
+    opt = torch.optim.AdamW(q.parameters(), lr=1e-2)
+    out = q(z, source)
+    out.loss.backward()
+    opt.step()
+    for level in range(q.levels):
+        q.usage(level).fill_(1.0)
+        q.usage(level)[3] = 0.0
+    moved = q.restart_dead_codes(out.residuals, source, threshold=0.5, generator=torch.Generator().manual_seed(0))
+    state = opt.state[q.codebooks[0]]
+    assert state["exp_avg"][3].abs().sum() > 0  # the dead row had a gradient history
+    clear_moments(opt, q.codebooks, moved)
+    for level, rows in moved.items():
+        st = opt.state[q.codebooks[level]]
+        assert st["exp_avg"][rows].abs().sum() == 0 and st["exp_avg_sq"][rows].abs().sum() == 0
+    assert state["exp_avg"][4].abs().sum() > 0  # live rows keep theirs
+
+
+def test_latent_norm_fixes_the_scale_of_z_and_keeps_checkpoint_names():
+    plain = U2QTModel(ModelConfig(sources=["a", "b"], code_dim=16, hidden_dim=32))
+    normed = U2QTModel(ModelConfig(sources=["a", "b"], code_dim=16, hidden_dim=32, latent_norm=True))
+    assert plain.state_dict().keys() == normed.state_dict().keys()
+    with torch.no_grad():
+        z = normed.encoder(torch.randn(10, 384) * 50)
+    torch.testing.assert_close(z.pow(2).mean(1), torch.ones(10), atol=1e-3, rtol=0)

@@ -69,23 +69,21 @@ def test_coalescing_pipeline_shares_one_round_trip_and_keeps_each_callers_replie
     assert new_connections <= 1, "21 callers in one loop turn: one pipeline on one connection"
 
 
-def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(redis_server):
+def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(any_redis):
     """A request touching several windows of a user (a household's week: one per source) runs INGEST and COMMIT
     once per user, and still answers per window; the digest covers every source of the history."""
     import asyncio
-
-    import redis.asyncio as aioredis
 
     from u2qt.service.store import ACCEPTED, CLOSED, DUPLICATE, TokenHistoryStore
 
     sources = ["purchases", "visits", "promotions"]
 
     async def scenario():
-        client = aioredis.from_url(redis_server.url)
+        client = any_redis.client()
         store = TokenHistoryStore(client, "perusr", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
 
         async def evals():
-            return (await client.info("commandstats")).get("cmdstat_eval", {}).get("calls", 0)
+            return any_redis.eval_calls()
 
         def group(user, source, window, *ids):
             return (user, source, window, [(i, {"ts": window * 7 * 86400.0, "text": i}) for i in ids])
@@ -125,12 +123,10 @@ def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(redis_
     assert histories["a"]["promotions"]["codes"].tolist() == [[9, 10, 11, 12]]
 
 
-def test_the_store_and_eval_share_one_definition_of_an_identical_history(redis_server):
+def test_the_store_and_eval_share_one_definition_of_an_identical_history(any_redis):
     """The digest COMMIT writes in Redis is model.fallback.history_digest of the user's packed entries, source by
     source: `u2qt eval` counts collisions with the very rule the service serves the fallback by."""
     import asyncio
-
-    import redis.asyncio as aioredis
 
     from u2qt.model.fallback import history_digest
     from u2qt.service.store import TokenHistoryStore
@@ -140,7 +136,7 @@ def test_the_store_and_eval_share_one_definition_of_an_identical_history(redis_s
     writes.append(("d", "purchases", 12, 3, np.array([9, 10, 11, 12])))
 
     async def scenario():
-        client = aioredis.from_url(redis_server.url)
+        client = any_redis.client()
         store = TokenHistoryStore(client, "digest", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
         for user, source, window, n, _ in writes:
             events = [(f"{source}-{window}-{i}", {"ts": 1.0, "text": "x"}) for i in range(n)]
@@ -158,15 +154,13 @@ def test_the_store_and_eval_share_one_definition_of_an_identical_history(redis_s
     assert digest == stored == expected
 
 
-def test_an_entry_whose_event_set_expired_is_final_and_a_new_window_needs_none(redis_server):
+def test_an_entry_whose_event_set_expired_is_final_and_a_new_window_needs_none(any_redis):
     import asyncio
-
-    import redis.asyncio as aioredis
 
     from u2qt.service.store import TokenHistoryStore
 
     async def scenario():
-        client = aioredis.from_url(redis_server.url)
+        client = any_redis.client()
         store = TokenHistoryStore(client, "final", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
         first = await store.commit([("u", "purchases", 10, 5, np.array([1, 2, 3, 4]))], ["purchases"])
         await client.delete(store.events_key("u", "purchases", 10))  # its event set expires
@@ -179,3 +173,33 @@ def test_an_entry_whose_event_set_expired_is_final_and_a_new_window_needs_none(r
     first, again, newer, entries = asyncio.run(scenario())
     assert first and not again and newer
     assert entries["window"].tolist() == [10, 11] and entries["codes"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_a_cluster_spreads_users_over_every_master_and_each_users_scripts_stay_legal(redis_cluster):
+    """Every key of a user carries the hash tag {user}: the store's multi-key scripts run on one master, and
+    users spread over all of them. The collision sets (one key each, single-key commands only) live anywhere."""
+    import asyncio
+
+    from u2qt.service.redis_client import connect
+    from u2qt.service.store import TokenHistoryStore
+
+    async def scenario():
+        client = connect(redis_cluster.url)
+        store = TokenHistoryStore(client, "spread", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
+        users = [f"user-{i}" for i in range(60)]
+        groups = [(u, "purchases", 10, [(f"{u}-e", {"ts": 1.0, "text": "milk"})]) for u in users]
+        results = await store.ingest(groups)
+        same = np.array([1, 2, 3, 4])  # 60 identical histories: one collision set
+        moves = await store.commit(
+            [(u, "purchases", 10, r.event_count, same) for u, r in zip(users, results, strict=True)], ["purchases"]
+        )
+        await store.refresh_fallback(moves)
+        histories, fallback = await store.read(users, ["purchases"])
+        await client.aclose()
+        return users, histories, fallback
+
+    users, histories, fallback = asyncio.run(scenario())
+    assert all(histories[u]["purchases"]["codes"].tolist() == [[1, 2, 3, 4]] for u in users)
+    assert sorted(fallback.values()) == list(range(1, 61))  # 60 identical histories: ranks 1..60
+    spread = redis_cluster.keys_per_master()
+    assert len(spread) == 3 and min(spread) > 20, spread

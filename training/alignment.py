@@ -10,6 +10,7 @@ total     eq. 15: lambda_1 token + lambda_2 window + lambda_3 semantic
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,9 +183,10 @@ def train_history_model(
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(samples.ids)
     steps = max(1, n // cfg.batch_size)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps))
     model.train()
-    with tqdm(total=cfg.epochs * steps, desc="align history model", unit="step", disable=not progress) as bar:
-        for _ in range(cfg.epochs):
+    with tqdm(total=epochs * steps, desc="align history model", unit="step", disable=not progress) as bar:
+        for _ in range(epochs):
             perm = torch.randperm(n, generator=gen)
             sums: dict[str, float] = {}
             for s in range(steps):

@@ -19,7 +19,9 @@ class EncoderConfig(BaseModel):
     model: str = DEFAULT_TEXT_MODEL
     pooling: Literal["mean", "last_token"] = "mean"
     normalize: bool = True
-    max_tokens: int = Field(96, ge=8, le=8192)
+    max_tokens: int = Field(96, ge=8, le=8192)  # per chunk
+    # Longer windows are encoded in chunks of max_tokens, pooled, so a long window keeps its tail (docs/eval).
+    max_chunks: int = Field(8, ge=1, le=64)
     text_prefix: str = ""
     # fp32: a window's embedding does not depend on what else is in its batch. int8 (dynamic quantization)
     # is smaller, but its activation scales span the batch, so it runs one window at a time.
@@ -35,6 +37,7 @@ class QuantizerConfig(BaseModel):
     code_dim: int = 64
     hidden_dim: int = 256
     commitment: float = 0.25
+    latent_norm: bool = False  # layer-normalize z before quantization (model/architecture.py)
 
 
 class OptimConfig(BaseModel):
@@ -42,11 +45,14 @@ class OptimConfig(BaseModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = 1024
     lr: float = 1e-3
+    schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr decays to 5% over training
     weight_decay: float = 1e-4
     kmeans_sample: int = 20000
     restart_every: int = 50  # steps between dead-code restarts
     dead_code_threshold: float = 0.1  # x block mean usage
     restart_until: float = 0.8  # fraction of training after which codes are left to settle
+    # a restarted codeword starts afresh: AdamW's moments of its row (built for where it was) are cleared
+    reset_moments_on_restart: bool = True
     holdout_fraction: float = 0.05  # users held out to measure reconstruction on unseen data
     seed: int = 0
 
@@ -67,6 +73,8 @@ class AlignConfig(BaseModel):
     d_model: int = 64
     layers: int = 2
     epochs: int = Field(3, ge=0)
+    # at least this many optimizer steps whatever the data size: a few hundred users give a few steps an epoch
+    min_steps: int = Field(300, ge=0)
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0

@@ -26,17 +26,22 @@ def embed_texts_cached(
     cache = cache_dir / f"text-{h.hexdigest()[:20]}.npy"
     encoder = OnnxTextEncoder(encoder_dir, info, pick_providers("auto"))
     lengths = encoder.tokenizer.untruncated_lengths(list(unique))
+    needed = encoder.tokenizer.chunks_needed(list(unique))
     stats = {
         "distinct_texts": len(unique),
-        "truncated_fraction": float((lengths[inverse] > info.max_tokens).mean()) if len(texts) else 0.0,
+        # a window is truncated when it needs more chunks than max_chunks: its tail is dropped
+        "truncated_fraction": float((needed[inverse] > info.max_chunks).mean()) if len(texts) else 0.0,
+        "chunked_fraction": float((needed[inverse] > 1).mean()) if len(texts) else 0.0,
         "median_tokens": float(np.median(lengths[inverse])) if len(texts) else 0.0,
+        "max_chunks": info.max_chunks,
         "cached": cache.is_file(),
     }
     if cache.is_file():
         emb = np.load(cache)
     else:
-        with tqdm(total=len(unique), desc="encode texts", unit="text", disable=not progress) as bar:
-            emb = encoder.embed(list(unique), batch_size=batch_size, progress=bar.update)
+        ids = encoder.tokenizer.encode(list(unique))
+        with tqdm(total=sum(map(len, ids)), desc="encode texts", unit="chunk", disable=not progress) as bar:
+            emb = encoder.embed_ids(ids, batch_size, progress=bar.update)
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.save(cache, emb)
     return emb[inverse], stats

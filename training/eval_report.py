@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-BASELINE = "baseline: bag of event texts + tabular sums (raw data)"
+BASELINE = "baseline: bag of event texts + tabular sums + activity (raw data)"
 CONTINUOUS = "continuous: window embeddings before quantization, pooled"
+DECODED = "decoded tokens: MRQ-VAE codeword sums, pooled"
 
 
 def mean_over_tasks(report: dict, rep: str, metric: str = "auc") -> float:
@@ -32,25 +33,39 @@ def table(report: dict, reps: list[str]) -> list[str]:
     return lines
 
 
+def token_based(reps) -> list[str]:
+    """Representations a ranker can compute from stored tokens alone (with the model's codebooks)."""
+    return [r for r in reps if r == DECODED or r.startswith("history model") or r == "bag of tokens: MRQ-VAE"]
+
+
+def best_token_based(report: dict) -> str:
+    reps = next(iter(report["results"].values()))
+    return max(token_based(reps), key=lambda r: report["retention"].get(r, float("-inf")))
+
+
 def targets(report: dict) -> list[str]:
     auc = {r: mean_over_tasks(report, r) for r in next(iter(report["results"].values()))}
+    ret = report["retention"]
     mrq, rq = auc["bag of tokens: MRQ-VAE"], auc["bag of tokens: RQ-VAE, shared levels only"]
-    base, cont = auc[BASELINE], auc[CONTINUOUS]
+    cont = auc[CONTINUOUS]
     st = report["storage_bytes_per_user"]
     cont_b = next(v for k, v in st.items() if k.startswith("continuous"))
     tok_b = next(v for k, v in st.items() if k.startswith("tokens"))
     h = {k: auc[f"history model: {k}"] for k in ("no pretext task", "S", "S+T+W")}
     c = report["collisions"]
+    best = best_token_based(report)
 
     def mark(ok: bool) -> str:
         return "holds" if ok else "**does not hold**"
 
     return [
-        f"- MRQ-VAE ≥ RQ-VAE (shared only) ≥ baseline on mean AUC: {mrq:.4f} / {rq:.4f} / {base:.4f} — "
-        f"{mark(mrq >= rq >= base)}",
-        f"- tokens within 0.01 mean AUC of the continuous representation at ≥ 100× less storage: "
-        f"{mrq:.4f} vs {cont:.4f} (gap {cont - mrq:+.4f}), storage {cont_b / tok_b:.0f}× less — "
-        f"{mark(cont - mrq <= 0.01 and cont_b / tok_b >= 100)}",
+        f"- best token-based representation: **{best}**, retention {ret[best]:.2f} (goal ≥ 0.90), mean AUC "
+        f"{auc[best]:.4f} vs continuous {cont:.4f} (gap {cont - auc[best]:+.4f}, goal ≤ 0.02) — "
+        f"{mark(ret[best] >= 0.9 and cont - auc[best] <= 0.02)}",
+        f"- continuous window embeddings retain {ret[CONTINUOUS]:.2f} (goal ≥ 0.95) — {mark(ret[CONTINUOUS] >= 0.95)}",
+        f"- storage per user: tokens {tok_b:,.0f} bytes vs continuous {cont_b:,.0f}, {cont_b / tok_b:.0f}× less "
+        f"(goal ≥ 100×) — {mark(cont_b / tok_b >= 100)}",
+        f"- MRQ-VAE ≥ RQ-VAE (shared levels only), bag of tokens: {mrq:.4f} / {rq:.4f} — {mark(mrq >= rq)}",
         f"- S+T+W ≥ S ≥ no pretext task: {h['S+T+W']:.4f} / {h['S']:.4f} / {h['no pretext task']:.4f} — "
         f"{mark(h['S+T+W'] >= h['S'] >= h['no pretext task'])}",
         f"- user collision rate < 0.5% before the fallback and 0 after: {c['before fallback']:.4%} / "
@@ -114,7 +129,7 @@ def plot_source_embeddings(src_emb: np.ndarray, src_names: np.ndarray, out: Path
 def markdown(report: dict) -> str:
     """The report's text: targets, tasks, the paper's tables 3-6 and 8, collisions."""
     reps = list(next(iter(report["results"].values())))
-    main = [BASELINE, CONTINUOUS] + [r for r in reps if r.startswith("bag of tokens") and "without" not in r]
+    main = [BASELINE, CONTINUOUS, DECODED] + [r for r in reps if r.startswith("bag of tokens") and "without" not in r]
     ablation = ["bag of tokens: MRQ-VAE"] + [r for r in reps if "without" in r]
     history = [r for r in reps if r.startswith("history model")]
     cfg = report["config"]

@@ -28,7 +28,7 @@ from u2qt.training.alignment import build_samples, embed_users, token_table, tra
 from u2qt.training.config import AlignConfig, TrainConfig
 from u2qt.training.corpus import WindowCorpus, build_corpus
 from u2qt.training.embeddings import embed_texts_cached
-from u2qt.training.eval_report import BASELINE
+from u2qt.training.eval_report import BASELINE, DECODED
 from u2qt.training.metrics import collision_stats
 from u2qt.training.probes import probe_seeds, signal_retention
 from u2qt.training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
@@ -111,8 +111,9 @@ def pooled(values: np.ndarray, corpus: WindowCorpus, span: np.ndarray, users: li
 
 
 def raw_baseline(events: pd.DataFrame, sources: SourcesConfig, users: list[str], lo, hi, top: int = 1000):
-    """Bag of event texts (product categories, campaign types) and tabular attribute sums: what a team would
-    build by hand from the raw logs."""
+    """What a team would build by hand from the raw logs: a bag of event texts (product categories, campaign
+    types, titles), tabular attribute sums, and per source its activity (events, active days, days since the
+    last event before the cut-off)."""
     ev = events[(events["ts"] >= lo) & (events["ts"] < hi) & events["user_id"].isin(users)]
     parts = []
     text = ev[ev["text"].notna()] if "text" in ev else ev.iloc[:0]
@@ -121,10 +122,16 @@ def raw_baseline(events: pd.DataFrame, sources: SourcesConfig, users: list[str],
         t = text[text["text"].isin(vocab)]
         parts.append(pd.crosstab(t["user_id"], t["text"]).reindex(index=users, columns=vocab, fill_value=0))
     for spec in sources.sources:
+        src = ev[ev["source"] == spec.name]
         if spec.kind == "tabular":
-            tab = ev[ev["source"] == spec.name]
-            agg = tab.groupby("user_id")[spec.attributes].agg(["sum", "mean", "count"])
+            agg = src.groupby("user_id")[spec.attributes].agg(["sum", "mean", "count"])
             parts.append(agg.reindex(users).fillna(0))
+        by = src.assign(day=src["ts"] // 86400).groupby("user_id")
+        activity = pd.DataFrame(
+            {"events": by.size(), "active_days": by["day"].nunique(), "days_since_last": (hi - by["ts"].max()) / 86400}
+        )
+        never = (hi - lo) / 86400  # a user with no event of the source: as if the last was at the span's start
+        parts.append(activity.reindex(users).fillna({"events": 0, "active_days": 0, "days_since_last": never}))
     x = pd.concat(parts, axis=1).to_numpy(np.float64) if parts else np.zeros((len(users), 1))
     return np.sign(x) * np.log1p(np.abs(x))
 
@@ -345,7 +352,16 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
     )
     for name, tok in toks.items():
         reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
+    reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d.corpus, d.span, d.users, d.names)
     return reps, src_emb
+
+
+def decoded_tokens(tok: Tokenized, n_rows: int) -> np.ndarray:
+    """Each window's tokens decoded to their codeword sum (ResidualQuantizer.decode), rows of the full corpus
+    (zeros where the tokenizer has no window)."""
+    z = np.zeros((n_rows, tok.model.quantizer.dim), np.float32)
+    z[tok.rows] = tok.model.quantizer.decode(torch.from_numpy(tok.codes), torch.from_numpy(tok.source_index)).numpy()
+    return z
 
 
 def history_representations(

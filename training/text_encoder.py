@@ -107,6 +107,7 @@ def export_text_encoder(cfg: EncoderConfig, directory: Path) -> EncoderInfo:
         pooling=cfg.pooling,
         normalize=cfg.normalize,
         max_tokens=cfg.max_tokens,
+        max_chunks=cfg.max_chunks,
         text_prefix=cfg.text_prefix,
         dim=dim,
         precision=cfg.precision,

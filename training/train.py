@@ -127,6 +127,7 @@ def fit_mrq(
             specific_levels=q.specific_levels,
             codebook_size=q.codebook_size,
             commitment=q.commitment,
+            latent_norm=q.latent_norm,
         )
     )
     emb, source, features = corpus_tensors(corpus, text_emb)
@@ -171,6 +172,11 @@ def train_loop(model: U2QTModel, o, emb, source, features, train_idx, progress: 
     gen = torch.Generator().manual_seed(o.seed)
     steps_per_epoch = math.ceil(len(train_idx) / o.batch_size)
     total, step, restarted = o.epochs * steps_per_epoch, 0, 0
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.05 * o.lr)
+        if o.schedule == "cosine"
+        else None
+    )
     history = []
     model.train()
     with tqdm(total=total, desc="train MRQ-VAE", unit="step", disable=not progress) as bar:
@@ -183,11 +189,14 @@ def train_loop(model: U2QTModel, o, emb, source, features, train_idx, progress: 
                 opt.zero_grad(set_to_none=True)
                 res.loss.backward()
                 opt.step()
+                if schedule:
+                    schedule.step()
                 step += 1
                 if step % o.restart_every == 0 and step < o.restart_until * total:
-                    restarted += model.quantizer.restart_dead_codes(
-                        res.residuals, source[idx], o.dead_code_threshold, gen
-                    )
+                    moved = model.quantizer.restart_dead_codes(res.residuals, source[idx], o.dead_code_threshold, gen)
+                    restarted += sum(len(rows) for rows in moved.values())
+                    if o.reset_moments_on_restart:
+                        clear_moments(opt, model.quantizer.codebooks, moved)
                 sums += [res.loss.item(), res.recon_loss.item(), res.rq_loss.item()]
                 bar.update(1)
                 if step % 20 == 0:
@@ -195,6 +204,16 @@ def train_loop(model: U2QTModel, o, emb, source, features, train_idx, progress: 
             history.append(dict(zip(["loss", "recon", "rq"], (sums / steps_per_epoch).round(5).tolist(), strict=True)))
     model.eval()
     return history, restarted
+
+
+def clear_moments(opt: torch.optim.Optimizer, codebooks, moved: dict[int, torch.Tensor]) -> None:
+    """Zeroes AdamW's first and second moments of restarted codebook rows: left as they were, the next steps
+    would push a fresh codeword along the gradient history of the dead one it replaced."""
+    for level, rows in moved.items():
+        state = opt.state.get(codebooks[level])
+        for key in ("exp_avg", "exp_avg_sq"):
+            if state and key in state:
+                state[key][rows] = 0.0
 
 
 def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = True) -> dict:
