@@ -1,5 +1,6 @@
 # u2qt token service. CPU image by default; GPU image (onnxruntime-gpu, CUDA execution provider) with
 #   docker build --build-arg VARIANT=gpu -t u2qt:gpu .
+# and the daily job's image (u2qt batch: CPU ONNX Runtime, Arrow, Ray Data) with --build-arg VARIANT=batch.
 # The install steps are deploy/install.sh, the same script CI runs. Artifacts (an exported tokenizer
 # directory with manifest.json) are mounted at /artifacts:
 #   docker run -p 8000:8000 -v "$PWD/artifacts/cj:/artifacts:ro" -e REDIS_URL=redis://redis:6379/0 u2qt
@@ -16,7 +17,8 @@ COPY pyproject.toml README.md ./
 COPY model/ model/
 COPY service/ service/
 COPY deploy/install.sh deploy/install.sh
-RUN case "$VARIANT" in cpu) mode=serve ;; gpu) mode=serve-gpu ;; *) echo "VARIANT is cpu or gpu" >&2; exit 1 ;; esac \
+RUN case "$VARIANT" in cpu) mode=serve ;; gpu) mode=serve-gpu ;; batch) mode="batch" ;; \
+      *) echo "VARIANT is cpu, gpu or batch" >&2; exit 1 ;; esac \
     && bash deploy/install.sh "$mode" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin u2qt
 USER 10001

@@ -6,6 +6,7 @@
 #                                       # prometheus (promtool) for the tests
 #   bash deploy/install.sh serve        # serving only, CPU: onnxruntime, no torch (the default image)
 #   bash deploy/install.sh serve-gpu    # serving only, GPU: onnxruntime-gpu with CUDA/cuDNN wheels (the GPU image)
+#   bash deploy/install.sh batch        # u2qt batch: serving's CPU install plus Arrow and Ray Data (the job's image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 debian=()
@@ -14,7 +15,8 @@ case "${1:-all}" in
   all)       spec=".[cpu,dev,batch]"; train=(-e training); debian=(redis-server prometheus) ;;
   serve)     spec=".[cpu]" ;;
   serve-gpu) spec=".[gpu]" ;;
-  *)         echo "usage: deploy/install.sh [all|serve|serve-gpu]" >&2; exit 2 ;;
+  batch)     spec=".[cpu,batch]" ;;
+  *)         echo "usage: deploy/install.sh [all|serve|serve-gpu|batch]" >&2; exit 2 ;;
 esac
 missing=()
 for pkg in "${debian[@]}"; do

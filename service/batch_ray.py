@@ -192,7 +192,8 @@ def run_ray(job: BatchJob, paths: list[str]) -> dict:
     ds = ds.map_batches(tokenize, fn_kwargs=dict(job=job), batch_format="pyarrow", batch_size=job.windows_per_encode)
     ds = ds.map_batches(
         Encode,
-        fn_constructor_args=(job, 1),
+        # the encoder's share of the machine: the CPU stages are light and run beside it on its cores
+        fn_constructor_args=(job, max(1, int(ray.cluster_resources().get("CPU", 1)) // job.encoders)),
         batch_format="pyarrow",
         batch_size=job.windows_per_encode,
         concurrency=job.encoders,

@@ -144,3 +144,12 @@ def services(trained_dir, redis_server, tmp_path):
 def serve(services):
     """serve(**settings) -> (base URL, settings) of a running u2qt service (uvicorn in a thread, real Redis)."""
     return services.start
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def serve_both(request, trained_dir, redis_server, tmp_path):
+    """serve() on one redis-server, then again on a 3-master Redis Cluster: a test taking it runs on both."""
+    url = redis_server.url if request.param == "standalone" else request.getfixturevalue("redis_cluster").url
+    services = ServiceThreads(trained_dir[0], url, tmp_path)
+    yield services.start
+    services.stop()

@@ -88,3 +88,16 @@ def test_the_readme_documents_every_setting_with_its_default():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert settings_table() in readme, "regenerate the README's settings table: python3 -m service.settings"
+
+
+def test_compose_cluster_override_runs_u2qt_on_three_cluster_masters():
+    from u2qt.service.redis_client import is_cluster
+
+    base = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    over = yaml.safe_load((DEPLOY / "compose.cluster.yaml").read_text())["services"]
+    nodes = [n for n, svc in over.items() if "--cluster-enabled" in svc.get("command", [])]
+    assert nodes == ["redis", "redis-2", "redis-3"] and "redis" in base  # the base Redis becomes a master
+    init = " ".join(over["redis-cluster-init"]["command"])
+    assert all(f"{n}:6379" in init for n in nodes) and "--cluster create" in init
+    assert is_cluster(over["u2qt"]["environment"]["REDIS_URL"])
+    assert over["u2qt"]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"

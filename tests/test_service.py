@@ -33,8 +33,8 @@ def post(base, events, **kw):
     return httpx.post(f"{base}/tokenize", json={"events": events}, timeout=60, **kw)
 
 
-def test_round_trip_gives_the_tokens_training_would(serve, one_user, trained_dir):
-    base, _ = serve()
+def test_round_trip_gives_the_tokens_training_would(serve_both, one_user, trained_dir):
+    base, _ = serve_both()
     df, sources = one_user
     user = df["user_id"].iloc[0]
     r = post(base, api_events(df))
@@ -75,8 +75,8 @@ def test_round_trip_gives_the_tokens_training_would(serve, one_user, trained_dir
         assert sorted(k for k in served if k[0] == source) == newest
 
 
-def test_replay_changes_nothing_and_late_events_are_refused(serve, one_user):
-    base, _ = serve()
+def test_replay_changes_nothing_and_late_events_are_refused(serve_both, one_user):
+    base, _ = serve_both()
     df, _ = one_user
     user = df["user_id"].iloc[0]
     events = api_events(df)
@@ -113,8 +113,8 @@ def test_a_late_arrival_in_an_open_window_replaces_its_tokens(serve, one_user):
     assert first["windows"]
 
 
-def test_concurrent_writers_converge_to_the_serial_history(serve, cj_events):
-    base, _ = serve(max_batch_size=16)
+def test_concurrent_writers_converge_to_the_serial_history(serve_both, cj_events):
+    base, _ = serve_both(max_batch_size=16)
     events, _ = cj_events
     users = events["user_id"].unique()[:4]
     sub = events[events["user_id"].isin(users)].sort_values("ts")
@@ -150,8 +150,8 @@ def test_concurrent_writers_converge_to_the_serial_history(serve, cj_events):
     assert [got[f"c-{u}"] for u in users] == [want[f"s-{u}"] for u in users]
 
 
-def test_filters_and_batch_read(serve, one_user):
-    base, _ = serve()
+def test_filters_and_batch_read(serve_both, one_user):
+    base, _ = serve_both()
     df, _ = one_user
     user = df["user_id"].iloc[0]
     post(base, api_events(df))
@@ -347,8 +347,8 @@ def test_every_key_of_a_user_lives_in_one_redis_cluster_slot(serve, one_user, re
     assert all(b":fb:" in k for k in shared)
 
 
-def test_identical_histories_get_a_fallback_token_that_survives_a_restart(serve, one_user):
-    base, settings = serve()
+def test_identical_histories_get_a_fallback_token_that_survives_a_restart(serve_both, one_user):
+    base, settings = serve_both()
     df, _ = one_user
     visits = df[df["source"] == "visits"].head(12)
 
@@ -367,7 +367,7 @@ def test_identical_histories_get_a_fallback_token_that_survives_a_restart(serve,
     assert (a["fallback"], a["fallback_token"], b["fallback"], b["fallback_token"]) == (1, "<fb_1>", 2, "<fb_2>")
     assert "fallback" not in httpx.get(f"{base}/users/solo-{user}/tokens").json()
 
-    again, _ = serve(key_prefix=settings.key_prefix)  # a restart: the assignment lives in Redis
+    again, _ = serve_both(key_prefix=settings.key_prefix)  # a restart: the assignment lives in Redis
     both = httpx.post(f"{again}/users/tokens", json={"user_ids": [f"twin-b-{user}", f"twin-a-{user}"]}).json()
     assert both["fallback"] == {
         f"twin-a-{user}": {"fallback": 1, "fallback_token": "<fb_1>"},
