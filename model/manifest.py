@@ -57,6 +57,14 @@ class HistoryInfo(BaseModel):
     max_age: int
 
 
+class DecodedInfo(BaseModel):
+    """The codebooks (model/decoded.py) that turn stored tokens back into codeword sums."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    dim: int  # of the pooled user vector: sources x code_dim
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     schema_version: int = SCHEMA_VERSION
@@ -68,6 +76,7 @@ class Manifest(BaseModel):
     tabular: dict[str, TabularInfo]
     vocabulary: VocabularyLayout
     history: HistoryInfo | None = None  # absent when training skipped the alignment stage
+    decoded: DecodedInfo | None = None  # absent in artifacts exported before the codebooks were
     files: dict[str, str]  # relative path -> sha256
 
     def token_vocabulary(self) -> TokenVocabulary:

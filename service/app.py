@@ -93,7 +93,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NoHistoryModel)
     async def no_history_model(request, exc):
-        return OrjsonResponse({"detail": "this model has no history model (trained without the alignment stage)"}, 501)
+        detail = str(exc) or "this model has no history model (trained without the alignment stage)"
+        return OrjsonResponse({"detail": detail}, 501)
 
 
 def add_ops_routes(app: FastAPI) -> None:

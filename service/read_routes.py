@@ -3,10 +3,13 @@ description for rankers."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 
+from u2qt.model.decoded import codeword_sums, pool_by_source
 from u2qt.model.fallback import fallback_token
 from u2qt.model.sequence import history_sequence
 from u2qt.model.sources import index_start
@@ -148,7 +151,14 @@ async def many_user_tokens(request: Request, s: ServiceState = Depends(current))
     return OrjsonResponse(out)
 
 
-async def user_embeddings(s: ServiceState, users: list[str]) -> dict[str, dict | None]:
+EmbeddingKind = Literal["history", "tokens"]
+
+
+async def user_embeddings(s: ServiceState, users: list[str], kind: EmbeddingKind = "history") -> dict[str, dict | None]:
+    """history: the history model over the user's token sequence; tokens: the decoded tokens pooled per source
+    (model/decoded.py), what `u2qt eval` reports as "decoded tokens"."""
+    if kind == "tokens":
+        return await decoded_embeddings(s, users)
     if s.embedder is None:
         raise NoHistoryModel
     h = s.manifest.history
@@ -175,12 +185,31 @@ async def user_embeddings(s: ServiceState, users: list[str]) -> dict[str, dict |
     return out
 
 
+async def decoded_embeddings(s: ServiceState, users: list[str]) -> dict[str, dict | None]:
+    if s.codebooks is None:
+        raise NoHistoryModel("these artifacts have no codebooks.safetensors: export them again with u2qt export")
+    q, n_sources = s.manifest.quantizer, len(s.tokenizer.source_names)
+    with RedisTimer(s.metrics, "read"):
+        raw, _ = await s.store.read(users, s.tokenizer.source_names)
+    out: dict[str, dict | None] = dict.fromkeys(users)
+    for user in users:
+        items = [(np.full(len(e), s.tokenizer.source_index[src]), e["codes"]) for src, e in raw[user].items() if len(e)]
+        if not items:
+            continue
+        src_idx = np.concatenate([x[0] for x in items])
+        z = codeword_sums(s.codebooks, q.shared_levels, q.codebook_size, np.concatenate([x[1] for x in items]), src_idx)
+        out[user] = {"windows": len(src_idx), "embedding": pool_by_source(z, src_idx, n_sources).tolist()}
+    return out
+
+
 @router.get("/users/{user_id}/embedding", tags=["embeddings"], dependencies=[READER])
-async def user_embedding(user_id: UserId, s: ServiceState = Depends(current)):
-    """The user's dense embedding, computed from their stored token history by the history model. A user
-    without history is no error, as for the token routes: `windows` 0 and `embedding` null."""
-    e = (await user_embeddings(s, [user_id]))[user_id] or {"windows": 0, "embedding": None}
-    return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, **e})
+async def user_embedding(user_id: UserId, kind: EmbeddingKind = "history", s: ServiceState = Depends(current)):
+    """The user's dense embedding from their stored token history: `kind=history` (default) by the history model
+    (a 64-d vector); `kind=tokens` the tokens decoded to their codewords' sums, averaged per source, the sources
+    side by side (sources x code_dim; what docs/eval recommends where users have few windows). A user without
+    history is no error, as for the token routes: `windows` 0 and `embedding` null."""
+    e = (await user_embeddings(s, [user_id], kind))[user_id] or {"windows": 0, "embedding": None}
+    return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, "kind": kind, **e})
 
 
 @router.get("/model", tags=["model"])
@@ -199,4 +228,5 @@ async def model_description(s: ServiceState = Depends(current)):
 async def many_user_embeddings(request: Request, s: ServiceState = Depends(current)):
     """Embeddings of many users in one call (null for a user with no history)."""
     body, users = await batch_body(request, BatchEmbeddingRequest, s)
-    return OrjsonResponse({"model_version": s.manifest.model_version, "users": await user_embeddings(s, users)})
+    vectors = await user_embeddings(s, users, body.kind)
+    return OrjsonResponse({"model_version": s.manifest.model_version, "kind": body.kind, "users": vectors})

@@ -148,6 +148,9 @@ class BatchHistoryRequest(BaseModel):
 class BatchEmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_ids: list[UserId] = Field(min_length=1, examples=[["1001", "1002"]])
+    kind: Literal["history", "tokens"] = Field(
+        "history", description="history: the history model; tokens: decoded tokens pooled per source"
+    )
 
 
 class BatchHistoryResponse(BaseModel):

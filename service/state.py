@@ -11,6 +11,7 @@ from fastapi import Request
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from u2qt.model.decoded import load_codebooks
 from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import TokenizerRuntime
 from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, WindowJob
@@ -34,6 +35,7 @@ class ServiceState:
     tokenizer: EventTokenizer
     embedded: EmbeddedRedis | None
     embedder: EmbeddingBatcher | None
+    codebooks: list[np.ndarray] | None = None  # GET /users/{id}/embedding?kind=tokens
     warmed: bool = False
 
     @property
@@ -116,6 +118,8 @@ async def start(settings: ServiceSettings) -> ServiceState:
         embedded,
         embedder,
     )
+    if manifest.decoded is not None:
+        state.codebooks = load_codebooks(settings.artifacts, runtime.vocabulary.levels)
     for job in warm_up(batcher, manifest):  # one at a time: the queue may hold a single window
         await batcher.submit([job])
     state.warmed = True

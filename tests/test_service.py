@@ -332,6 +332,38 @@ def test_embedding_endpoint_round_trip_matches_the_history_model_offline(serve, 
     np.testing.assert_allclose(many[user]["embedding"], served, atol=1e-6)
 
 
+def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_user, trained_dir):
+    """kind=tokens: each stored window's codes decoded to their codeword sum by the checkpoint's own quantizer
+    (PyTorch), averaged per source, the sources side by side: eval's "decoded tokens" for this user's history."""
+    import torch
+
+    from u2qt.training.train import load_checkpoint
+
+    base, _ = serve()
+    df, _ = one_user
+    user = df["user_id"].iloc[0]
+    assert post(base, api_events(df)).status_code == 200
+    got = httpx.get(f"{base}/users/{user}/embedding", params={"kind": "tokens"}).json()
+    hist = httpx.get(f"{base}/users/{user}/tokens").json()["windows"]
+    ck = load_checkpoint(trained_dir[0])
+    q, names = ck.model.quantizer, ck.model.config.sources
+    vocab = TokenizerRuntime(trained_dir[0], providers="cpu").vocabulary
+    src = torch.tensor([names.index(w["source"]) for w in hist])
+    offsets = [vocab.ids(np.array([i]), np.zeros((1, q.levels), np.int64))[0] for i in range(len(names))]
+    codes = torch.tensor([np.array(w["tokens"]) - offsets[names.index(w["source"])] for w in hist])
+    z = q.decode(codes, src).numpy()
+    expected = np.concatenate(
+        [z[src.numpy() == i].mean(0) if (src.numpy() == i).any() else np.zeros(q.dim) for i in range(len(names))]
+    )
+    assert got["kind"] == "tokens" and got["windows"] == len(hist) and len(got["embedding"]) == len(names) * q.dim
+    np.testing.assert_allclose(got["embedding"], expected, atol=1e-5)
+    many = httpx.post(f"{base}/users/embeddings", json={"user_ids": [user, "nobody"], "kind": "tokens"}).json()
+    assert many["users"]["nobody"] is None and many["kind"] == "tokens"
+    np.testing.assert_allclose(many["users"][user]["embedding"], got["embedding"], atol=1e-6)
+    bad = httpx.get(f"{base}/users/{user}/embedding", params={"kind": "raw"})
+    assert bad.status_code == 422 and "kind" in bad.text
+
+
 def test_every_key_of_a_user_lives_in_one_redis_cluster_slot(serve, one_user, redis_server):
     from redis.crc import key_slot
 

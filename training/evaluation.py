@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from u2qt.model.decoded import codeword_sums
 from u2qt.model.entries import PackedEntries
 from u2qt.model.fallback import assign_fallback, collision_rate, history_digest
 from u2qt.model.history import HistoryConfig
@@ -359,8 +360,10 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
 def decoded_tokens(tok: Tokenized, n_rows: int) -> np.ndarray:
     """Each window's tokens decoded to their codeword sum (ResidualQuantizer.decode), rows of the full corpus
     (zeros where the tokenizer has no window)."""
-    z = np.zeros((n_rows, tok.model.quantizer.dim), np.float32)
-    z[tok.rows] = tok.model.quantizer.decode(torch.from_numpy(tok.codes), torch.from_numpy(tok.source_index)).numpy()
+    q = tok.model.quantizer
+    z = np.zeros((n_rows, q.dim), np.float32)
+    tables = [cb.detach().numpy() for cb in q.codebooks]
+    z[tok.rows] = codeword_sums(tables, q.shared_levels, q.codebook_size, tok.codes, tok.source_index)
     return z
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from u2qt.model.architecture import QuantizerGraph, U2QTModel
-from u2qt.model.manifest import HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
+from u2qt.model.decoded import CODEBOOKS_FILE, save_codebooks
+from u2qt.model.manifest import DecodedInfo, HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
 from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
 from u2qt.model.windows import tabular_feature_names
 from u2qt.training.alignment import load_history_model
@@ -42,6 +43,7 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
                 shutil.copy2(src, out / "encoder" / src.name)
     tabular = export_tokenizer_graphs(ck, out)
     history = export_history_graph(train_dir, out)
+    save_codebooks(out / CODEBOOKS_FILE, [cb.detach().numpy() for cb in ck.model.quantizer.codebooks])
     manifest = build_manifest(ck, out, tabular, history)
     manifest.save(out)
     return manifest
@@ -94,6 +96,7 @@ def build_manifest(ck, out: Path, tabular: dict[str, TabularInfo], history: Hist
     )
     rels = [QUANTIZER_FILE, *(t.file for t in tabular.values()), encoder.tokenizer_file]
     rels += [HISTORY_FILE] if history else []
+    rels += [CODEBOOKS_FILE]
     rels += [str(p.relative_to(out)) for p in (out / "encoder").glob(ck.encoder.file + "*")]
     files = {r: sha256_file(out / r) for r in sorted(rels)}
     digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in files.items()).encode())
@@ -113,6 +116,7 @@ def build_manifest(ck, out: Path, tabular: dict[str, TabularInfo], history: Hist
         tabular=tabular,
         vocabulary=_layout(c),
         history=history,
+        decoded=DecodedInfo(file=CODEBOOKS_FILE, dim=len(c.sources) * c.code_dim),
         files=files,
     )
 

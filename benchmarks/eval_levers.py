@@ -1,0 +1,104 @@
+"""Signal retention of u2qt's tokens across training settings (the levers of docs/eval/levers.md), one data set.
+
+    python3 benchmarks/eval_levers.py --data data/ml-100k --cutoff 1998-03-01 [--variants ref,norm,...]
+
+For each variant: `u2qt train` on the data set's events with its sources.yaml plus the variant's overrides (the
+alignment stage off: these variants change the tokenizer, and `u2qt eval` trains its own history models), then
+`u2qt eval --events --labels --no-ablations --align-epochs 1 --align-min-steps 0`. Prints, per variant, the
+quantization loss by epoch (every 5th) and the mean AUC and signal retention of the baseline, the continuous
+window embeddings, the decoded tokens and the bag of MRQ-VAE tokens. The text embeddings of a variant that keeps
+the windows and the encoder are reused from the first variant's cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import recorded  # noqa: E402
+
+VARIANTS = {
+    "ref": {},  # the defaults
+    "norm": {"quantizer": {"latent_norm": True}},
+    "cos": {"optim": {"schedule": "cosine"}},
+    "normcos": {"quantizer": {"latent_norm": True}, "optim": {"schedule": "cosine"}},
+    "lv33": {"quantizer": {"shared_levels": 3, "specific_levels": 3}},
+    "k1024": {"quantizer": {"codebook_size": 1024}},
+    "chunks1": {"encoder": {"max_chunks": 1}},  # truncation at 96 tokens, as before chunking
+    "p7d": {"window": "7d"},
+    "p1h": {"window": "1h"},
+}
+SHOWN = (
+    "baseline: bag of event texts + tabular sums + activity (raw data)",
+    "continuous: window embeddings before quantization, pooled",
+    "decoded tokens: MRQ-VAE codeword sums, pooled",
+    "bag of tokens: MRQ-VAE",
+)
+
+
+def merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+@recorded
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", type=Path, required=True, help="events.parquet, sources.yaml, labels.csv")
+    p.add_argument("--cutoff", required=True)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--work", type=Path, default=Path("artifacts/levers"))
+    args = p.parse_args()
+    print(
+        f"command: python3 benchmarks/eval_levers.py --data {args.data} --cutoff {args.cutoff} --variants",
+        args.variants,
+    )
+    base = yaml.safe_load((args.data / "sources.yaml").read_text())
+    rows = []
+    first = None
+    for name in args.variants.split(","):
+        out = args.work / name
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = merged(base, {**VARIANTS[name], "align": {"enabled": False}})
+        (out / "sources.yaml").write_text(yaml.safe_dump(cfg))
+        if first is not None and (first / "cache").is_dir():
+            shutil.copytree(first / "cache", out / "cache", dirs_exist_ok=True)
+        train = ["u2qt", "train", "--events", str(args.data / "events.parquet"), "--sources", str(out / "sources.yaml")]
+        subprocess.run([*train, "--out", str(out / "train")], check=True, capture_output=True)
+        if (out / "cache").is_dir():
+            shutil.copytree(out / "cache", out / "train" / "cache", dirs_exist_ok=True)
+        first = first or out / "train"
+        subprocess.run(
+            ["u2qt", "eval", str(out / "train"), "--out", str(out / "eval"), "--events",
+             str(args.data / "events.parquet"), "--labels", str(args.data / "labels.csv"), "--cutoff", args.cutoff,
+             "--no-ablations", "--align-epochs", "1", "--align-min-steps", "0"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        r = json.loads((out / "eval" / "report.json").read_text())
+        t = json.loads((out / "train" / "report.json").read_text())
+        auc = {rep: float(np.mean([r["results"][k][rep]["auc"] for k in r["results"]])) for rep in SHOWN}
+        rq = [round(e["rq"], 2) for e in t["epochs"]][::5]
+        rows.append((name, VARIANTS[name], rq, t["text_encoding"].get("truncated_fraction", 0.0), auc, r["retention"]))
+        print(f"{name}: done", flush=True)
+    print()
+    print("| variant | overrides | quantization loss, every 5th epoch | text windows truncated | " + " | ".join(
+        f"{s.split(':')[0]} AUC / retention" for s in SHOWN) + " |")  # fmt: skip
+    print("|---" * (4 + len(SHOWN)) + "|")
+    for name, over, rq, trunc, auc, ret in rows:
+        cells = " | ".join(f"{auc[s]:.4f} / {ret[s]:.2f}" for s in SHOWN)
+        print(f"| {name} | `{json.dumps(over) if over else 'defaults'}` | {rq} | {trunc:.1%} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
