@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tokenizer-epochs", type=int, default=10)
     ev.add_argument("--align-epochs", type=int, default=3)
     ev.add_argument(
-        "--align-min-steps", type=int, default=300, help="history-model steps at least, whatever the data size"
+        "--align-min-steps", type=int, default=0, help="history-model steps at least, whatever the data size"
     )
     ev.add_argument("--no-ablations", action="store_true", help="skip the source-removal tokenizers")
     ev.add_argument("--events", help="your canonical events (default: The Complete Journey)")

@@ -26,7 +26,7 @@ def cj_events():
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory, cj_events):
     """A small tokenizer trained and exported on the real slice (fp32 encoder, for parity checks)."""
-    from u2qt.training.config import AlignConfig, EncoderConfig, OptimConfig, QuantizerConfig, TrainConfig
+    from u2qt.training.config import EncoderConfig, OptimConfig, QuantizerConfig, TrainConfig
     from u2qt.training.export import export_artifacts
     from u2qt.training.train import train
 
@@ -36,7 +36,6 @@ def trained_dir(tmp_path_factory, cj_events):
         encoder=EncoderConfig(precision="fp32"),
         quantizer=QuantizerConfig(codebook_size=64, code_dim=32, hidden_dim=128),
         optim=OptimConfig(epochs=6, batch_size=256, restart_every=10, kmeans_sample=4000),
-        align=AlignConfig(min_steps=0),  # the default's 1000 steps are for real data sizes
     )
     out = tmp_path_factory.mktemp("cj") / "train"
     report = train(cfg, events, out, progress=False)

@@ -73,8 +73,9 @@ class AlignConfig(BaseModel):
     d_model: int = 64
     layers: int = 2
     epochs: int = Field(3, ge=0)
-    # at least this many optimizer steps whatever the data size: a few hundred users give a few steps an epoch
-    min_steps: int = Field(300, ge=0)
+    # at least this many optimizer steps whatever the data size (a few hundred users give a few steps an epoch);
+    # 0: just `epochs`. Off by default: its effect on retention was not measured (docs/eval/levers.md).
+    min_steps: int = Field(0, ge=0)
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
