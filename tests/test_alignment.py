@@ -94,3 +94,24 @@ def test_fallback_ids_do_not_drift_between_processes():
     }
     assert len(outs) == 1  # same ids whatever the hash seed and the order users arrive in
     assert len(json.loads(outs.pop())) > 250
+
+
+def test_min_steps_trains_a_small_data_set_for_that_many_steps_at_least():
+    """A few hundred users give a few steps an epoch: align.min_steps adds epochs until that many steps ran."""
+    import torch
+
+    from u2qt.model.history import HistoryConfig
+    from u2qt.training.alignment import AlignmentSamples, train_history_model
+    from u2qt.training.config import AlignConfig
+
+    rng = np.random.default_rng(0)
+    n, t = 40, 16
+    seq = lambda: (rng.integers(1, 50, (n, t)), np.tile(np.arange(t) % 4, (n, 1)), np.zeros((n, t), np.int64))  # noqa: E731
+    samples = AlignmentSamples(*seq(), seq(), seq(), ["x"] * n, np.arange(n))
+    hcfg = HistoryConfig(vocab_size=50, code_dim=8, levels=4, text_dim=12, d_model=16, layers=1, max_tokens=t)
+    table = torch.randn(50, 8)
+    desc = rng.normal(size=(n, 12)).astype(np.float32)
+    cfg = AlignConfig(epochs=1, batch_size=16, tasks=["semantic"])
+    _, plain = train_history_model(samples, desc, table, hcfg, cfg, progress=False)
+    _, longer = train_history_model(samples, desc, table, hcfg, cfg.model_copy(update={"min_steps": 9}), progress=False)
+    assert len(plain) == 1 and len(longer) == 5  # 2 steps an epoch: 5 epochs reach 9 steps
