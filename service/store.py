@@ -114,9 +114,9 @@ return out
 """
 
 # One call per user: KEYS = the metadata, every source's history (in the order of `sources`), then each write's
-# event set; ARGV = history cap, history TTL, event-set TTL, whether to count engagement (1: `u2qt batch`, whose
-# events never pass INGEST: a window it adds counts its events once; 0: the online path, whose INGEST counted
-# them), then for each write its source's position among the histories (1-based), window index, event count and
+# event set; ARGV = history cap, history TTL, event-set TTL, whether the writer is `u2qt batch` (1: its events
+# never pass INGEST, so a window it adds counts its events once as engagement, and it opens no event set: a window
+# it writes is closed to the stream unless the stream had opened it; 0: the online path), then for each write its source's position among the histories (1-based), window index, event count and
 # packed entry. A write applies when its window's event set
 # holds no count above the write's, or, with no event set, when the window has no entry yet (an entry whose event
 # set has expired is final).
@@ -142,7 +142,8 @@ for k = 0, writes - 1 do
     if ew < w then before = j break end
   end
   local ok
-  if redis.call('EXISTS', evs) == 1 then
+  local open = redis.call('EXISTS', evs) == 1
+  if open then
     ok = tonumber(redis.call('HGET', evs, '') or '-1') <= n
   else
     ok = at == nil  -- an entry whose event set is gone is final
@@ -158,8 +159,12 @@ for k = 0, writes - 1 do
     if counting and not at then engaged = engaged + n end
     redis.call('LTRIM', hist, -cap, -1)
     redis.call('EXPIRE', hist, ttl)
-    redis.call('HSET', evs, '', n)
-    redis.call('EXPIRE', evs, ettl)
+    -- the batch job opens no event set: its windows' events are not in Redis, so the stream could not rebuild
+    -- them, and a count per window for days would cost more memory than the histories
+    if open or not counting then
+      redis.call('HSET', evs, '', n)
+      redis.call('EXPIRE', evs, ettl)
+    end
     applied = applied + 1
   end
 end
