@@ -56,6 +56,8 @@ def _with_count(table: pa.Table, name: str, value: float, dtype: pa.DataType = p
 
 
 def prepare(table: pa.Table, job: BatchJob, latest: float, buckets: int) -> pa.Table:
+    if table.num_rows == 0:  # an empty block (Ray makes some) has nothing to do
+        return table
     ts = stages.to_seconds(table["ts"]).to_numpy(zero_copy_only=False)
     keep = np.ones(len(ts), bool)
     if job.since is not None:
@@ -68,6 +70,8 @@ def prepare(table: pa.Table, job: BatchJob, latest: float, buckets: int) -> pa.T
 
 
 def form_windows(events: pa.Table, job: BatchJob, max_events: int) -> pa.Table:
+    if events.num_rows == 0:  # an empty block (Ray makes some) has nothing to do
+        return events
     t = time.perf_counter()
     refused = int(np.asarray(events["refused"]).sum())
     sorted_events = stages.sort_events(events.drop_columns(["bucket", "refused"]))
@@ -77,6 +81,9 @@ def form_windows(events: pa.Table, job: BatchJob, max_events: int) -> pa.Table:
 
 
 def drop_stored(windows: pa.Table, job: BatchJob) -> pa.Table:
+    if windows.num_rows == 0:  # an empty block (Ray makes some) has nothing to do
+        return windows
+
     async def run():
         client, store = open_store(job, _manifest(str(job.artifacts)))
         try:
@@ -88,6 +95,8 @@ def drop_stored(windows: pa.Table, job: BatchJob) -> pa.Table:
 
 
 def tokenize(windows: pa.Table, job: BatchJob) -> pa.Table:
+    if windows.num_rows == 0:  # an empty block (Ray makes some) has nothing to do
+        return windows
     t = time.perf_counter()
     out = stages.tokenize(windows, _cpu_runtime(str(job.artifacts)))
     return _with_count(out, "s_tokenize", time.perf_counter() - t)
@@ -100,6 +109,8 @@ class Encode:
         self.runtime = TokenizerRuntime(job.artifacts, providers=job.providers, threads=threads)
 
     def __call__(self, windows: pa.Table) -> pa.Table:
+        if windows.num_rows == 0:
+            return windows
         t = time.perf_counter()
         out = stages.encode(windows, self.runtime)
         return _with_count(out, "s_encode", time.perf_counter() - t)
@@ -133,6 +144,8 @@ def make_sink(job: BatchJob):
                 try:
                     for block in blocks:
                         table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+                        if table.num_rows == 0:  # Ray may hand over empty blocks, without a schema
+                            continue
                         for k in TIMING:
                             if k in table.column_names:
                                 totals[k] += float(np.asarray(table[k]).sum())

@@ -116,10 +116,10 @@ return out
 # One call per user: KEYS = the metadata, every source's history (in the order of `sources`), then each write's
 # event set; ARGV = history cap, history TTL, event-set TTL, whether the writer is `u2qt batch` (1: its events
 # never pass INGEST, so a window it adds counts its events once as engagement, and it opens no event set: a window
-# it writes is closed to the stream unless the stream had opened it; 0: the online path), then for each write its source's position among the histories (1-based), window index, event count and
-# packed entry. A write applies when its window's event set
-# holds no count above the write's, or, with no event set, when the window has no entry yet (an entry whose event
-# set has expired is final).
+# it writes is closed to the stream unless the stream had opened it; 0: the online path), then for each write its
+# source's position among the histories (1-based), window index, event count and packed entry. A write applies
+# when its window's event set holds no count above the write's, or, with no event set, when the window has no
+# entry yet (an entry whose event set has expired is final).
 # -> {writes applied, digest after, digest before, engagement, has a fallback index}. The digest is the collision
 # fallback's key (paper eq. 9, model/fallback.py: history_digest, the entries without their event counts),
 # hashed once per call over the user's whole history: users with
