@@ -195,7 +195,9 @@ def run_ray(job: BatchJob, paths: list[str]) -> dict:
     started = time.perf_counter()
     ds = ray.data.read_parquet(paths)
     events = ds.count()  # what was read; Ray Data caches nothing, so this is one extra pass over the metadata
-    buckets = max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
+    # a bucket is formed, encoded and written as one block: enough buckets that each holds about rows_per_batch
+    # events, so windows stream to the encoders and to Redis instead of arriving in a few huge blocks
+    buckets = max(2 * int(ray.cluster_resources().get("CPU", 2)), -(-events // job.rows_per_batch))
     ds = ds.map_batches(prepare, fn_kwargs=dict(job=job, latest=latest, buckets=buckets), batch_format="pyarrow")
     ds = ds.groupby("bucket").map_groups(
         form_windows, fn_kwargs=dict(job=job, max_events=job.store["max_events_per_window"]), batch_format="pyarrow"
