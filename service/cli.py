@@ -456,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoders", type=int, default=1, help="encoder actors (Ray)")
     b.add_argument("--gpus-per-encoder", type=float, default=0, help="GPUs per encoder actor (Ray)")
     b.add_argument("--resume", action="store_true", help="skip windows already stored from these same events")
-    b.add_argument("--rows-per-batch", type=int, default=20_000, help="events per batch (local engine)")
+    b.add_argument(
+        "--rows-per-batch", type=int, default=20_000, help="events per batch (local) or per user bucket (Ray)"
+    )
     b.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime provider")
     b.add_argument("--report", help="where to write the JSON report (None: ./batch-report.json)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
