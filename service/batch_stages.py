@@ -12,7 +12,6 @@ returns them to the online path, de-duplicated on event_id and capped at the fir
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -41,12 +40,6 @@ class StageClock:
     def add(self, stage: str, started: float, rows: int) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
         self.rows[stage] = self.rows.get(stage, 0) + rows
-
-    def merge(self, other: dict) -> None:
-        for stage, s in other.get("seconds", {}).items():
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + s
-        for stage, n in other.get("rows", {}).items():
-            self.rows[stage] = self.rows.get(stage, 0) + n
 
 
 def to_seconds(ts: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -302,7 +295,3 @@ async def drop_stored(windows: pa.Table, store: TokenHistoryStore) -> pa.Table:
     )
     keep = np.asarray(windows["event_count"].to_numpy()) != np.asarray(stored)
     return windows.filter(pa.array(keep))
-
-
-def chunks_of(n: int, size: int) -> int:
-    return max(1, math.ceil(n / size))
