@@ -32,6 +32,7 @@ VARIANTS = {
     "normcos": {"quantizer": {"latent_norm": True}, "optim": {"schedule": "cosine"}},
     "lv33": {"quantizer": {"shared_levels": 3, "specific_levels": 3}},
     "k1024": {"quantizer": {"codebook_size": 1024}},
+    "paper": {"quantizer": {"shared_levels": 4, "specific_levels": 2, "codebook_size": 1024}},  # Table 3's best
     "chunks1": {"encoder": {"max_chunks": 1}},  # truncation at 96 tokens, as before chunking
     "p7d": {"window": "7d"},
     "p1h": {"window": "1h"},
@@ -89,15 +90,25 @@ def main() -> None:
         t = json.loads((out / "train" / "report.json").read_text())
         auc = {rep: float(np.mean([r["results"][k][rep]["auc"] for k in r["results"]])) for rep in SHOWN}
         rq = [round(e["rq"], 2) for e in t["epochs"]][::5]
-        rows.append((name, VARIANTS[name], rq, t["text_encoding"].get("truncated_fraction", 0.0), auc, r["retention"]))
+        use = np.mean([np.mean(u) for u in r["utilization"]["MRQ-VAE"]]) if "MRQ-VAE" in r["utilization"] else 0.0
+        coll = r["collisions"]["window tuples (distinct inputs, same tokens)"]
+        st = r["storage_bytes_per_user"]
+        cont = next(v for k, v in st.items() if k.startswith("continuous"))
+        ratio = cont / next(v for k, v in st.items() if k.startswith("tokens"))
+        trunc = t["text_encoding"].get("truncated_fraction", 0.0)
+        rows.append((name, VARIANTS[name], rq, trunc, use, coll, ratio, auc, r["retention"]))
         print(f"{name}: done", flush=True)
     print()
-    print("| variant | overrides | quantization loss, every 5th epoch | text windows truncated | " + " | ".join(
+    print("| variant | overrides | quantization loss, every 5th epoch | text windows truncated | codebook use "
+          "(mean over levels) | window collisions | storage vs continuous | " + " | ".join(
         f"{s.split(':')[0]} AUC / retention" for s in SHOWN) + " |")  # fmt: skip
-    print("|---" * (4 + len(SHOWN)) + "|")
-    for name, over, rq, trunc, auc, ret in rows:
+    print("|---" * (7 + len(SHOWN)) + "|")
+    for name, over, rq, trunc, use, coll, ratio, auc, ret in rows:
         cells = " | ".join(f"{auc[s]:.4f} / {ret[s]:.2f}" for s in SHOWN)
-        print(f"| {name} | `{json.dumps(over) if over else 'defaults'}` | {rq} | {trunc:.1%} | {cells} |")
+        print(
+            f"| {name} | `{json.dumps(over) if over else 'defaults'}` | {rq} | {trunc:.1%} | {use:.1%} | {coll:.2%} "
+            f"| {ratio:.0f}x less | {cells} |"
+        )
 
 
 if __name__ == "__main__":

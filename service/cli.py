@@ -317,7 +317,7 @@ def cmd_serve(args) -> None:
         """'{"events":[{"event_id":"e1","user_id":"alice","source":"purchases","ts":1489060406,"""
         """"text":"milk","amount":2.5}]}'\n"""
         f"  curl -s {base}/users/alice/tokens?format=strings\n"
-        f"  curl -s {base}/users/alice/embedding\n"
+        f"  curl -s '{base}/users/alice/embedding?kind=tokens'\n"
         "stop with Ctrl+C (in-flight batches are finished first)",
         flush=True,
     )
