@@ -45,7 +45,9 @@ def redis_memory(ports: list[int]) -> int:
     return sum(redis.Redis(port=p).info("memory")["used_memory"] for p in ports)
 
 
-def run_into(artifacts: Path, events: Path, url: str, ports: list[int], engine: str, levels: int) -> dict:
+def run_into(
+    artifacts: Path, events: Path, url: str, ports: list[int], engine: str, levels: int, encoders: int = 1
+) -> dict:
     cpu0, mem0 = redis_cpu(ports), redis_memory(ports)
     report = run(
         BatchJob(
@@ -53,6 +55,7 @@ def run_into(artifacts: Path, events: Path, url: str, ports: list[int], engine: 
             events=[str(events)],
             redis_url=url,
             engine=engine,
+            encoders=encoders,
             progress=False,
             report=Path(os.devnull),
             providers="cpu",
@@ -70,10 +73,11 @@ def main() -> None:
     p.add_argument("--households", type=int, default=600)
     p.add_argument("--weeks", type=int, default=52)
     p.add_argument("--ray", action="store_true", help="also the Ray engine (tens of seconds to start on 2 cores)")
+    p.add_argument("--ray-encoders", default="1", help="Ray runs, one per encoder actor count (comma-separated)")
     args = p.parse_args()
     print(
         f"command: python3 benchmarks/batch_throughput.py --artifacts {args.artifacts} --households "
-        f"{args.households} --weeks {args.weeks}" + (" --ray" if args.ray else "")
+        f"{args.households} --weeks {args.weeks}" + (f" --ray --ray-encoders {args.ray_encoders}" if args.ray else "")
     )
     from u2qt.training.completejourney import load_events, sources_config
     from u2qt.training.events import keep_users, normalize_events
@@ -122,13 +126,16 @@ def main() -> None:
         rows.append(("local engine, standalone Redis", local["windows_per_s"], local))
         clus = run_into(args.artifacts, path, cluster.url, cluster.ports, "local", levels)
         rows.append(("local engine, 3-master Redis Cluster", clus["windows_per_s"], clus))
-        if args.ray:
+        for n in [int(x) for x in args.ray_encoders.split(",")] if args.ray else []:
             standalone_ray = RedisProcess().start()
             try:
-                ray_r = run_into(args.artifacts, path, standalone_ray.url, [standalone_ray.port], "ray", levels)
+                r = run_into(args.artifacts, path, standalone_ray.url, [standalone_ray.port], "ray", levels, n)
             finally:
                 standalone_ray.stop()
-            rows.append(("ray engine (steady), standalone Redis", ray_r["windows_per_s"], ray_r))
+            threads = max(1, (os.cpu_count() or 1) // n)
+            rows.append(
+                (f"ray engine (steady), {n} encoder(s) x {threads} thread(s), standalone Redis", r["windows_per_s"], r)
+            )
     finally:
         standalone.stop()
         cluster.stop()

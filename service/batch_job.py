@@ -36,6 +36,7 @@ class BatchJob(BaseModel):
     ray_address: str | None = None
     encoders: int = Field(1, ge=1, description="encoder actors (Ray)")
     gpus_per_encoder: float = Field(0, ge=0)
+    encoder_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per encoder actor (Ray)")
     resume: bool = False  # skip windows whose stored entry was built from exactly these events
     rows_per_batch: int = Field(20_000, ge=1, description="events per batch, cut on window boundaries")
     windows_per_encode: int = Field(256, ge=1, description="windows per encoder call")

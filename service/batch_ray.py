@@ -205,14 +205,17 @@ def run_ray(job: BatchJob, paths: list[str]) -> dict:
     if job.resume:
         ds = ds.map_batches(drop_stored, fn_kwargs=dict(job=job), batch_format="pyarrow")
     ds = ds.map_batches(tokenize, fn_kwargs=dict(job=job), batch_format="pyarrow", batch_size=job.windows_per_encode)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     ds = ds.map_batches(
         Encode,
-        # the encoder's share of the machine: the CPU stages are light and run beside it on its cores
-        fn_constructor_args=(job, max(1, int(ray.cluster_resources().get("CPU", 1)) // job.encoders)),
+        # each actor's ONNX Runtime threads: by default its share of the machine's cores
+        fn_constructor_args=(job, job.encoder_threads or max(1, cpus // job.encoders)),
         batch_format="pyarrow",
         batch_size=job.windows_per_encode,
         concurrency=job.encoders,
-        num_cpus=1,
+        # the actors together reserve at most all CPUs but one, which the CPU tasks (prepare, form, tokenize,
+        # write) need to be scheduled at all; they are light, so they run beside the encoders on the same cores
+        num_cpus=min(1.0, max(cpus - 1, 1) / job.encoders),
         num_gpus=job.gpus_per_encoder or None,
     )
     sink = make_sink(job)

@@ -194,6 +194,7 @@ def cmd_batch(args) -> None:
         ray_address=args.ray_address,
         encoders=args.encoders,
         gpus_per_encoder=args.gpus_per_encoder,
+        encoder_threads=args.encoder_threads,
         resume=args.resume,
         rows_per_batch=args.rows_per_batch,
         providers=args.providers,
@@ -455,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", help="a running Ray cluster (None: start Ray on this machine)")
     b.add_argument("--encoders", type=int, default=1, help="encoder actors (Ray)")
     b.add_argument("--gpus-per-encoder", type=float, default=0, help="GPUs per encoder actor (Ray)")
+    b.add_argument(
+        "--encoder-threads", type=int, help="ONNX Runtime threads per encoder actor (Ray; None: CPUs / encoders)"
+    )
     b.add_argument("--resume", action="store_true", help="skip windows already stored from these same events")
     b.add_argument(
         "--rows-per-batch", type=int, default=20_000, help="events per batch (local) or per user bucket (Ray)"
