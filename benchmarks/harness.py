@@ -558,6 +558,9 @@ class RecordedOutput:
         self.file.flush()
         self.stdout.flush()
 
+    def isatty(self) -> bool:  # progress bars (Ray Data's, tqdm's) ask
+        return self.stdout.isatty()
+
     def __exit__(self, *exc) -> None:
         sys.stdout = self.stdout
         self.file.close()

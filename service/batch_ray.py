@@ -199,7 +199,8 @@ def run_ray(job: BatchJob, paths: list[str]) -> dict:
     # events, so windows stream to the encoders and to Redis instead of arriving in a few huge blocks
     buckets = max(2 * int(ray.cluster_resources().get("CPU", 2)), -(-events // job.rows_per_batch))
     ds = ds.map_batches(prepare, fn_kwargs=dict(job=job, latest=latest, buckets=buckets), batch_format="pyarrow")
-    ds = ds.groupby("bucket").map_groups(
+    # one shuffle partition per bucket: Ray's default (200) would run a reduce task per empty partition
+    ds = ds.groupby("bucket", num_partitions=buckets).map_groups(
         form_windows, fn_kwargs=dict(job=job, max_events=job.store["max_events_per_window"]), batch_format="pyarrow"
     )
     if job.resume:
