@@ -236,6 +236,9 @@ def format_report(r: dict) -> str:
             f"text windows truncated at the encoder's limit: {te['truncated_fraction']:.1%} "
             f"(median {te['median_tokens']:.0f} tokens)"
         )
+    if r.get("median_windows_per_user"):
+        per = ", ".join(f"{s} {n:g}" for s, n in r["median_windows_per_user"].items())
+        lines.append(f"windows per user (median, by source): {per}")
     return "\n".join(lines)
 
 

@@ -140,4 +140,7 @@ def test_inspect_prints_figures_and_saves_a_plot(trained_dir, tmp_path, capsys):
     assert main(["inspect", str(out), "--plot", str(png)]) == 0
     printed = capsys.readouterr().out
     assert "L1     shared" in printed and "collision rate" in printed and "reconstruction cosine" in printed
+    # what the window period's guidance (docs/training.md) reads
+    per_user = next(line for line in printed.splitlines() if line.startswith("windows per user (median, by source):"))
+    assert "purchases " in per_user and "visits " in per_user
     assert png.stat().st_size > 10_000

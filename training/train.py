@@ -273,6 +273,11 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
         "users": int(len(users)),
         "holdout_users": n_hold,
         "windows_by_source": corpus.windows["source"].value_counts().to_dict(),
+        # the window period's effect on a user: too few windows leave a reader little to read (docs/eval/levers.md)
+        "median_windows_per_user": {
+            str(k): float(v)
+            for k, v in corpus.windows.groupby(["source", "user_id"]).size().groupby("source").median().items()
+        },
         "text_encoding": text_stats,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "dead_codes_restarted": restarted,
