@@ -216,7 +216,7 @@ def run_ray(job: BatchJob, paths: list[str]) -> dict:
         concurrency=job.encoders,
         # the actors together reserve at most all CPUs but one, which the CPU tasks (prepare, form, tokenize,
         # write) need to be scheduled at all; they are light, so they run beside the encoders on the same cores
-        num_cpus=min(1.0, max(cpus - 1, 1) / job.encoders),
+        num_cpus=min(1.0, max(cpus - 1, 0.5) / job.encoders),
         num_gpus=job.gpus_per_encoder or None,
     )
     sink = make_sink(job)
