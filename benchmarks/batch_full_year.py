@@ -26,20 +26,12 @@ import numpy as np
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.batch_throughput import redis_cpu, redis_memory  # noqa: E402
+from benchmarks.batch_throughput import raw_rate, run_into  # noqa: E402
 from benchmarks.harness import RedisClusterProcess, RedisProcess, recorded  # noqa: E402
 from u2qt.model.manifest import Manifest  # noqa: E402
 from u2qt.model.runtime import TokenizerRuntime  # noqa: E402
 from u2qt.service import batch_stages as stages  # noqa: E402
-from u2qt.service.batch_job import BatchJob, read_events, run  # noqa: E402
-
-
-def raw_rate(runtime: TokenizerRuntime, sample: list) -> float:
-    t = time.perf_counter()
-    for s in range(0, len(sample), 256):
-        part = sample[s : s + 256]
-        runtime.encode_windows(part, runtime.tokenize_texts(part))
-    return len(sample) / (time.perf_counter() - t)
+from u2qt.service.batch_job import read_events  # noqa: E402
 
 
 def users_per_master(ports: list[int], prefix: str) -> list[int]:
@@ -85,20 +77,7 @@ def main() -> None:
     store = RedisClusterProcess(masters=3).start() if args.redis == "cluster" else RedisProcess().start()
     ports = store.ports if args.redis == "cluster" else [store.port]
     try:
-        cpu0, mem0 = redis_cpu(ports), redis_memory(ports)
-        report = run(
-            BatchJob(
-                artifacts=args.artifacts,
-                events=[str(events)],
-                redis_url=store.url,
-                engine=args.engine,
-                report=Path(tempfile.mkdtemp()) / "batch-report.json",
-                providers="cpu",
-            )
-        )
-        written = max(report["windows written"], 1)
-        cpu_ms = 1000 * (redis_cpu(ports) - cpu0) / written
-        bytes_per_token = (redis_memory(ports) - mem0) / (written * runtime.vocabulary.levels)
+        report = run_into(args.artifacts, events, store.url, ports, args.engine, runtime.vocabulary.levels)
         spread = users_per_master(ports, os.environ.get("U2QT_KEY_PREFIX", "u2qt")) if args.redis == "cluster" else []
     finally:
         store.stop()
@@ -112,7 +91,7 @@ def main() -> None:
     print(
         f"| `u2qt batch --engine {args.engine}`, {args.redis} Redis | {report['windows']:,} | {report['users']:,} | "
         f"{report['windows_per_s']:,.0f} | {report['windows_per_s'] / raw:.2f} | {report['startup_s']:.1f} | "
-        f"{cpu_ms:.3f} | {bytes_per_token:.1f} |"
+        f"{report['redis_cpu_ms_per_window']:.3f} | {report['redis_bytes_per_token']:.1f} |"
     )
     print(
         f"job: {report['events read']:,} events read, refused {report['events refused']}, "

@@ -45,6 +45,15 @@ def redis_memory(ports: list[int]) -> int:
     return sum(redis.Redis(port=p).info("memory")["used_memory"] for p in ports)
 
 
+def raw_rate(runtime: TokenizerRuntime, rendered: list) -> float:
+    """Windows/s of the encoder + quantizer alone (tokenize_texts + encode_windows) in batches of 256."""
+    t = time.perf_counter()
+    for s in range(0, len(rendered), 256):
+        part = rendered[s : s + 256]
+        runtime.encode_windows(part, runtime.tokenize_texts(part))
+    return len(rendered) / (time.perf_counter() - t)
+
+
 def run_into(
     artifacts: Path, events: Path, url: str, ports: list[int], engine: str, levels: int, encoders: int = 1
 ) -> dict:
@@ -107,12 +116,8 @@ def main() -> None:
         f"{pandas_s:.2f} s ({pandas_s / arrow_s:.1f}x)"
     )
     rendered = stages.rendered(windows)
-    t = time.perf_counter()
-    for s in range(0, len(rendered), 256):
-        part = rendered[s : s + 256]
-        runtime.encode_windows(part, runtime.tokenize_texts(part))
-    raw_s = time.perf_counter() - t
-    raw = len(rendered) / raw_s
+    raw = raw_rate(runtime, rendered)
+    raw_s = len(rendered) / raw
     levels = runtime.vocabulary.levels
     print(
         f"raw stages (tokenize + encode + quantize): {len(rendered):,} windows in {raw_s:.1f} s = {raw:,.0f} windows/s"
