@@ -11,11 +11,11 @@ from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from u2qt.service import read_routes, state, write_routes
 from u2qt.service.batcher import QueueFull
+from u2qt.service.engine_client import EngineUnavailable
 from u2qt.service.http import (
     QUEUE_FULL,
     QUEUE_FULL_RETRY_AFTER,
@@ -25,6 +25,7 @@ from u2qt.service.http import (
     json_safe,
 )
 from u2qt.service.ingest import TooManyWindows
+from u2qt.service.metrics import exposition
 from u2qt.service.middleware import AdmissionGate, BodyLimit, RequestMetrics
 from u2qt.service.openapi import document_routes
 from u2qt.service.schemas import BatchEmbeddingRequest, BatchHistoryRequest, TokenizeRequest
@@ -91,6 +92,13 @@ def add_error_handlers(app: FastAPI) -> None:
             {"detail": f"token store unavailable: {type(exc).__name__}"}, 503, headers={"Retry-After": "2"}
         )
 
+    @app.exception_handler(EngineUnavailable)
+    async def engine_down(request, exc):
+        request.app.state.u2qt.metrics.rejected.labels("engine_unavailable").inc()
+        return OrjsonResponse(
+            {"detail": "inference engine unavailable (restarting); retry"}, 503, headers={"Retry-After": "1"}
+        )
+
     @app.exception_handler(NoHistoryModel)
     async def no_history_model(request, exc):
         detail = str(exc) or "this model has no history model (trained without the alignment stage)"
@@ -108,10 +116,13 @@ def add_ops_routes(app: FastAPI) -> None:
             await asyncio.wait_for(s.redis.ping(), 2.0)
         except (RedisError, OSError, TimeoutError) as e:
             return OrjsonResponse({"status": "not ready", "redis": type(e).__name__}, 503)
+        if s.engine is not None and not s.engine.up:
+            return OrjsonResponse({"status": "not ready", "engine": "unavailable"}, 503)
         if not s.warmed:
             return OrjsonResponse({"status": "not ready", "model": "warming up"}, 503)
-        return {"status": "ready", "model_version": s.manifest.model_version, "providers": s.runtime.providers}
+        return {"status": "ready", "model_version": s.manifest.model_version, "providers": s.providers}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(s: ServiceState = Depends(current)):
-        return PlainTextResponse(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = exposition(s.metrics)
+        return PlainTextResponse(body, media_type=content_type)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import Chunks, RenderedWindow, TokenizerRuntime
 from u2qt.service.metrics import ServiceMetrics
 
@@ -63,6 +64,8 @@ class Admission:
         self.max_items, self.max_delay_s, self.depth_gauge = max_items, max_delay_ms / 1000, depth_gauge
         self.rate: float | None = None  # items/s the inference stage sustains (EWMA over batches)
         self.pending = 0  # items admitted and not yet answered
+        # items queued elsewhere ahead of ours: with frontends, the engine's whole queue as it last reported it
+        self.elsewhere = 0
         self.closing = False
 
     def has_room(self, items: int) -> bool:
@@ -70,7 +73,8 @@ class Admission:
             return False
         if self.pending == 0:
             return True
-        return not (self.max_delay_s and self.rate and self.pending / self.rate > self.max_delay_s)
+        ahead = max(self.pending, self.elsewhere)
+        return not (self.max_delay_s and self.rate and ahead / self.rate > self.max_delay_s)
 
     def reserve(self, items: int) -> Reservation:
         if not self.has_room(items):
@@ -112,10 +116,23 @@ class Reservation:
 
 @dataclass
 class WindowJob(RenderedWindow):
-    """A rendered window waiting in the batcher for its codes."""
+    """A rendered window waiting in the batcher for its codes; `chunks`: its subword ids when a frontend has
+    already tokenized it (the engine process)."""
 
+    chunks: Chunks | None = None
     future: asyncio.Future = field(default=None, repr=False)
     queued_at: float = 0.0
+
+
+def warm_up(manifest: Manifest) -> list[WindowJob]:
+    """One window per source, to run every model once before the service says it is ready."""
+    jobs = []
+    for i, s in enumerate(manifest.sources.sources):
+        if s.kind == "text":
+            jobs.append(WindowJob(i, text="warm up"))
+        else:
+            jobs.append(WindowJob(i, features=np.zeros(len(manifest.tabular[s.name].feature_names), np.float32)))
+    return jobs
 
 
 @dataclass
@@ -194,7 +211,10 @@ class MicroBatcher:
             self._prepared.put_nowait(prepared)
 
     def _tokenize(self, batch: list[WindowJob]) -> PreparedBatch:
-        return PreparedBatch(batch, self.runtime.tokenize_texts(batch))
+        todo = [j for j in batch if j.text is not None and j.chunks is None]
+        for job, ids in zip(todo, self.runtime.tokenize_texts(todo), strict=True):
+            job.chunks = ids
+        return PreparedBatch(batch, [j.chunks for j in batch])
 
     async def _infer(self) -> None:
         loop = asyncio.get_running_loop()

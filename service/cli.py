@@ -300,9 +300,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def cmd_serve(args) -> None:
-    import uvicorn
-
-    from u2qt.service.app import create_app
+    # nothing here imports prometheus_client before frontends.serve has set its multiprocess directory
     from u2qt.service.settings import ServiceSettings
 
     settings = ServiceSettings(**({"artifacts": args.artifacts} if args.artifacts else {}))
@@ -325,15 +323,23 @@ def cmd_serve(args) -> None:
         "stop with Ctrl+C (in-flight batches are finished first)",
         flush=True,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
+    options = dict(
         log_level="info",
         access_log=False,
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
+    if settings.frontends:
+        from u2qt.service import frontends
+
+        print(f"{settings.frontends} HTTP frontend(s) and one inference engine process", flush=True)
+        frontends.serve(settings, args.host, args.port, options)
+        return
+    import uvicorn
+
+    from u2qt.service.app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **options)
 
 
 FIRST_MODEL_USERS = 300  # households of the quickstart's first model: minutes, not a quarter hour, on 2 cores

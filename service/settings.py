@@ -36,6 +36,20 @@ class ServiceSettings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime execution provider: `auto` takes CUDA when onnxruntime-gpu finds a GPU"
     )
+    frontends: int = Field(
+        0,
+        ge=0,
+        description="0: one process serves HTTP and runs the models; N: `u2qt serve` starts one engine process that "
+        'owns ONNX Runtime and batches for N HTTP frontend processes (docs/serving.md, "Frontends and the engine")',
+    )
+    engine_address: str | None = Field(
+        None,
+        description="the engine's ZeroMQ address (`ipc://` or `tcp://`), set by `u2qt serve` for its frontends; "
+        "unset: the models run in-process",
+    )
+    engine_timeout_s: float = Field(
+        5.0, gt=0, description="with frontends: how long a frontend waits for the engine at start before failing"
+    )
     ort_threads: int = Field(0, ge=0, description="ONNX Runtime threads of the text encoder; 0: all cores")
     max_batch_size: int = Field(64, ge=1, description="windows (or histories) per inference batch at most")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company once it has a window")
@@ -51,8 +65,8 @@ class ServiceSettings(BaseSettings):
     max_queue_windows: int = Field(
         4096,
         ge=1,
-        description="windows admitted and not yet answered; past it 429, and a request touching more windows "
-        "than this on its own gets 413",
+        description="windows admitted and not yet answered (per frontend process); past it 429, and a request "
+        "touching more windows than this on its own gets 413",
     )
     max_queue_delay_ms: float = Field(
         1000.0,

@@ -4,7 +4,9 @@ stopped at shutdown, apart from HTTP."""
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from fastapi import Request
@@ -13,11 +15,12 @@ from redis.asyncio.cluster import RedisCluster
 
 from u2qt.model.decoded import load_codebooks
 from u2qt.model.manifest import Manifest
-from u2qt.model.runtime import TokenizerRuntime
-from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, WindowJob
+from u2qt.model.runtime import TextTokenizer, TokenizerRuntime
+from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, warm_up
 from u2qt.service.embedded_redis import EmbeddedRedis
+from u2qt.service.engine_client import EngineConnection, RemoteEmbeddingBatcher, RemoteMicroBatcher
 from u2qt.service.ingest import EventTokenizer
-from u2qt.service.metrics import ServiceMetrics
+from u2qt.service.metrics import ServiceMetrics, multiprocess_dir
 from u2qt.service.redis_client import connect
 from u2qt.service.settings import ServiceSettings
 from u2qt.service.store import TokenHistoryStore
@@ -27,14 +30,15 @@ from u2qt.service.store import TokenHistoryStore
 class ServiceState:
     settings: ServiceSettings
     manifest: Manifest
-    runtime: TokenizerRuntime
+    providers: list[str]  # ONNX Runtime's, in this process or in the engine
     metrics: ServiceMetrics
     redis: Redis | RedisCluster
     store: TokenHistoryStore
-    batcher: MicroBatcher
+    batcher: MicroBatcher | RemoteMicroBatcher
     tokenizer: EventTokenizer
     embedded: EmbeddedRedis | None
-    embedder: EmbeddingBatcher | None
+    embedder: EmbeddingBatcher | RemoteEmbeddingBatcher | None
+    engine: EngineConnection | None = None  # with frontends: the engine process's connection
     codebooks: list[np.ndarray] | None = None  # GET /users/{id}/embedding?kind=tokens
     warmed: bool = False
 
@@ -54,31 +58,38 @@ class ServiceState:
         }
 
 
-def warm_up(batcher: MicroBatcher, manifest: Manifest) -> list[WindowJob]:
-    jobs = []
-    for i, s in enumerate(manifest.sources.sources):
-        if s.kind == "text":
-            jobs.append(WindowJob(i, text="warm up"))
-        else:
-            jobs.append(WindowJob(i, features=np.zeros(len(manifest.tabular[s.name].feature_names), np.float32)))
-    return jobs
-
-
 async def start(settings: ServiceSettings) -> ServiceState:
-    """Loads the model, connects to Redis (or starts the embedded one), starts the batchers and warms them up."""
+    """Loads the model (or connects to the engine process that has it), connects to Redis (or starts the embedded
+    one), starts the batchers and warms them up."""
     manifest = Manifest.load(settings.artifacts)
-    runtime = TokenizerRuntime(
-        settings.artifacts,
-        manifest,
-        settings.providers,
-        settings.ort_threads or None,
-        run_width=settings.encoder_batch,
-        max_padding=settings.encoder_max_padding,
-    )
+    vocabulary = manifest.token_vocabulary()
     metrics = ServiceMetrics()
-    metrics.initialize([x.name for x in manifest.sources.sources], runtime.vocabulary.levels)
+    metrics.initialize([x.name for x in manifest.sources.sources], vocabulary.levels)
     metrics.queue_capacity.set(settings.max_queue_windows)
-    metrics.model_info.labels(manifest.model_version, ",".join(runtime.providers)).set(1)
+    s = settings
+    engine = None
+    if s.engine_address:
+        engine = EngineConnection(s.engine_address)
+        await engine.start(s.engine_timeout_s)
+        providers = engine.info.providers
+        tokenizer = TextTokenizer(Path(s.artifacts) / manifest.encoder.tokenizer_file, manifest.encoder)
+        delay = s.max_queue_windows, s.max_queue_delay_ms
+        batcher = RemoteMicroBatcher(engine, tokenizer, vocabulary.levels, metrics, *delay)
+        embedder = RemoteEmbeddingBatcher(engine, metrics, *delay) if manifest.history else None
+    else:
+        runtime = TokenizerRuntime(
+            s.artifacts, manifest, s.providers, s.ort_threads or None, s.encoder_batch, s.encoder_max_padding
+        )
+        providers = runtime.providers
+        # both batchers gather and admit alike: batch size, wait, queue size, queue delay
+        batching = s.max_batch_size, s.max_wait_ms, s.max_queue_windows, s.max_queue_delay_ms
+        batcher = MicroBatcher(runtime, metrics, *batching)
+        await batcher.start()
+        embedder = None
+        if runtime.history is not None:
+            embedder = EmbeddingBatcher(runtime, metrics, *batching)
+            await embedder.start()
+    metrics.model_info.labels(manifest.model_version, ",".join(providers)).set(1)
     embedded = None
     url = settings.redis_url
     if not url:
@@ -89,27 +100,18 @@ async def start(settings: ServiceSettings) -> ServiceState:
         client,
         settings.key_prefix,
         manifest.model_version,
-        runtime.vocabulary.levels,
-        runtime.vocabulary.codebook_size,
+        vocabulary.levels,
+        vocabulary.codebook_size,
         manifest.sources.period_s,
         settings.history_days,
         settings.ttl_days,
         settings.late_windows,
         settings.max_events_per_window,
     )
-    # both batchers gather and admit alike: batch size, wait, queue size, queue delay
-    s = settings
-    batching = s.max_batch_size, s.max_wait_ms, s.max_queue_windows, s.max_queue_delay_ms
-    batcher = MicroBatcher(runtime, metrics, *batching)
-    await batcher.start()
-    embedder = None
-    if runtime.history is not None:
-        embedder = EmbeddingBatcher(runtime, metrics, *batching)
-        await embedder.start()
     state = ServiceState(
         settings,
         manifest,
-        runtime,
+        providers,
         metrics,
         client,
         store,
@@ -117,10 +119,11 @@ async def start(settings: ServiceSettings) -> ServiceState:
         EventTokenizer(manifest, store, batcher, metrics),
         embedded,
         embedder,
+        engine,
     )
     if manifest.decoded is not None:
-        state.codebooks = load_codebooks(settings.artifacts, runtime.vocabulary.levels)
-    for job in warm_up(batcher, manifest):  # one at a time: the queue may hold a single window
+        state.codebooks = load_codebooks(settings.artifacts, vocabulary.levels)
+    for job in warm_up(manifest):  # one at a time: the queue may hold a single window
         await batcher.submit([job])
     state.warmed = True
     # Long-lived objects (model, sessions, modules) move out of the collector's view: full collections
@@ -135,9 +138,15 @@ async def stop(state: ServiceState) -> None:
     await state.batcher.stop()
     if state.embedder:
         await state.embedder.stop()
+    if state.engine:
+        await state.engine.stop()
     await state.redis.aclose()
     if state.embedded:
         state.embedded.stop()
+    if multiprocess_dir():  # this frontend's live gauges leave the sums
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
 
 
 async def current(request: Request) -> ServiceState:

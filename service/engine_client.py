@@ -1,0 +1,189 @@
+"""A frontend's side of the inference engine (service/engine.py), for U2QT_FRONTENDS=N.
+
+RemoteMicroBatcher and RemoteEmbeddingBatcher are what the routes see, as in-process MicroBatcher and
+EmbeddingBatcher are: admission before anything is stored (429), submit -> codes, embed -> vectors. They share
+one EngineConnection (a ZeroMQ DEALER). The frontend renders and tokenizes (subword ids, off the event loop) and
+sends id arrays; the engine batches them with every other frontend's windows.
+
+The connection watches the socket: when the engine dies, every request waiting on it and every new one fails
+with EngineUnavailable (503, nothing committed: a retry re-tokenizes the window, as after a Redis outage), until
+`u2qt serve` has restarted the engine and the socket reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from u2qt.model.runtime import TextTokenizer
+from u2qt.service import engine_protocol as wire
+from u2qt.service.batcher import Admission, QueueFull, Reservation, WindowJob
+from u2qt.service.metrics import ServiceMetrics
+
+
+class EngineUnavailable(Exception):
+    """The inference engine is down or restarting: 503, retry."""
+
+
+class EngineConnection:
+    def __init__(self, address: str):
+        self.address = address
+        self.up = False
+        self.info: wire.EngineInfo | None = None
+        self.load = wire.Load()  # the engine's queue, as its last answer said
+        self._ids = itertools.count(1)
+        self._waiting: dict[bytes, tuple[bytes, asyncio.Future]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._connected = asyncio.Event()
+
+    async def start(self, timeout_s: float) -> None:
+        """Connects and pings the engine; raises EngineUnavailable when it does not answer within `timeout_s`."""
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        # IMMEDIATE: nothing is queued for an engine that is not connected (a send fails at once: 503), so a
+        # restarted engine never receives requests whose frontends have already answered 503
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch(self._monitor))]
+        self._sock.connect(self.address)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+                self.info = await self.request(wire.PING)
+        except TimeoutError:
+            await self.stop()
+            raise EngineUnavailable(f"no inference engine answered on {self.address} within {timeout_s:g} s") from None
+
+    async def request(self, kind: bytes, body: bytes = b""):
+        """Sends one request and waits for its answer; raises EngineUnavailable, QueueFull or RuntimeError."""
+        if not self.up:
+            raise EngineUnavailable
+        rid = next(self._ids).to_bytes(8, "little")
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = (kind, future)
+        try:
+            await self._sock.send_multipart([kind, rid, body], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._waiting.pop(rid, None)
+            raise EngineUnavailable from None
+        return await future
+
+    async def _receive(self) -> None:
+        while True:
+            rid, status, body = await self._sock.recv_multipart()
+            kind, future = self._waiting.pop(rid, (None, None))
+            if future is None or future.done():
+                continue
+            answer = wire.decode_answer(kind, status, body)
+            self.load = answer.load
+            if status == wire.OK:
+                future.set_result(answer)
+            elif status == wire.FULL:
+                future.set_exception(QueueFull())
+            else:
+                future.set_exception(RuntimeError(f"inference engine: {answer.message}"))
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.up = True
+                self._connected.set()
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.up = False
+                self.load = wire.Load()
+                waiting, self._waiting = self._waiting, {}
+                for _, future in waiting.values():
+                    if not future.done():
+                        future.set_exception(EngineUnavailable())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._sock.disable_monitor()
+        self._monitor.close()
+        self._sock.close()
+        self._ctx.term()
+
+
+class RemoteMicroBatcher:
+    """MicroBatcher's interface, batched by the engine: tokenizes a request's text windows off the event loop and
+    sends their subword ids."""
+
+    def __init__(
+        self,
+        connection: EngineConnection,
+        tokenizer: TextTokenizer,
+        levels: int,
+        metrics: ServiceMetrics,
+        max_queue: int = 4096,
+        max_queue_delay_ms: float = 0.0,
+    ):
+        self.connection, self.tokenizer, self.levels = connection, tokenizer, levels
+        self.admission = Admission(max_queue, max_queue_delay_ms, metrics.queue_depth)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
+
+    def has_room(self, windows: int) -> bool:
+        load = self.connection.load
+        self.admission.elsewhere, self.admission.rate = load.pending, load.rate or None
+        return self.admission.has_room(windows)
+
+    def reserve(self, windows: int) -> Reservation:
+        if not self.connection.up:
+            raise EngineUnavailable
+        if not self.has_room(windows):
+            raise QueueFull
+        return self.admission.reserve(windows)
+
+    async def submit(self, jobs: list[WindowJob], reservation: Reservation | None = None) -> np.ndarray:
+        if not jobs:
+            return np.zeros((0, self.levels), dtype=np.int64)
+        if reservation is None:
+            with self.reserve(len(jobs)) as own:
+                return await self.submit(jobs, own)
+        reservation.take(len(jobs))
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(self._pool, self._pack, jobs)
+            answer = await self.connection.request(wire.WINDOWS, body)
+            return np.frombuffer(answer.codes, np.int64).reshape(len(jobs), answer.levels)
+        finally:
+            reservation.done(len(jobs))
+
+    def _pack(self, jobs: list[WindowJob]) -> bytes:
+        texts = [j.text for j in jobs if j.text is not None]
+        encoded = iter(self.tokenizer.encode(texts))
+        chunks = [next(encoded) if j.text is not None else None for j in jobs]
+        return wire.pack_windows([j.source_index for j in jobs], chunks, [j.features for j in jobs])
+
+    async def stop(self) -> None:
+        self.admission.closing = True
+        self._pool.shutdown(wait=True)
+
+
+class RemoteEmbeddingBatcher:
+    """EmbeddingBatcher's interface: histories go to the engine's history model."""
+
+    def __init__(self, connection: EngineConnection, metrics: ServiceMetrics, max_queue: int, max_delay_ms: float):
+        self.connection = connection
+        self.admission = Admission(max_queue, max_delay_ms, metrics.embedding_queue_depth)
+
+    async def embed(self, sequences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        if not self.connection.up:
+            raise EngineUnavailable
+        with self.admission.reserve(len(sequences)):
+            arrays = [np.stack([seq[i] for seq in sequences]) for i in range(3)]
+            answer = await self.connection.request(wire.HISTORIES, wire.pack_histories(*arrays))
+            return np.frombuffer(answer.vectors, np.float32).reshape(len(sequences), answer.dim)
+
+    async def stop(self) -> None:
+        self.admission.closing = True
