@@ -90,11 +90,17 @@ def any_redis(request, redis_server):
     return RedisTarget("standalone", redis_server.url, [redis_server.port])
 
 
-class ServiceThreads:
-    """u2qt services (uvicorn in a thread, real Redis) started by a test or a module, stopped together."""
+FRONTENDS = {"in-process": 0, "frontends": 1}  # the service's two modes: every service test runs in each
 
-    def __init__(self, artifacts, redis_url: str, directory):
+
+class ServiceThreads:
+    """u2qt services on real Redis, started by a test or a module and stopped together. In-process mode: uvicorn
+    in a thread (a test may reach into the app's state); frontends mode: `u2qt serve` with U2QT_FRONTENDS in its
+    own process, which starts the inference engine process (the deployment as it runs)."""
+
+    def __init__(self, artifacts, redis_url: str, directory, frontends: int = 0):
         self.artifacts, self.redis_url, self.directory, self.servers = artifacts, redis_url, directory, []
+        self.frontends, self.processes = frontends, []
         self.apps: dict[str, object] = {}  # base URL -> the FastAPI app, whose state a test may reach into
 
     def start(self, **overrides):
@@ -108,8 +114,10 @@ class ServiceThreads:
         from u2qt.service.settings import ServiceSettings
 
         overrides.setdefault("redis_url", self.redis_url)
-        overrides.setdefault("key_prefix", f"t{len(self.servers)}-{self.directory.name}")
+        overrides.setdefault("key_prefix", f"t{len(self.servers) + len(self.processes)}-{self.directory.name}")
         settings = ServiceSettings(artifacts=self.artifacts, embedded_redis_dir=self.directory / "redis", **overrides)
+        if self.frontends:
+            return self._start_process(settings, overrides), settings
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -126,29 +134,44 @@ class ServiceThreads:
         self.apps[f"http://127.0.0.1:{port}"] = server.config.app
         return f"http://127.0.0.1:{port}", settings
 
+    def _start_process(self, settings, overrides) -> str:
+        import json
+
+        from benchmarks.harness import ServiceProcess
+
+        env = {k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in overrides.items()}
+        del env["redis_url"]
+        svc = ServiceProcess(self.artifacts, settings.redis_url, frontends=self.frontends, **env)
+        self.processes.append(svc)
+        return svc.base
+
     def stop(self):
         for server, thread in self.servers:
             server.should_exit = True
             thread.join(30)
+        for svc in self.processes:
+            svc.stop()
 
 
-@pytest.fixture
-def services(trained_dir, redis_server, tmp_path):
-    services = ServiceThreads(trained_dir[0], redis_server.url, tmp_path)
+@pytest.fixture(params=list(FRONTENDS))
+def services(request, trained_dir, redis_server, tmp_path):
+    services = ServiceThreads(trained_dir[0], redis_server.url, tmp_path, FRONTENDS[request.param])
     yield services
     services.stop()
 
 
 @pytest.fixture
 def serve(services):
-    """serve(**settings) -> (base URL, settings) of a running u2qt service (uvicorn in a thread, real Redis)."""
+    """serve(**settings) -> (base URL, settings) of a running u2qt service on real Redis: once in one process
+    (uvicorn in a thread), once as an engine process and a frontend (`u2qt serve`, U2QT_FRONTENDS=1)."""
     return services.start
 
 
-@pytest.fixture(params=["standalone", "cluster"])
+@pytest.fixture(params=["standalone", "cluster", "standalone-frontends"])
 def serve_both(request, trained_dir, redis_server, tmp_path):
-    """serve() on one redis-server, then again on a 3-master Redis Cluster: a test taking it runs on both."""
-    url = redis_server.url if request.param == "standalone" else request.getfixturevalue("redis_cluster").url
-    services = ServiceThreads(trained_dir[0], url, tmp_path)
+    """serve() on one redis-server, then on a 3-master Redis Cluster, then on one redis-server with an engine
+    process and a frontend: a test taking it runs on all three."""
+    url = redis_server.url if request.param != "cluster" else request.getfixturevalue("redis_cluster").url
+    services = ServiceThreads(trained_dir[0], url, tmp_path, int(request.param.endswith("frontends")))
     yield services.start
     services.stop()

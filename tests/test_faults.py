@@ -2,8 +2,10 @@
 (Concurrent writers converging: tests/test_service.py.) benchmarks/fault_drill.py runs the same scenarios
 at a larger scale and prints the figures recorded in docs/operations.md."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -30,8 +32,18 @@ def queue_depth(base: str) -> float:
     return float(re.search(r"^u2qt_queue_windows (\S+)$", text, re.M).group(1))
 
 
-def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(trained_dir, redis_server, user_streams, serve):
-    svc = ServiceProcess(trained_dir[0], redis_server.url, key_prefix="sigterm", max_batch_size=8, history_days=400)
+def engine_pids(output: str) -> list[int]:
+    return [int(p) for p in re.findall(r"u2qt engine ready: pid (\d+)", output)]
+
+
+@pytest.mark.parametrize("frontends", [0, 2], ids=["in-process", "two-frontends"])
+def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(
+    trained_dir, redis_server, user_streams, serve, frontends
+):
+    prefix = f"sigterm{frontends}"
+    svc = ServiceProcess(
+        trained_dir[0], redis_server.url, key_prefix=prefix, max_batch_size=8, history_days=400, frontends=frontends
+    )
     stop = threading.Event()
     result = {}
     load = threading.Thread(
@@ -43,6 +55,10 @@ def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(trained_d
     svc.terminate()
     svc.wait(60)
     assert svc.shut_down_cleanly(), svc.output()[-2000:]
+    if frontends:  # every frontend drained through the engine before the engine stopped
+        out = svc.output()
+        assert out.count("Application shutdown complete.") == frontends, out[-2000:]
+        assert out.rindex("Application shutdown complete.") < out.index("u2qt engine stopped"), out[-2000:]
     stop.set()
     load.join(120)
     r = result["r"]
@@ -50,7 +66,7 @@ def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(trained_d
     drained = sum(1 for t0, t1 in zip(r.started_ok, r.finished_after, strict=True) if t0 < signalled < t1)
     assert drained > 0, "requests in flight at SIGTERM were answered"
     assert r.acknowledged
-    reader, _ = serve(key_prefix="sigterm", history_days=400)  # a fresh instance on the same Redis
+    reader, _ = serve(key_prefix=prefix, history_days=400)  # a fresh instance on the same Redis
     assert lost_windows(reader, r.acknowledged) == []
 
 
@@ -89,6 +105,40 @@ def test_redis_killed_mid_load_gives_503_then_recovers_and_keeps_every_acknowled
         assert lost_windows(base, res.acknowledged) == []
     finally:
         store.kill()
+
+
+def test_engine_killed_mid_load_gives_503_then_is_restarted_and_keeps_every_acknowledged_window(
+    trained_dir, redis_server, user_streams
+):
+    svc = ServiceProcess(trained_dir[0], redis_server.url, key_prefix="engine-kill", history_days=400, frontends=2)
+    try:
+        streams = streams_for(user_streams, 6, "ekill-")
+        stop, result = threading.Event(), {}
+        load = threading.Thread(
+            target=lambda: result.update(r=drive(svc.base, streams, stop, retry=True, pause_s=0.2))
+        )
+        load.start()
+        first = f"{svc.base}/users/ekill-{streams[0][0][0]['user_id'][6:]}/tokens"
+        wait_until(lambda: len(httpx.get(first).json()["windows"]) >= 2, 60, "first windows stored")
+        [engine] = engine_pids(svc.output())
+        os.kill(engine, signal.SIGKILL)
+        time.sleep(0.5)
+        probe = {"event_id": "probe", "user_id": "probe", "source": "purchases", "ts": 1489060406, "text": "milk"}
+        r = httpx.post(f"{svc.base}/tokenize", json={"events": [probe]}, timeout=30)
+        assert r.status_code == 503 and r.headers["Retry-After"], "no false 200 while the engine is down"
+        assert httpx.get(f"{svc.base}/readyz").status_code == 503
+        assert httpx.get(f"{svc.base}/users/probe/tokens").status_code == 200, "reads do not need the engine"
+        wait_until(lambda: httpx.get(f"{svc.base}/readyz").status_code == 200, 120, "readiness after the restart")
+        assert len(engine_pids(svc.output())) == 2, "the engine was restarted"
+        load.join(600)
+        stop.set()
+        res = result["r"]
+        assert res.statuses[503] > 0 and not [s for s in res.statuses if s >= 500 and s != 503], res.statuses
+        assert res.statuses[200] == sum(len(s) for s in streams), "every request finally succeeded"
+        assert res.retry_after_missing == 0
+        assert lost_windows(svc.base, res.acknowledged) == []
+    finally:
+        svc.stop()
 
 
 def test_overload_is_refused_with_429_and_the_queue_stays_bounded(serve, user_streams):

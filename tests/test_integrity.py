@@ -116,6 +116,8 @@ def test_non_finite_read_parameters_get_422(serve):
 def test_a_request_refused_with_429_stored_nothing(services):
     """Admission comes before anything is stored. B is admitted and held in its Redis step while C fills the queue
     and is held in inference; whichever the queue refuses, sending it again gets every event accepted."""
+    if services.frontends:
+        pytest.skip("holds the in-process batcher's steps; with frontends, overload: test_faults.py")
     base, _ = services.start(max_queue_windows=3)
     state = services.apps[base].state.u2qt
     b_in_ingest, release_ingest, release_inference = threading.Event(), threading.Event(), threading.Event()
