@@ -28,6 +28,12 @@ from u2qt.service.metrics import ServiceMetrics, multiprocess_dir
 from u2qt.service.settings import ServiceSettings
 
 
+def window_jobs(body: bytes) -> list[WindowJob]:
+    """A WindowBatch body -> the batcher's jobs, already tokenized."""
+    sources, chunks, features = wire.unpack_windows(body)
+    return [WindowJob(s, features=f, chunks=c) for s, c, f in zip(sources, chunks, features, strict=True)]
+
+
 class InferenceEngine:
     def __init__(self, settings: ServiceSettings):
         s = self.settings = settings
@@ -94,12 +100,7 @@ class InferenceEngine:
 
     async def handle(self, kind: bytes, body: bytes):
         if kind == wire.WINDOWS:
-            sources, chunks, features = wire.unpack_windows(body)
-            jobs = [
-                WindowJob(int(s), features=f, chunks=c)
-                for s, c, f in zip(sources.tolist(), chunks, features, strict=True)
-            ]
-            codes = await self.batcher.submit(jobs)
+            codes = await self.batcher.submit(window_jobs(body))
             levels = self.runtime.vocabulary.levels
             return wire.Codes(np.ascontiguousarray(codes, dtype=np.int64).tobytes(), levels, self.load())
         if kind == wire.HISTORIES:

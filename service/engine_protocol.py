@@ -1,8 +1,8 @@
 """The wire format between HTTP frontends and the inference engine (service/engine.py), over ZeroMQ.
 
 A frontend's DEALER sends `[kind, request id, body]`; the engine's ROUTER answers `[request id, status, body]`.
-Bodies are msgpack (msgspec) structs whose arrays travel as raw bytes (numpy buffers, one copy each way), never as
-Python lists: a batch of 64 windows is a handful of buffers.
+Bodies are msgpack structs (msgspec, decoded straight into typed fields) whose arrays (subword ids, features,
+codes, histories, embeddings) travel as raw int32/int64/float32 bytes, never as lists of Python numbers.
 
     kind  P  ping                      -> EngineInfo
           W  WindowBatch (subword ids)  -> Codes
@@ -14,6 +14,8 @@ sustains), so each frontend refuses with 429 before it stores anything when the 
 """
 
 from __future__ import annotations
+
+import struct
 
 import msgspec
 import numpy as np
@@ -37,15 +39,15 @@ class EngineInfo(msgspec.Struct, array_like=True):
 
 
 class WindowBatch(msgspec.Struct, array_like=True):
-    """Windows of one request: per window its source, its number of subword chunks (0: tabular) and features
-    width (0: text); then every chunk's length, every subword id, every feature, in window order."""
+    """Windows of one request: per window its source, the lengths of its chunks of subword ids ([] for a tabular
+    window) and its features (float32 bytes; empty for a text window); then every chunk's ids, in order, as int32
+    bytes. The frontend packs the ids (struct, from the tokenizer's lists) so that the engine, the one process all
+    frontends share, only slices a buffer (benchmarks/frontends_bench.py)."""
 
-    source_index: bytes  # int64 [n]
-    chunks: bytes  # int32 [n]
-    widths: bytes  # int32 [n]
-    chunk_lengths: bytes  # int32 [chunks]
-    token_ids: bytes  # int32 [tokens]
-    features: bytes  # float32 [sum of widths]
+    source_index: list[int]
+    chunk_lengths: list[list[int]]
+    token_ids: bytes
+    features: list[bytes]
 
 
 class Codes(msgspec.Struct, array_like=True):
@@ -85,41 +87,30 @@ _failure = msgspec.msgpack.Decoder(Failure)
 
 def pack_windows(source_index: list[int], chunks: list[Chunks | None], features: list[np.ndarray | None]) -> bytes:
     """One request's windows -> a WindowBatch body. A window has either chunks (text) or features (tabular)."""
-    n_chunks = np.array([len(c) if c is not None else 0 for c in chunks], dtype=np.int32)
-    flat = [x for c in chunks if c is not None for x in c]
-    lengths = np.array([len(x) for x in flat], dtype=np.int32)
-    ids = np.concatenate([np.asarray(x, dtype=np.int32) for x in flat]) if flat else np.zeros(0, np.int32)
-    rows = [f for f in features if f is not None]
-    widths = np.array([len(f) if f is not None else 0 for f in features], dtype=np.int32)
-    feats = np.concatenate(rows).astype(np.float32) if rows else np.zeros(0, np.float32)
+    flat = [c for cs in chunks if cs is not None for c in cs]
     return encoder.encode(
         WindowBatch(
-            np.asarray(source_index, dtype=np.int64).tobytes(),
-            n_chunks.tobytes(),
-            widths.tobytes(),
-            lengths.tobytes(),
-            ids.tobytes(),
-            feats.tobytes(),
+            source_index,
+            [[len(c) for c in cs] if cs is not None else [] for cs in chunks],
+            b"".join([struct.pack(f"<{len(c)}i", *c) for c in flat]),
+            [np.asarray(f, dtype=np.float32).tobytes() if f is not None else b"" for f in features],
         )
     )
 
 
-def unpack_windows(body: bytes) -> tuple[np.ndarray, list[Chunks | None], list[np.ndarray | None]]:
-    """A WindowBatch body -> (source index per window, chunks per window (arrays of ids), features per window)."""
+def unpack_windows(body: bytes) -> tuple[list[int], list[Chunks | None], list[np.ndarray | None]]:
+    """A WindowBatch body -> (source index, chunks (int32 arrays) or None, features or None) per window."""
     b = _window_batch.decode(body)
-    n_chunks = np.frombuffer(b.chunks, np.int32)
-    widths = np.frombuffer(b.widths, np.int32)
-    lengths = np.frombuffer(b.chunk_lengths, np.int32)
-    pieces = np.split(np.frombuffer(b.token_ids, np.int32).astype(np.int64), np.cumsum(lengths)[:-1])
-    rows = np.split(np.frombuffer(b.features, np.float32), np.cumsum(widths)[:-1])
+    ids = np.frombuffer(b.token_ids, "<i4")
     chunks: list[Chunks | None] = []
-    features: list[np.ndarray | None] = []
-    c = 0
-    for i, (k, w) in enumerate(zip(n_chunks.tolist(), widths.tolist(), strict=True)):
-        chunks.append(pieces[c : c + k] if k else None)
-        features.append(rows[i] if w else None)
-        c += k
-    return np.frombuffer(b.source_index, np.int64), chunks, features
+    at = 0
+    for lengths in b.chunk_lengths:
+        window = []
+        for n in lengths:
+            window.append(ids[at : at + n])
+            at += n
+        chunks.append(window or None)
+    return b.source_index, chunks, [np.frombuffer(f, np.float32) if f else None for f in b.features]
 
 
 def pack_histories(ids: np.ndarray, level: np.ndarray, age: np.ndarray) -> bytes:

@@ -1,0 +1,213 @@
+"""The engine process and its HTTP frontends (U2QT_FRONTENDS), measured side by side in one run.
+
+    python3 benchmarks/frontends_bench.py --artifacts artifacts/cj [--providers cpu|cuda|auto]
+        [--frontends 0,1,2,4] [--clients 32] [--seconds 20] [--max-batch 64]
+
+1. raw limit: the service's batch stages alone (tokenize + ONNX Runtime, `--max-batch` per batch), no HTTP/Redis;
+2. IPC: one frontend's request of 64 real windows to the engine and back (pack the subword ids, ZeroMQ over
+   ipc://, unpack into the engine's jobs, answer codes, decode), without inference: its median round trip;
+3. for each count in `--frontends` (0: one process, models in-process, the default deployment), `u2qt serve`
+   under `--clients` wrk connections posting one (household, week) request each at a time: windows/s, e2e/raw,
+   the same with batching off (max_batch_size 1) and batching on/off, latency, the engine's mean batch, and CPU per
+   window: the frontends' event loops (their main threads), the frontends in all, the engine.
+A GPU machine runs it as is: `--providers cuda --frontends 1,2,4,8,12`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import RedisProcess, ServiceProcess, cpu_by_thread, cpu_seconds, recorded  # noqa: E402
+from benchmarks.service_bench import (  # noqa: E402
+    batch_totals,
+    gpu_name,
+    post_load_wrk,
+    raw_limit,
+    requests_by_user_week,
+    window_jobs,
+)
+from u2qt.model.manifest import Manifest  # noqa: E402
+from u2qt.model.runtime import TextTokenizer  # noqa: E402
+from u2qt.service import engine_protocol as wire  # noqa: E402
+from u2qt.service.engine import window_jobs as engine_jobs  # noqa: E402
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out += [int(child), *children(int(child))]
+    return out
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+class Deployment:
+    """`u2qt serve` with `frontends` frontends: which processes are the frontends and which is the engine."""
+
+    def __init__(self, svc: ServiceProcess, frontends: int):
+        self.svc = svc
+        kids = [p for p in children(svc.process.pid) if "redis-server" not in cmdline(p)]
+        self.engine = next((p for p in kids if "u2qt.service.engine" in cmdline(p)), None)
+        workers = [p for p in kids if p != self.engine and "multiprocessing" in cmdline(p)]
+        self.frontends = workers if frontends > 1 else [svc.process.pid]
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the frontends' event loops (main threads), the frontends in all, the engine."""
+        return {
+            "event loops": sum(cpu_by_thread(p).get(p, 0.0) for p in self.frontends),
+            "frontends": sum(cpu_seconds(p) for p in self.frontends),
+            "engine": cpu_seconds(self.engine) if self.engine else 0.0,
+        }
+
+
+def run_load(args, url: str, payloads, frontends: int, max_batch: int) -> dict:
+    svc = ServiceProcess(
+        args.artifacts,
+        url,
+        key_prefix=f"fe{frontends}-{max_batch}-{time.time_ns()}",
+        max_batch_size=max_batch,
+        max_queue_windows=100000,
+        max_queue_delay_ms=0,
+        providers=args.providers,
+        frontends=frontends,
+    )
+    try:
+        d = Deployment(svc, frontends)
+        cpu0, b0 = d.cpu(), batch_totals([svc.base])
+        r = post_load_wrk([svc.base], payloads, args.clients, args.seconds)
+        cpu1, b1 = d.cpu(), batch_totals([svc.base])
+    finally:
+        svc.stop()
+    windows = r["windows_s"] * args.seconds
+    r["cpu_ms"] = {k: (cpu1[k] - cpu0[k]) * 1e3 / max(windows, 1) for k in cpu0}
+    r["batch"] = (b1[0] - b0[0]) / max(b1[1] - b0[1], 1)
+    return r
+
+
+def echo_engine(address: str, levels: int) -> None:
+    """The engine's side of a request without inference: unpack into the batcher's jobs, answer zero codes."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(address)
+    while True:
+        peer, kind, rid, body = sock.recv_multipart()
+        if kind == b"stop":
+            return
+        jobs = engine_jobs(body)
+        codes = np.zeros((len(jobs), levels), dtype=np.int64)
+        reply = wire.Codes(codes.tobytes(), levels, wire.Load(len(jobs), 100.0))
+        sock.send_multipart([peer, rid, wire.OK, wire.encoder.encode(reply)])
+
+
+def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 2000) -> dict:
+    """Median ms of one request of `windows` real windows to an engine and back, without inference."""
+    manifest = Manifest.load(artifacts)
+    jobs = window_jobs(manifest, payloads)[:windows]
+    tokenizer = TextTokenizer(artifacts / manifest.encoder.tokenizer_file, manifest.encoder)
+    encoded = iter(tokenizer.encode([j.text for j in jobs if j.text is not None]))
+    chunks = [next(encoded) if j.text is not None else None for j in jobs]
+    levels = manifest.token_vocabulary().levels
+    address = f"ipc:///tmp/u2qt-ipc-bench-{os.getpid()}.sock"
+    peer = multiprocessing.get_context("spawn").Process(target=echo_engine, args=(address, levels))
+    peer.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(address)
+    times, pack = [], []
+    try:
+        for i in range(repeats + 100):
+            t0 = time.perf_counter()
+            body = wire.pack_windows([j.source_index for j in jobs], chunks, [j.features for j in jobs])
+            t1 = time.perf_counter()
+            sock.send_multipart([wire.WINDOWS, i.to_bytes(8, "little"), body])
+            _, status, answer = sock.recv_multipart()
+            codes = wire.decode_answer(wire.WINDOWS, status, answer)
+            np.frombuffer(codes.codes, np.int64).reshape(len(jobs), codes.levels)
+            if i >= 100:  # the first ones warm up the connection and the allocator
+                times.append(time.perf_counter() - t0)
+                pack.append(t1 - t0)
+        sock.send_multipart([b"stop", b"", b""])
+    finally:
+        peer.join(10)
+        sock.close(0)
+        ctx.term()
+    tokens = sum(len(c) for cs in chunks if cs for c in cs)
+    return {
+        "ms": statistics.median(times) * 1e3,
+        "pack_ms": statistics.median(pack) * 1e3,
+        "bytes": len(body),
+        "tokens": tokens,
+    }
+
+
+@recorded
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--artifacts", default="artifacts/cj", type=Path)
+    p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--frontends", default="0,1,2,4", help="comma-separated; 0: models in-process (no engine)")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--users", type=int, default=400)
+    p.add_argument("--max-batch", type=int, default=64)
+    args = p.parse_args()
+    counts = [int(x) for x in args.frontends.split(",")]
+    payloads = requests_by_user_week(args.users)
+    ipc = ipc_round_trip(args.artifacts, payloads)
+    store = RedisProcess().start()
+    try:
+        raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch)
+        rows = {}
+        for n in counts:  # batching on, then off, per count: side by side in one sitting
+            rows[n] = run_load(args, store.url, payloads, n, args.max_batch), run_load(args, store.url, payloads, n, 1)
+    finally:
+        store.kill()
+    print(
+        f"command: python3 benchmarks/frontends_bench.py --artifacts {args.artifacts} --providers {args.providers} "
+        f"--frontends {args.frontends} --clients {args.clients} --seconds {args.seconds:g} --users {args.users} "
+        f"--max-batch {args.max_batch}"
+    )
+    print(
+        f"machine: {os.cpu_count()} cores{gpu_name()}; redis-server and wrk ({args.clients} connections, one "
+        f"(household, week) request each at a time) on the same machine"
+    )
+    print(f"raw batch stages, {args.max_batch} per batch (no HTTP, no Redis): {raw.windows_s:.1f} windows/s")
+    print(
+        f"IPC, one request of 64 windows ({ipc['tokens']} subword ids, {ipc['bytes']:,} bytes) to the engine and "
+        f"back, no inference: {ipc['ms']:.3f} ms median round trip (packing {ipc['pack_ms']:.3f} ms)"
+    )
+    print(
+        "frontends | windows/s | e2e/raw | batching off | on/off | p50 ms | p99 ms | engine batch | "
+        "event loops ms/window | frontends ms/window | engine ms/window"
+    )
+    for n, (on, off) in rows.items():
+        name = "0 (in-process)" if n == 0 else str(n)
+        c = on["cpu_ms"]
+        print(
+            f"{name:>14} | {on['windows_s']:9.1f} | {on['windows_s'] / raw.windows_s:7.2f} | {off['windows_s']:12.1f} | "
+            f"{on['windows_s'] / max(off['windows_s'], 1e-9):5.2f}x | {on['p50'] * 1e3:6.1f} | {on['p99'] * 1e3:6.1f} | "
+            f"{on['batch']:12.1f} | {c['event loops']:21.2f} | {c['frontends']:19.2f} | {c['engine']:16.2f}"
+            + (f"  ({on['errors']} + {off['errors']} errors)" if on["errors"] or off["errors"] else "")
+        )
+    print(
+        "CPU per window: CPU seconds of the processes during the batching-on run / windows tokenized; event loops: "
+        "the frontends' main threads (HTTP, validation, Redis, rendering); with 0 the one process is the frontend "
+        "and also runs the models"
+    )
+
+
+if __name__ == "__main__":
+    main()
