@@ -114,9 +114,7 @@ def test_engine_killed_mid_load_gives_503_then_is_restarted_and_keeps_every_ackn
     try:
         streams = streams_for(user_streams, 6, "ekill-")
         stop, result = threading.Event(), {}
-        load = threading.Thread(
-            target=lambda: result.update(r=drive(svc.base, streams, stop, retry=True, pause_s=0.2))
-        )
+        load = threading.Thread(target=lambda: result.update(r=drive(svc.base, streams, stop, retry=True, pause_s=0.2)))
         load.start()
         first = f"{svc.base}/users/ekill-{streams[0][0][0]['user_id'][6:]}/tokens"
         wait_until(lambda: len(httpx.get(first).json()["windows"]) >= 2, 60, "first windows stored")

@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -303,3 +304,51 @@ def one_user_week(cj_events):
     p["week"] = ((p["ts"] - 4 * 86400) // (7 * 86400)).astype(int)
     user, week = p.groupby(["user_id", "week"]).size().idxmax()
     return api_events(p[(p["user_id"] == user) & (p["week"] == week)], "week-")
+
+
+FAST_PATH_BODIES = [
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": 1489060406, "text": "milk"}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": "2017-03-09T11:53:26", "amount": 2}]},
+    {
+        "events": [
+            {
+                "event_id": "a",
+                "user_id": "u1",
+                "source": "visits",
+                "ts": "2017-03-09T11:53:26+02:00",
+                "attributes": {"spend": 1.5, "lines": 3},
+            }
+        ]
+    },
+    {"events": [{"event_id": "a", "user_id": "u1\n", "source": "purchases", "ts": 1489060406, "text": "milk"}]},
+    {"events": [{"event_id": "", "user_id": "u1", "source": "purchases", "ts": 1489060406}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": True}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": 10}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": "1489060406"}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": 1489060406, "amount": 1e16}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": 1489060406, "extra": 1}]},
+    {"events": [{"event_id": "a", "user_id": "u{1}", "source": "purchases", "ts": 1489060406}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "p", "ts": 1489060406, "amount": False}]},
+    {"events": []},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "purchases", "ts": 1489060406, "text": "x" * 4001}]},
+    {"events": [{"event_id": "a", "user_id": "u1", "source": "visits", "ts": 1489060406, "attributes": {"x": "BIG"}}]},
+]
+
+
+@pytest.mark.parametrize("body", FAST_PATH_BODIES)
+def test_the_msgspec_body_decoder_reads_every_body_as_the_pydantic_schema_does(body):
+    """POST /tokenize decodes bodies with msgspec; the API is the pydantic schema: same events, same errors."""
+    from pydantic import ValidationError
+
+    from u2qt.service.schemas import TokenizeRequest, tokenize_events
+
+    raw = orjson.dumps(body).replace(b'"BIG"', b"1e999")  # a number no float holds
+    try:
+        expected = [e.model_dump() for e in TokenizeRequest.model_validate_json(raw).events]
+    except ValidationError as e:
+        with pytest.raises(ValidationError) as got:
+            tokenize_events(raw)
+        assert got.value.errors(include_context=False) == e.errors(include_context=False)
+        return
+    fields = ("event_id", "user_id", "source", "ts", "text", "amount", "attributes")
+    assert [{f: getattr(e, f) for f in fields} for e in tokenize_events(raw)] == expected
