@@ -23,7 +23,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from u2qt.model.runtime import TextTokenizer
 from u2qt.service import engine_protocol as wire
-from u2qt.service.batcher import Admission, QueueFull, Reservation, WindowJob
+from u2qt.service.batcher import Admission, QueueFull, Reservation, WindowJob, gather_batch
 from u2qt.service.metrics import ServiceMetrics
 
 
@@ -117,8 +117,11 @@ class EngineConnection:
 
 
 class RemoteMicroBatcher:
-    """MicroBatcher's interface, batched by the engine: tokenizes a request's text windows off the event loop and
-    sends their subword ids."""
+    """MicroBatcher's interface, batched by the engine. Its first stage runs here: windows that concurrent requests
+    submit while the previous message is being prepared go out together (up to `max_batch_size`, never waiting
+    for more), tokenized and packed off the event loop; the engine batches those messages with every other
+    frontend's. One message per gathering, not per request: the event loop's and the engine's cost per
+    message is shared by its windows."""
 
     def __init__(
         self,
@@ -126,12 +129,21 @@ class RemoteMicroBatcher:
         tokenizer: TextTokenizer,
         levels: int,
         metrics: ServiceMetrics,
+        max_batch_size: int = 64,
         max_queue: int = 4096,
         max_queue_delay_ms: float = 0.0,
     ):
         self.connection, self.tokenizer, self.levels = connection, tokenizer, levels
+        self.max_batch_size = max_batch_size
         self.admission = Admission(max_queue, max_queue_delay_ms, metrics.queue_depth)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
+        self._incoming: asyncio.Queue[WindowJob | None] | None = None
+        self._sender: asyncio.Task | None = None
+        self._exchanges: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._incoming = asyncio.Queue()
+        self._sender = asyncio.create_task(self._send())
 
     def has_room(self, windows: int) -> bool:
         load = self.connection.load
@@ -152,12 +164,41 @@ class RemoteMicroBatcher:
             with self.reserve(len(jobs)) as own:
                 return await self.submit(jobs, own)
         reservation.take(len(jobs))
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            job.future = loop.create_future()
+            self._incoming.put_nowait(job)
         try:
-            body = await asyncio.get_running_loop().run_in_executor(self._pool, self._pack, jobs)
-            answer = await self.connection.request(wire.WINDOWS, body)
-            return np.frombuffer(answer.codes, np.int64).reshape(len(jobs), answer.levels)
+            return np.stack(await asyncio.gather(*(j.future for j in jobs)))
         finally:
             reservation.done(len(jobs))
+
+    async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._incoming.get()
+            if job is None:
+                return
+            batch = await gather_batch(self._incoming, job, self.max_batch_size, 0.0)
+            try:
+                body = await loop.run_in_executor(self._pool, self._pack, batch)
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the frontend
+                fail(batch, e)
+                continue
+            exchange = asyncio.create_task(self._exchange(batch, body))  # the next batch gathers meanwhile
+            self._exchanges.add(exchange)
+            exchange.add_done_callback(self._exchanges.discard)
+
+    async def _exchange(self, batch: list[WindowJob], body: bytes) -> None:
+        try:
+            answer = await self.connection.request(wire.WINDOWS, body)
+        except Exception as e:  # noqa: BLE001 - EngineUnavailable (503), QueueFull (429) or a failed inference
+            fail(batch, e)
+            return
+        codes = np.frombuffer(answer.codes, np.int64).reshape(len(batch), answer.levels)
+        for job, c in zip(batch, codes, strict=True):
+            if not job.future.done():
+                job.future.set_result(c)
 
     def _pack(self, jobs: list[WindowJob]) -> bytes:
         texts = [j.text for j in jobs if j.text is not None]
@@ -166,8 +207,19 @@ class RemoteMicroBatcher:
         return wire.pack_windows([j.source_index for j in jobs], chunks, [j.features for j in jobs])
 
     async def stop(self) -> None:
+        """Finishes every window already submitted, then stops."""
         self.admission.closing = True
+        if self._incoming is not None:
+            self._incoming.put_nowait(None)
+            await asyncio.gather(self._sender, return_exceptions=True)
+            await asyncio.gather(*self._exchanges, return_exceptions=True)
         self._pool.shutdown(wait=True)
+
+
+def fail(jobs: list[WindowJob], error: Exception) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)
 
 
 class RemoteEmbeddingBatcher:

@@ -73,9 +73,10 @@ async def start(settings: ServiceSettings) -> ServiceState:
         await engine.start(s.engine_timeout_s)
         providers = engine.info.providers
         tokenizer = TextTokenizer(Path(s.artifacts) / manifest.encoder.tokenizer_file, manifest.encoder)
-        delay = s.max_queue_windows, s.max_queue_delay_ms
-        batcher = RemoteMicroBatcher(engine, tokenizer, vocabulary.levels, metrics, *delay)
-        embedder = RemoteEmbeddingBatcher(engine, metrics, *delay) if manifest.history else None
+        queue = s.max_queue_windows, s.max_queue_delay_ms
+        batcher = RemoteMicroBatcher(engine, tokenizer, vocabulary.levels, metrics, s.max_batch_size, *queue)
+        await batcher.start()
+        embedder = RemoteEmbeddingBatcher(engine, metrics, *queue) if manifest.history else None
     else:
         runtime = TokenizerRuntime(
             s.artifacts, manifest, s.providers, s.ort_threads or None, s.encoder_batch, s.encoder_max_padding
