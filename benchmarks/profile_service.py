@@ -1,13 +1,15 @@
 """Where the service's request path spends its time: py-spy samples of `u2qt serve` under POST or GET load.
 
     python3 benchmarks/profile_service.py --artifacts artifacts/cj [--providers cuda] [--seconds 12] [--load get]
+        [--frontends 1]
     python3 benchmarks/profile_service.py --summarize profile.txt.gz
 
-Starts redis-server and one service process, drives it with 32 clients (service_bench's load: one request
-per household-week of real events; wrk, or with --client python httpx clients in 2 processes) or, with
-`--load get`, with read_bench's load (GET /users/{id}/tokens at 500 requests/s, Poisson arrivals, over
-180-day histories of every household), records the
-service with `py-spy record --threads -f raw` (py-spy from PyPI; active samples only), and prints each
+Starts redis-server and one service process (with `--frontends 1`: `u2qt serve` with U2QT_FRONTENDS=1, whose
+own process is then the frontend and the models run in the engine process), drives it with 32 clients
+(service_bench's load: one request per household-week of real events; wrk, or with --client python httpx
+clients in 2 processes) or, with `--load get`, with read_bench's load (GET /users/{id}/tokens at 500
+requests/s, Poisson arrivals, over 180-day histories of every household), records the service with
+`py-spy record --threads -f raw` (py-spy from PyPI; active samples only), and prints each
 thread's share of the samples and, for the event-loop thread, the share spent in the parts of the request
 path. `--summarize` prints the same from a raw profile already recorded (`--out profile.txt.gz` keeps one).
 """
@@ -27,24 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # part of the request path -> a frame (function, file) whose presence on the stack marks it
 POST_PARTS = {
-    "/tokenize handler (EventTokenizer and the route function)": ("create_app.<locals>.tokenize", "app.py"),
-    "  redis-py pipelines (packing, sending, parsing)": ("Pipeline.execute", "client.py"),
-    "  request body parsed from bytes (pydantic-core)": ("parse_json", "app.py"),
+    "/tokenize handler (the route function and EventTokenizer)": ("tokenize", "write_routes.py"),
+    "  body decoded (msgspec: schemas.tokenize_events)": ("tokenize_events", "schemas.py"),
+    "  INGEST prepared, sent and its reply read (TokenHistoryStore.ingest)": ("TokenHistoryStore.ingest", "store.py"),
+    "  COMMIT prepared, sent and its reply read (TokenHistoryStore.commit)": ("TokenHistoryStore.commit", "store.py"),
+    "  windows rendered (EventTokenizer._job)": ("EventTokenizer._job", "ingest.py"),
+    "  token metrics (EventTokenizer._observe)": ("EventTokenizer._observe", "ingest.py"),
     "Redis pipelines coalesced across requests (own task)": ("CoalescingPipeline._send", "coalescing.py"),
-    "FastAPI dependency solving": ("solve_dependencies", "utils.py"),
-    "request body validation (pydantic)": ("request_body_to_args", "utils.py"),
-    "request body JSON decoding": ("Request.json", "requests.py"),
+    "engine answers received (own task; --frontends 1)": ("EngineConnection._receive", "engine_client.py"),
+    "socket writes (asyncio StreamWriter.writelines: Redis)": ("StreamWriter.writelines", "streams.py"),
+    "request metrics middleware (RequestMetrics)": ("RequestMetrics.__call__", "middleware.py"),
 }
 GET_PARTS = {
-    "GET route function (user_tokens)": ("create_app.<locals>.user_tokens", "app.py"),
-    "  path and query validated (pydantic)": ("parse_params", "app.py"),
+    "GET route function (user_tokens)": ("user_tokens", "read_routes.py"),
+    "  path and query validated (pydantic)": ("parse_params", "http.py"),
     "  Redis read (TokenHistoryStore.read: command, reply, unpacking)": ("TokenHistoryStore.read", "store.py"),
-    "  histories(): the Redis read above, then the history assembled as plain data": (
-        "create_app.<locals>.histories",
-        "app.py",
-    ),
-    "  response serialized (orjson)": ("OrjsonResponse.render", "app.py"),
-    "metrics middleware (RequestMetrics)": ("RequestMetrics.__call__", "app.py"),
+    "  histories(): the Redis read above, then the history assembled as plain data": ("histories", "read_routes.py"),
+    "  response serialized (orjson)": ("OrjsonResponse.render", "http.py"),
+    "metrics middleware (RequestMetrics)": ("RequestMetrics.__call__", "middleware.py"),
 }
 
 
@@ -70,8 +72,10 @@ def summarize(path: Path, seconds: float, rate: int, parts_of: dict = POST_PARTS
     print("event-loop thread (MainThread), share of its active samples:")
     for part in parts_of:
         print(f"  {parts[part] / loop:6.1%}  {part}")
-    inside = parts[next(iter(parts_of))] + parts.get("Redis pipelines coalesced across requests (own task)", 0)
-    print(f"  {1 - inside / loop:6.1%}  elsewhere (uvicorn, Starlette, FastAPI, middlewares, the loop itself)")
+    own = [p for p in parts_of if not p.startswith(" ") and p != next(iter(parts_of))]
+    inside = parts[next(iter(parts_of))] + sum(parts[p] for p in own if "own task" in p)
+    rest = "outside the handler and its own tasks (uvicorn, Starlette, FastAPI, middlewares, the loop)"
+    print(f"  {1 - inside / loop:6.1%}  {rest}")
 
 
 def main() -> None:
@@ -84,6 +88,9 @@ def main() -> None:
     p.add_argument("--summarize", type=Path, help="a raw py-spy profile to summarize instead of recording one")
     p.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     p.add_argument("--load", choices=["post", "get"], default="post")
+    p.add_argument(
+        "--frontends", type=int, choices=[0, 1], default=0, help="1: the models in an engine process (U2QT_FRONTENDS)"
+    )
     args = p.parse_args()
     parts_of = GET_PARTS if args.load == "get" else POST_PARTS
     if args.summarize:
@@ -98,7 +105,8 @@ def main() -> None:
 
     print(
         f"command: python3 benchmarks/profile_service.py --artifacts {args.artifacts} --providers {args.providers} "
-        f"--seconds {args.seconds:g} --rate {args.rate} --out {args.out} --client {args.client} --load {args.load}"
+        f"--seconds {args.seconds:g} --rate {args.rate} --out {args.out} --client {args.client} --load {args.load} "
+        f"--frontends {args.frontends}"
     )
     store = RedisProcess().start()
     if args.load == "get":
@@ -114,6 +122,7 @@ def main() -> None:
         max_queue_windows=100000,
         max_queue_delay_ms=0,
         providers=args.providers,
+        frontends=args.frontends,
     )
     try:
         # py-spy writes plain text: record beside the target and gzip it after, when the target asks for .gz

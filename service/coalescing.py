@@ -11,9 +11,43 @@ of two scripts each): 133 us of client CPU per request in its own pipeline, 44 u
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from functools import cache
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+
+_BODIES: dict[str, str] = {}  # SHA1 -> script body, of every script evalsha() has named
+
+
+@cache
+def _sha(script: str) -> str:
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    _BODIES[sha] = script
+    return sha
+
+
+def evalsha(script: str, keys: list[str], args: list = ()) -> tuple:
+    """A Lua script as an EVALSHA command: its 40-byte SHA1 on the wire instead of its body (kilobytes, which the
+    client packs and writes and Redis hashes on every EVAL). A Redis that does not hold the script yet (first use,
+    a restart, a new cluster node) answers NOSCRIPT, and the command goes again as EVAL with its body
+    (CoalescingPipeline, run_script), which caches it there. redis-py's Script objects would instead send SCRIPT
+    EXISTS before every pipeline: a round trip."""
+    return ("EVALSHA", _sha(script), len(keys), *keys, *args)
+
+
+def with_body(command: tuple) -> tuple:
+    """An EVALSHA command as the EVAL of its script's body."""
+    return ("EVAL", _BODIES[command[1]], *command[2:])
+
+
+async def run_script(redis: Redis, command: tuple):
+    """One evalsha() command on its own (no pipeline), sent again with its body if Redis does not hold it."""
+    try:
+        return await redis.execute_command(*command)
+    except NoScriptError:
+        return await redis.execute_command(*with_body(command))
 
 
 class CoalescingPipeline:
@@ -56,6 +90,20 @@ class CoalescingPipeline:
             if not isinstance(e, Exception):
                 raise
             return
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # scripts this Redis does not hold yet: sent again with their bodies, once
+            flat = [command for commands, _ in batch for command in commands]
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for i in missing:
+                        pipe.execute_command(*with_body(flat[i]))
+                    for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                        replies[i] = reply
+            except Exception as e:  # noqa: BLE001 - as above: every caller hears it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                return
         at = 0
         for commands, future in batch:
             mine, at = replies[at : at + len(commands)], at + len(commands)

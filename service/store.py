@@ -52,7 +52,7 @@ from redis.asyncio import Redis
 
 from u2qt.model.entries import PackedEntries
 from u2qt.model.sources import windows_in
-from u2qt.service.coalescing import CoalescingPipeline
+from u2qt.service.coalescing import CoalescingPipeline, evalsha, run_script
 
 # One call per user: KEYS = for each of the user's (source, window) groups its history and its event set, then the
 # user's metadata; ARGV = late windows, event-set TTL, history TTL, events per window cap, then for each group its
@@ -326,7 +326,7 @@ class TokenHistoryStore:
                 args += [window, len(events)]
                 for event_id, event in events:
                     args += [event_id, orjson.dumps(event)]
-            commands.append(_eval(INGEST, [*keys, self.meta_key(user)], args))
+            commands.append(evalsha(INGEST, [*keys, self.meta_key(user)], args))
         results: list[IngestResult | None] = [None] * len(groups)
         for members, reply in zip(by_user.values(), await self.pipeline.execute(commands), strict=True):
             for i, (need, n, statuses, flat, newest) in zip(members, reply, strict=True):
@@ -369,7 +369,7 @@ class TokenHistoryStore:
                 _, source, window, n, _ = writes[i]
                 keys.append(self.events_key(user, source, window))
                 args += [position[source], window, n, packed[i]]
-            commands.append(_eval(COMMIT, keys, args))
+            commands.append(evalsha(COMMIT, keys, args))
         replies = await self.pipeline.execute(commands)
         moves = {
             user: (_text(digest), _text(old), int(engaged), bool(ranked))
@@ -389,7 +389,7 @@ class TokenHistoryStore:
             for i in members:
                 key = self.history_key(user, windows[i][1])
                 args += [keys.setdefault(key, len(keys) + 1), windows[i][2]]
-            commands.append(_eval(STORED, list(keys), args))
+            commands.append(evalsha(STORED, list(keys), args))
         out = [-1] * len(windows)
         for members, reply in zip(by_user.values(), await self.pipeline.execute(commands), strict=True):
             for i, n in zip(members, reply, strict=True):
@@ -404,22 +404,15 @@ class TokenHistoryStore:
             return [self.history_key(user, s) for s in sources] + [self.meta_key(user)]
 
         if len(users) == 1:  # the hot read: one command, no pipeline object, no wait for a loop turn
-            replies = [await self.redis.execute_command(*_eval(READ, keys(users[0])))]
+            replies = [await run_script(self.redis, evalsha(READ, keys(users[0])))]
         else:  # one script per user: its keys share a Redis Cluster slot
-            replies = await self.pipeline.execute([_eval(READ, keys(user)) for user in users])
+            replies = await self.pipeline.execute([evalsha(READ, keys(user)) for user in users])
         # one unpack for every list of the call, then split: per-list numpy calls would dominate a batch read
         lists = [entries for r in replies for entries in r[:-1]]
         decoded = self.entries.unpack(b"".join(e for entries in lists for e in entries))
         parts = iter(np.split(decoded, np.cumsum([len(entries) for entries in lists])[:-1]))
         histories = {user: {s: next(parts) for s in sources} for user in users}
         return histories, {user: int(r[-1]) for user, r in zip(users, replies, strict=True)}
-
-
-def _eval(script: str, keys: list[str], args: list = ()) -> tuple:
-    """A script as the EVAL command with its body, as every script here runs. redis-py's Script objects would
-    first send SCRIPT EXISTS for every pipeline (a round trip, and a tenth of the write path's CPU, profiled on a
-    GPU box); Redis caches the compiled body by its SHA1, and a restarted Redis needs nothing reloaded."""
-    return ("EVAL", script, len(keys), *keys, *args)
 
 
 def _positions_by_user(rows: list[tuple]) -> dict[str, list[int]]:

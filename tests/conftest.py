@@ -70,10 +70,15 @@ class RedisTarget:
         return connect(self.url)
 
     def eval_calls(self) -> int:
+        """Lua scripts run so far (EVAL, or EVALSHA that found its script), over every master."""
         import redis
 
-        stats = (redis.Redis(port=p).info("commandstats") for p in self.ports)
-        return sum(s.get("cmdstat_eval", {}).get("calls", 0) for s in stats)
+        stats = [redis.Redis(port=p).info("commandstats") for p in self.ports]
+        return sum(
+            c.get("calls", 0) - c.get("failed_calls", 0) - c.get("rejected_calls", 0)
+            for s in stats
+            for c in (s.get("cmdstat_eval", {}), s.get("cmdstat_evalsha", {}))
+        )
 
     def keys_per_master(self) -> list[int]:
         import redis

@@ -123,6 +123,42 @@ def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(any_re
     assert histories["a"]["promotions"]["codes"].tolist() == [[9, 10, 11, 12]]
 
 
+def test_scripts_go_by_sha1_and_a_redis_that_lost_them_is_sent_their_bodies(any_redis):
+    """Writes and reads send EVALSHA; after SCRIPT FLUSH (or a restart, or a new node) each command that meets
+    NOSCRIPT goes again with its script's body, in a pipeline and on the single-read path alike."""
+    import asyncio
+
+    import redis
+
+    from u2qt.service.store import TokenHistoryStore
+
+    async def write_and_read(store, user):
+        groups = [(user, "purchases", 10, [("e1", {"ts": 10 * 7 * 86400.0, "text": "milk"})])]
+        (res,) = await store.ingest(groups)
+        await store.commit([(user, "purchases", 10, res.event_count, np.array([1, 2, 3, 4]))], ["purchases"])
+        one, _ = await store.read([user], ["purchases"])  # one user: a single EVALSHA, no pipeline
+        return one[user]["purchases"]["codes"].tolist()
+
+    async def scenario():
+        client = any_redis.client()
+        store = TokenHistoryStore(client, "sha", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
+        first = await write_and_read(store, "u1")
+        for port in any_redis.ports:
+            redis.Redis(port=port).script_flush()
+        again = await write_and_read(store, "u2")
+        await client.aclose()
+        return first, again
+
+    before = [
+        redis.Redis(port=p).info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) for p in any_redis.ports
+    ]
+    assert asyncio.run(scenario()) == ([[1, 2, 3, 4]], [[1, 2, 3, 4]])
+    after = [
+        redis.Redis(port=p).info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) for p in any_redis.ports
+    ]
+    assert sum(after) - sum(before) >= 6, "every script went as EVALSHA first"
+
+
 def test_the_store_and_eval_share_one_definition_of_an_identical_history(any_redis):
     """The digest COMMIT writes in Redis is model.fallback.history_digest of the user's packed entries, source by
     source: `u2qt eval` counts collisions with the very rule the service serves the fallback by."""
