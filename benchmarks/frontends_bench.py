@@ -61,7 +61,7 @@ class Deployment:
         self.svc = svc
         kids = [p for p in children(svc.process.pid) if "redis-server" not in cmdline(p)]
         self.engine = next((p for p in kids if "u2qt.service.engine" in cmdline(p)), None)
-        workers = [p for p in kids if p != self.engine and "multiprocessing" in cmdline(p)]
+        workers = [p for p in kids if p != self.engine and "multiprocessing.spawn" in cmdline(p)]
         self.frontends = workers if frontends > 1 else [svc.process.pid]
 
     def cpu(self) -> dict[str, float]:

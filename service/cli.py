@@ -333,7 +333,10 @@ def cmd_serve(args) -> None:
         from u2qt.service import frontends
 
         print(f"{settings.frontends} HTTP frontend(s) and one inference engine process", flush=True)
-        frontends.serve(settings, args.host, args.port, options)
+        try:
+            frontends.serve(settings, args.host, args.port, options)
+        except RuntimeError as e:  # the engine could not start: its own output above says why
+            raise CLIError(str(e)) from None
         return
     import uvicorn
 

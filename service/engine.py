@@ -118,8 +118,11 @@ class InferenceEngine:
 async def run(settings: ServiceSettings) -> None:
     if not settings.engine_address:
         raise SystemExit("U2QT_ENGINE_ADDRESS is not set: the engine is started by `u2qt serve` with U2QT_FRONTENDS")
-    engine = InferenceEngine(settings)
-    await engine.start()
+    try:
+        engine = InferenceEngine(settings)
+        await engine.start()
+    except (OSError, RuntimeError, ValueError) as e:  # artifacts, providers: one line, for `u2qt serve` to show
+        raise SystemExit(f"u2qt engine could not start: {e}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

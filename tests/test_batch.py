@@ -70,16 +70,19 @@ def batch(trained, path, url, monkeypatch, prefix, **kw) -> dict:
     return run(job.model_copy(update={"report": Path(os.devnull)}))
 
 
-def test_batch_writes_the_same_bytes_as_the_online_path(trained_dir, slice_events, serve, redis_server, monkeypatch):
+def test_batch_writes_the_same_bytes_as_the_online_path(
+    trained_dir, slice_events, serve, redis_server, monkeypatch, request
+):
     ev, path = slice_events
-    base, _ = serve(key_prefix="online")
+    mode = request.node.callspec.id  # in-process or frontends: each run its own keys on the shared Redis
+    base, _ = serve(key_prefix=f"online-{mode}")
     with httpx.Client(timeout=120) as client:
         for events in api_events(ev).values():
             r = client.post(f"{base}/tokenize", json={"events": events})
             assert r.status_code == 200, r.text
             assert r.json()["accepted"] == len(events)
-    report = batch(trained_dir[0], path, redis_server.url, monkeypatch, "bulk")
-    online, bulk = dump([redis_server.port], "online", "cm"), dump([redis_server.port], "bulk", "cm")
+    report = batch(trained_dir[0], path, redis_server.url, monkeypatch, f"bulk-{mode}")
+    online, bulk = dump([redis_server.port], f"online-{mode}", "cm"), dump([redis_server.port], f"bulk-{mode}", "cm")
     assert report["windows"] == report["windows written"] > 50
     assert len([k for k in bulk if ":c:" in k]) == len(ev.groupby(["user_id", "source"]))
     assert bulk == online  # every history entry and every user's digest and engagement, byte for byte
@@ -126,9 +129,10 @@ def test_a_run_killed_half_way_and_resumed_leaves_one_clean_runs_histories(
 
 
 def test_online_and_batch_meet_under_one_rule_the_entry_from_more_events_wins(
-    trained_dir, slice_events, serve, redis_server, monkeypatch, tmp_path
+    trained_dir, slice_events, serve, redis_server, monkeypatch, tmp_path, request
 ):
     ev, _ = slice_events
+    prefix = f"meet-{request.node.callspec.id}"
     purchases = ev[ev["source"] == "purchases"]
     week = purchases["ts"] // (7 * 86400)
     busy = purchases.groupby(["user_id", week]).size()
@@ -138,13 +142,13 @@ def test_online_and_batch_meet_under_one_rule_the_entry_from_more_events_wins(
     w1, w2 = sorted(busy[user].index)[:2]
     first = mine[mine["ts"] // (7 * 86400) == w1]
     second = mine[mine["ts"] // (7 * 86400) == w2]
-    base, _ = serve(key_prefix="meet")
+    base, _ = serve(key_prefix=prefix)
     online = list(api_events(first.head(2)).values())[0] + list(api_events(second).values())[0]
     with httpx.Client(timeout=60) as client:
         assert client.post(f"{base}/tokenize", json={"events": online}).status_code == 200
     daily = tmp_path / "daily.parquet"
     pd.concat([first, second.head(2)]).to_parquet(daily, index=False)  # all of w1, 2 events of w2
-    batch(trained_dir[0], daily, redis_server.url, monkeypatch, "meet")
+    batch(trained_dir[0], daily, redis_server.url, monkeypatch, prefix)
     with httpx.Client(timeout=60) as client:
         got = client.get(f"{base}/users/{user}/tokens", params={"sources": "purchases"}).json()
     counts = [w["event_count"] for w in got["windows"]]

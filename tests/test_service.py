@@ -1,6 +1,7 @@
 """The token service over HTTP, against a real Redis started by the test session."""
 
 import concurrent.futures
+import os
 import random
 import subprocess
 import sys
@@ -466,3 +467,20 @@ def test_serve_on_a_taken_port_says_which_option_to_change(trained_dir):
         )
     assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "serving" not in r.stdout
+
+
+def test_an_engine_that_cannot_start_stops_serve_with_its_reason(trained_dir):
+    """U2QT_FRONTENDS with a provider this machine lacks: the engine says why in one line, `u2qt serve` exits
+    with a CLI error, no traceback, nothing served."""
+    import onnxruntime
+
+    from tests.conftest import free_port
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    env = dict(os.environ, U2QT_FRONTENDS="1", U2QT_PROVIDERS="cuda", REDIS_URL="redis://127.0.0.1:1")
+    args = [sys.executable, "-m", "u2qt.service.cli", "serve", "--artifacts", str(trained_dir[0])]
+    r = subprocess.run([*args, "--port", str(free_port())], capture_output=True, text=True, timeout=120, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "u2qt engine could not start" in out and "inference engine exited" in out, out
+    assert "Traceback" not in out and "Uvicorn running" not in out
