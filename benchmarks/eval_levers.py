@@ -36,6 +36,8 @@ VARIANTS = {
     "chunks1": {"encoder": {"max_chunks": 1}},  # truncation at 96 tokens, as before chunking
     "p7d": {"window": "7d"},
     "p1h": {"window": "1h"},
+    # the two levers that moved MovieLens, together
+    "paper1h": {"window": "1h", "quantizer": {"shared_levels": 4, "specific_levels": 2, "codebook_size": 1024}},
 }
 SHOWN = (
     "baseline: bag of event texts + tabular sums + activity (raw data)",
