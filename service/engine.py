@@ -52,6 +52,11 @@ class InferenceEngine:
             if self.runtime.history is not None
             else None
         )
+        # u2qt_queue_windows / _users are the frontends' (what each admitted and is not answered yet): the engine's
+        # own count of the same windows would count each twice in the sum over processes
+        self.batcher.admission.depth_gauge = None
+        if self.embedder:
+            self.embedder.admission.depth_gauge = None
         self.tasks: set[asyncio.Task] = set()
 
     def load(self) -> wire.Load:

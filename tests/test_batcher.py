@@ -107,3 +107,26 @@ async def _codes_alone(runtime, job):
         return await b.submit([job])
     finally:
         await b.stop()
+
+
+def test_the_engine_leaves_the_queue_gauge_to_the_frontends(trained_dir):
+    """With frontends, u2qt_queue_windows is summed over processes, and each frontend counts the windows it
+    admitted until they are answered: the engine, which holds the same windows meanwhile, must not add them again."""
+    from u2qt.service.batcher import warm_up
+    from u2qt.service.engine import InferenceEngine
+    from u2qt.service.settings import ServiceSettings
+
+    engine = InferenceEngine(ServiceSettings(artifacts=trained_dir[0], frontends=1))
+
+    async def scenario():
+        await engine.start()
+        submitted = asyncio.create_task(engine.batcher.submit(warm_up(engine.manifest) * 20))
+        await asyncio.sleep(0)  # admitted, not answered yet
+        held = engine.batcher.admission.pending
+        depth = engine.metrics.registry.get_sample_value("u2qt_queue_windows")
+        await submitted
+        await engine.batcher.stop()
+        return held, depth
+
+    held, depth = asyncio.run(scenario())
+    assert held > 0 and depth == 0
