@@ -29,6 +29,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import RedisProcess, ServiceProcess, cpu_by_thread, cpu_seconds, recorded  # noqa: E402
 from benchmarks.service_bench import (  # noqa: E402
+    Replicas,
     batch_totals,
     gpu_name,
     post_load_wrk,
@@ -74,21 +75,14 @@ class Deployment:
 
 
 def run_load(args, url: str, payloads, frontends: int, max_batch: int) -> dict:
-    svc = ServiceProcess(
-        args.artifacts,
-        url,
-        key_prefix=f"fe{frontends}-{max_batch}-{time.time_ns()}",
-        max_batch_size=max_batch,
-        max_queue_windows=100000,
-        max_queue_delay_ms=0,
-        providers=args.providers,
-        frontends=frontends,
+    svc = Replicas(
+        1, args.artifacts, url, f"fe{frontends}-{max_batch}-{time.time_ns()}", max_batch, args.providers, frontends
     )
     try:
-        d = Deployment(svc, frontends)
-        cpu0, b0 = d.cpu(), batch_totals([svc.base])
-        r = post_load_wrk([svc.base], payloads, args.clients, args.seconds)
-        cpu1, b1 = d.cpu(), batch_totals([svc.base])
+        base, d = svc.bases[0], Deployment(svc.services[0], frontends)
+        cpu0, b0 = d.cpu(), batch_totals([base])
+        r = post_load_wrk([base], payloads, args.clients, args.seconds)
+        cpu1, b1 = d.cpu(), batch_totals([base])
     finally:
         svc.stop()
     windows = r["windows_s"] * args.seconds
@@ -117,8 +111,7 @@ def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 
     manifest = Manifest.load(artifacts)
     jobs = window_jobs(manifest, payloads)[:windows]
     tokenizer = TextTokenizer(artifacts / manifest.encoder.tokenizer_file, manifest.encoder)
-    encoded = iter(tokenizer.encode([j.text for j in jobs if j.text is not None]))
-    chunks = [next(encoded) if j.text is not None else None for j in jobs]
+    chunks = tokenizer.encode_windows(jobs)
     levels = manifest.token_vocabulary().levels
     address = f"ipc:///tmp/u2qt-ipc-bench-{os.getpid()}.sock"
     peer = multiprocessing.get_context("spawn").Process(target=echo_engine, args=(address, levels))

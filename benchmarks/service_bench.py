@@ -93,7 +93,9 @@ class Replicas:
     """`n` service processes sharing one Redis, tuned for saturation: a queue that never refuses, no
     admission by expected wait."""
 
-    def __init__(self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str):
+    def __init__(
+        self, n: int, artifacts: Path, redis_url: str, prefix: str, max_batch: int, providers: str, frontends: int = 0
+    ):
         self.services: list[ServiceProcess] = []
         try:
             for _ in range(n):  # all start at once, then all are waited for
@@ -107,6 +109,7 @@ class Replicas:
                         max_queue_windows=100000,
                         max_queue_delay_ms=0,
                         providers=providers,
+                        frontends=frontends,
                     )
                 )
             for s in self.services:

@@ -93,6 +93,12 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str]) -> list[Chunks]:
         return [chunks[: self.max_chunks] for chunks in self._all_chunks(texts)]
 
+    def encode_windows(self, windows: Sequence[RenderedWindow]) -> list[Chunks | None]:
+        """The chunks of each text window, None for tabular ones: what every tokenizing stage (the in-process
+        batcher, a frontend, `u2qt batch`) calls, in one encode_batch."""
+        encoded = iter(self.encode([w.text for w in windows if w.text is not None]))
+        return [next(encoded) if w.text is not None else None for w in windows]
+
     def chunks_needed(self, texts: Sequence[str]) -> np.ndarray:
         """How many chunks each text would take uncut (more than max_chunks: its tail is dropped)."""
         return np.array([len(c) for c in self._all_chunks(texts)], dtype=np.int64)
@@ -211,11 +217,7 @@ class TokenizerRuntime:
     def tokenize_texts(self, windows: Sequence[RenderedWindow]) -> list[Chunks | None]:
         """The chunked subword ids of each text window (None for tabular ones): the first stage of encode_windows, which
         the service runs in a thread of its own."""
-        texts = [i for i, w in enumerate(windows) if w.text is not None]
-        out: list[list[int] | None] = [None] * len(windows)
-        for i, ids in zip(texts, self.text.tokenizer.encode([windows[i].text for i in texts]), strict=True):
-            out[i] = ids
-        return out
+        return self.text.tokenizer.encode_windows(windows)
 
     def embed_windows(
         self,

@@ -141,31 +141,20 @@ class PreparedBatch:
     token_ids: list[Chunks | None]  # per job (None for tabular windows)
 
 
-class MicroBatcher:
-    def __init__(
-        self,
-        runtime: TokenizerRuntime,
-        metrics: ServiceMetrics,
-        max_batch_size: int = 64,
-        max_wait_ms: float = 5.0,
-        max_queue: int = 4096,
-        max_queue_delay_ms: float = 0.0,
-    ):
-        self.runtime, self.metrics = runtime, metrics
-        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
-        # Admission by expected wait, not only by count: under overload the queue then stays as short as the
-        # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
-        self.admission = Admission(max_queue, max_queue_delay_ms, metrics.queue_depth)
-        self._incoming: asyncio.Queue[WindowJob] | None = None
-        self._prepared: asyncio.Queue[PreparedBatch | None] | None = None
-        self._ahead: asyncio.Semaphore | None = None  # held by the one batch prepared and not yet taken
-        self._tasks: list[asyncio.Task] = []
-        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-infer")
+def fail(jobs: list[WindowJob], error: Exception) -> None:
+    """A batch that failed fails its requests, not its batcher."""
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)
 
-    async def start(self) -> None:
-        self._incoming, self._prepared, self._ahead = asyncio.Queue(), asyncio.Queue(), asyncio.Semaphore(1)
-        self._tasks = [asyncio.create_task(self._collect()), asyncio.create_task(self._infer())]
+
+class WindowQueue:
+    """What the routes see of a window batcher, in-process (MicroBatcher) or in a frontend (RemoteMicroBatcher in
+    service/engine_client.py): admission, and submit -> codes. A subclass consumes `_incoming`."""
+
+    def __init__(self, levels: int, admission: Admission):
+        self.levels, self.admission = levels, admission
+        self._incoming: asyncio.Queue[WindowJob | None] | None = None
 
     def has_room(self, windows: int) -> bool:
         return self.admission.has_room(windows)
@@ -178,7 +167,7 @@ class MicroBatcher:
         """-> codes [len(jobs), levels]. On a reservation the jobs are always taken; without one they are
         admitted here, and QueueFull is raised when the queue cannot take them all."""
         if not jobs:
-            return np.zeros((0, self.runtime.vocabulary.levels), dtype=np.int64)
+            return np.zeros((0, self.levels), dtype=np.int64)
         if reservation is None:
             with self.reserve(len(jobs)) as own:
                 return await self.submit(jobs, own)
@@ -193,6 +182,32 @@ class MicroBatcher:
         finally:
             reservation.done(len(jobs))
 
+
+class MicroBatcher(WindowQueue):
+    def __init__(
+        self,
+        runtime: TokenizerRuntime,
+        metrics: ServiceMetrics,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 4096,
+        max_queue_delay_ms: float = 0.0,
+    ):
+        # Admission by expected wait, not only by count: under overload the queue then stays as short as the
+        # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
+        super().__init__(runtime.vocabulary.levels, Admission(max_queue, max_queue_delay_ms, metrics.queue_depth))
+        self.runtime, self.metrics = runtime, metrics
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
+        self._prepared: asyncio.Queue[PreparedBatch | None] | None = None
+        self._ahead: asyncio.Semaphore | None = None  # held by the one batch prepared and not yet taken
+        self._tasks: list[asyncio.Task] = []
+        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-infer")
+
+    async def start(self) -> None:
+        self._incoming, self._prepared, self._ahead = asyncio.Queue(), asyncio.Queue(), asyncio.Semaphore(1)
+        self._tasks = [asyncio.create_task(self._collect()), asyncio.create_task(self._infer())]
+
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -206,13 +221,13 @@ class MicroBatcher:
                 prepared = await loop.run_in_executor(self._prep_pool, self._tokenize, batch)
             except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the batcher
                 self._ahead.release()
-                self._fail(batch, e)
+                fail(batch, e)
                 continue
             self._prepared.put_nowait(prepared)
 
     def _tokenize(self, batch: list[WindowJob]) -> PreparedBatch:
         todo = [j for j in batch if j.text is not None and j.chunks is None]
-        for job, ids in zip(todo, self.runtime.tokenize_texts(todo), strict=True):
+        for job, ids in zip(todo, self.runtime.text.tokenizer.encode_windows(todo), strict=True):
             job.chunks = ids
         return PreparedBatch(batch, [j.chunks for j in batch])
 
@@ -229,7 +244,7 @@ class MicroBatcher:
             try:
                 codes = await loop.run_in_executor(self._infer_pool, self._run, prepared)
             except Exception as e:  # noqa: BLE001
-                self._fail(prepared.jobs, e)
+                fail(prepared.jobs, e)
                 continue
             elapsed = time.perf_counter() - started
             self.metrics.inference.observe(elapsed)
@@ -241,11 +256,6 @@ class MicroBatcher:
 
     def _run(self, p: PreparedBatch) -> np.ndarray:
         return self.runtime.encode_windows(p.jobs, p.token_ids)
-
-    def _fail(self, jobs: list[WindowJob], error: Exception) -> None:
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(error)
 
     async def stop(self) -> None:
         """Finishes every window already submitted, then stops (SIGTERM drain)."""

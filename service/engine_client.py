@@ -23,7 +23,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from u2qt.model.runtime import TextTokenizer
 from u2qt.service import engine_protocol as wire
-from u2qt.service.batcher import Admission, QueueFull, Reservation, WindowJob, gather_batch
+from u2qt.service.batcher import Admission, QueueFull, Reservation, WindowJob, WindowQueue, fail, gather_batch
 from u2qt.service.metrics import ServiceMetrics
 
 
@@ -116,7 +116,7 @@ class EngineConnection:
         self._ctx.term()
 
 
-class RemoteMicroBatcher:
+class RemoteMicroBatcher(WindowQueue):
     """MicroBatcher's interface, batched by the engine. Its first stage runs here: windows that concurrent requests
     submit while the previous message is being prepared go out together (up to `max_batch_size`, never waiting
     for more), tokenized and packed off the event loop; the engine batches those messages with every other
@@ -133,11 +133,9 @@ class RemoteMicroBatcher:
         max_queue: int = 4096,
         max_queue_delay_ms: float = 0.0,
     ):
-        self.connection, self.tokenizer, self.levels = connection, tokenizer, levels
-        self.max_batch_size = max_batch_size
-        self.admission = Admission(max_queue, max_queue_delay_ms, metrics.queue_depth)
+        super().__init__(levels, Admission(max_queue, max_queue_delay_ms, metrics.queue_depth))
+        self.connection, self.tokenizer, self.max_batch_size = connection, tokenizer, max_batch_size
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
-        self._incoming: asyncio.Queue[WindowJob | None] | None = None
         self._sender: asyncio.Task | None = None
         self._exchanges: set[asyncio.Task] = set()
 
@@ -146,32 +144,19 @@ class RemoteMicroBatcher:
         self._sender = asyncio.create_task(self._send())
 
     def has_room(self, windows: int) -> bool:
-        load = self.connection.load
-        self.admission.elsewhere, self.admission.rate = load.pending, load.rate or None
-        return self.admission.has_room(windows)
+        self._engine_load()
+        return super().has_room(windows)
 
     def reserve(self, windows: int) -> Reservation:
         if not self.connection.up:
             raise EngineUnavailable
-        if not self.has_room(windows):
-            raise QueueFull
-        return self.admission.reserve(windows)
+        self._engine_load()
+        return super().reserve(windows)
 
-    async def submit(self, jobs: list[WindowJob], reservation: Reservation | None = None) -> np.ndarray:
-        if not jobs:
-            return np.zeros((0, self.levels), dtype=np.int64)
-        if reservation is None:
-            with self.reserve(len(jobs)) as own:
-                return await self.submit(jobs, own)
-        reservation.take(len(jobs))
-        loop = asyncio.get_running_loop()
-        for job in jobs:
-            job.future = loop.create_future()
-            self._incoming.put_nowait(job)
-        try:
-            return np.stack(await asyncio.gather(*(j.future for j in jobs)))
-        finally:
-            reservation.done(len(jobs))
+    def _engine_load(self) -> None:
+        """The engine's whole queue and rate, as its last answer said, decide admission by expected wait."""
+        load = self.connection.load
+        self.admission.elsewhere, self.admission.rate = load.pending, load.rate or None
 
     async def _send(self) -> None:
         loop = asyncio.get_running_loop()
@@ -201,9 +186,7 @@ class RemoteMicroBatcher:
                 job.future.set_result(c)
 
     def _pack(self, jobs: list[WindowJob]) -> bytes:
-        texts = [j.text for j in jobs if j.text is not None]
-        encoded = iter(self.tokenizer.encode(texts))
-        chunks = [next(encoded) if j.text is not None else None for j in jobs]
+        chunks = self.tokenizer.encode_windows(jobs)
         return wire.pack_windows([j.source_index for j in jobs], chunks, [j.features for j in jobs])
 
     async def stop(self) -> None:
@@ -214,12 +197,6 @@ class RemoteMicroBatcher:
             await asyncio.gather(self._sender, return_exceptions=True)
             await asyncio.gather(*self._exchanges, return_exceptions=True)
         self._pool.shutdown(wait=True)
-
-
-def fail(jobs: list[WindowJob], error: Exception) -> None:
-    for job in jobs:
-        if not job.future.done():
-            job.future.set_exception(error)
 
 
 class RemoteEmbeddingBatcher:

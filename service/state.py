@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from u2qt.model.decoded import load_codebooks
 from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import TextTokenizer, TokenizerRuntime
-from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, warm_up
+from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, WindowQueue, warm_up
 from u2qt.service.embedded_redis import EmbeddedRedis
 from u2qt.service.engine_client import EngineConnection, RemoteEmbeddingBatcher, RemoteMicroBatcher
 from u2qt.service.ingest import EventTokenizer
@@ -34,7 +34,7 @@ class ServiceState:
     metrics: ServiceMetrics
     redis: Redis | RedisCluster
     store: TokenHistoryStore
-    batcher: MicroBatcher | RemoteMicroBatcher
+    batcher: WindowQueue  # MicroBatcher, or with frontends RemoteMicroBatcher
     tokenizer: EventTokenizer
     embedded: EmbeddedRedis | None
     embedder: EmbeddingBatcher | RemoteEmbeddingBatcher | None
