@@ -4,8 +4,9 @@
         [--frontends 0,1,2,4] [--clients 32] [--seconds 20] [--max-batch 64]
 
 1. raw limit: the service's batch stages alone (tokenize + ONNX Runtime, `--max-batch` per batch), no HTTP/Redis;
-2. IPC: one frontend's request of 64 real windows to the engine and back (pack the subword ids, ZeroMQ over
-   ipc://, unpack into the engine's jobs, answer codes, decode), without inference: its median round trip;
+2. IPC: one frontend's request of 64 real windows to the engine and back (pack the subword ids, the frontend's
+   EngineConnection over the Unix socket to the engine's server, unpack into the engine's jobs, answer codes,
+   decode), without inference: its median round trip;
 3. for each count in `--frontends` (0: one process, models in-process, the default deployment), `u2qt serve`
    under `--clients` wrk connections posting one (household, week) request each at a time: windows/s, e2e/raw,
    the same with batching off (max_batch_size 1) and batching on/off, latency, the engine's mean batch, and CPU per
@@ -16,6 +17,7 @@ A GPU machine runs it as is: `--providers cuda --frontends 1,2,4,8,12`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import statistics
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zmq
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import RedisProcess, ServiceProcess, cpu_by_thread, cpu_seconds, recorded  # noqa: E402
@@ -40,7 +42,9 @@ from benchmarks.service_bench import (  # noqa: E402
 from u2qt.model.manifest import Manifest  # noqa: E402
 from u2qt.model.runtime import TextTokenizer  # noqa: E402
 from u2qt.service import engine_protocol as wire  # noqa: E402
+from u2qt.service.engine import FrontendLink  # noqa: E402
 from u2qt.service.engine import window_jobs as engine_jobs  # noqa: E402
+from u2qt.service.engine_client import EngineConnection  # noqa: E402
 
 
 def children(pid: int) -> list[int]:
@@ -91,52 +95,72 @@ def run_load(args, url: str, payloads, frontends: int, max_batch: int) -> dict:
     return r
 
 
-def echo_engine(address: str, levels: int) -> None:
-    """The engine's side of a request without inference: unpack into the batcher's jobs, answer zero codes."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.bind(address)
-    while True:
-        peer, kind, rid, body = sock.recv_multipart()
-        if kind == b"stop":
+class EchoEngine:
+    """The engine's side of a request without inference: its socket server (FrontendLink), a task per request,
+    unpacking into the batcher's jobs, and an answer of zero codes."""
+
+    def __init__(self, levels: int):
+        self.levels, self.tasks = levels, set()
+
+    def receive(self, link: FrontendLink, kind: bytes, rid: int, body: bytes) -> None:
+        task = asyncio.create_task(self.answer(link, kind, rid, body))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def answer(self, link: FrontendLink, kind: bytes, rid: int, body: bytes) -> None:
+        if kind == wire.PING:
+            link.send(rid, wire.OK, wire.encoder.encode(wire.EngineInfo(os.getpid(), "echo", [], wire.Load())))
             return
         jobs = engine_jobs(body)
-        codes = np.zeros((len(jobs), levels), dtype=np.int64)
-        reply = wire.Codes(codes.tobytes(), levels, wire.Load(len(jobs), 100.0))
-        sock.send_multipart([peer, rid, wire.OK, wire.encoder.encode(reply)])
+        codes = np.zeros((len(jobs), self.levels), dtype=np.int64)
+        reply = wire.Codes(codes.tobytes(), self.levels, wire.Load(len(jobs), 1.0))
+        link.send(rid, wire.OK, wire.encoder.encode(reply))
+
+
+def echo_engine(path: str, levels: int) -> None:
+    async def serve():
+        echo = EchoEngine(levels)
+        await asyncio.get_running_loop().create_unix_server(lambda: FrontendLink(echo, set()), path)
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())
 
 
 def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 2000) -> dict:
-    """Median ms of one request of `windows` real windows to an engine and back, without inference."""
+    """Median ms of one request of `windows` real windows from a frontend's EngineConnection to an engine and
+    back, without inference."""
     manifest = Manifest.load(artifacts)
     jobs = window_jobs(manifest, payloads)[:windows]
     tokenizer = TextTokenizer(artifacts / manifest.encoder.tokenizer_file, manifest.encoder)
     chunks = tokenizer.encode_windows(jobs)
     levels = manifest.token_vocabulary().levels
-    address = f"ipc:///tmp/u2qt-ipc-bench-{os.getpid()}.sock"
-    peer = multiprocessing.get_context("spawn").Process(target=echo_engine, args=(address, levels))
+    path = f"/tmp/u2qt-ipc-bench-{os.getpid()}.sock"
+    peer = multiprocessing.get_context("spawn").Process(target=echo_engine, args=(path, levels), daemon=True)
     peer.start()
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.connect(address)
-    times, pack = [], []
+
+    async def measure() -> tuple[list[float], list[float], bytes]:
+        connection = EngineConnection(path)
+        await connection.start(30)
+        times, pack = [], []
+        try:
+            for i in range(repeats + 100):
+                t0 = time.perf_counter()
+                body = wire.pack_windows([j.source_index for j in jobs], chunks, [j.features for j in jobs])
+                t1 = time.perf_counter()
+                answer = await connection.request(wire.WINDOWS, body)
+                np.frombuffer(answer.codes, np.int64).reshape(len(jobs), answer.levels)
+                if i >= 100:  # the first ones warm up the connection and the allocator
+                    times.append(time.perf_counter() - t0)
+                    pack.append(t1 - t0)
+        finally:
+            await connection.stop()
+        return times, pack, body
+
     try:
-        for i in range(repeats + 100):
-            t0 = time.perf_counter()
-            body = wire.pack_windows([j.source_index for j in jobs], chunks, [j.features for j in jobs])
-            t1 = time.perf_counter()
-            sock.send_multipart([wire.WINDOWS, i.to_bytes(8, "little"), body])
-            _, status, answer = sock.recv_multipart()
-            codes = wire.decode_answer(wire.WINDOWS, status, answer)
-            np.frombuffer(codes.codes, np.int64).reshape(len(jobs), codes.levels)
-            if i >= 100:  # the first ones warm up the connection and the allocator
-                times.append(time.perf_counter() - t0)
-                pack.append(t1 - t0)
-        sock.send_multipart([b"stop", b"", b""])
+        times, pack, body = uvloop.run(measure())
     finally:
+        peer.kill()
         peer.join(10)
-        sock.close(0)
-        ctx.term()
     tokens = sum(len(c) for cs in chunks if cs for c in cs)
     return {
         "ms": statistics.median(times) * 1e3,

@@ -17,8 +17,7 @@ import signal
 import sys
 
 import numpy as np
-import zmq
-import zmq.asyncio
+import uvloop
 
 from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import TokenizerRuntime
@@ -70,38 +69,35 @@ class InferenceEngine:
         for job in warm_up(self.manifest):
             await self.batcher.submit([job])
 
-    async def serve(self, address: str, stop: asyncio.Event) -> None:
-        """Answers frontends on `address` until `stop` is set, then finishes every request received."""
-        ctx = zmq.asyncio.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.bind(address)
-        print(f"u2qt engine ready: pid {os.getpid()}, {address}, {','.join(self.runtime.providers)}", flush=True)
+    async def serve(self, path: str, stop: asyncio.Event) -> None:
+        """Answers frontends on the Unix socket `path` until `stop` is set, then finishes every request received."""
+        links: set[FrontendLink] = set()
+        server = await asyncio.get_running_loop().create_unix_server(lambda: FrontendLink(self, links), path)
+        print(f"u2qt engine ready: pid {os.getpid()}, {path}, {','.join(self.runtime.providers)}", flush=True)
         try:
-            while not stop.is_set():
-                if not await sock.poll(100):
-                    continue
-                frames = await sock.recv_multipart()
-                task = asyncio.create_task(self.answer(sock, frames))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+            await stop.wait()
+            server.close()  # no new frontends; those connected are answered what they sent
             await asyncio.gather(*self.tasks, return_exceptions=True)
         finally:
             await self.batcher.stop()
             if self.embedder:
                 await self.embedder.stop()
-            sock.close()
-            ctx.term()
+            for link in list(links):
+                link.close()
 
-    async def answer(self, sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-        peer, kind, rid, body = frames
+    def receive(self, link: FrontendLink, kind: bytes, rid: int, body: bytes) -> None:
+        task = asyncio.create_task(self.answer(link, kind, rid, body))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def answer(self, link: FrontendLink, kind: bytes, rid: int, body: bytes) -> None:
         try:
             status, reply = wire.OK, await self.handle(kind, body)
         except QueueFull:
             status, reply = wire.FULL, wire.Failure("engine queue full", self.load())
         except Exception as e:  # noqa: BLE001 - a failed request fails alone, not the engine
             status, reply = wire.ERROR, wire.Failure(f"{type(e).__name__}: {e}", self.load())
-        await sock.send_multipart([peer, rid, status, wire.encoder.encode(reply)])
+        link.send(rid, status, wire.encoder.encode(reply))
 
     async def handle(self, kind: bytes, body: bytes):
         if kind == wire.WINDOWS:
@@ -120,9 +116,38 @@ class InferenceEngine:
         raise ValueError(f"unknown request kind {kind!r}")
 
 
+class FrontendLink(asyncio.Protocol):
+    """One frontend's connection: its request frames go to the engine, which answers on the same connection."""
+
+    def __init__(self, engine: InferenceEngine, links: set[FrontendLink]):
+        self.engine, self.links = engine, links
+        self.frames = wire.Frames(wire.REQUEST)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.links.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        for kind, rid, body in self.frames.feed(data):
+            self.engine.receive(self, kind, rid, body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # its frontend is gone: the answers it waited for have no one to go to
+        self.links.discard(self)
+
+    def send(self, rid: int, status: bytes, body: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(wire.frame(wire.ANSWER, rid, status, body))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 async def run(settings: ServiceSettings) -> None:
-    if not settings.engine_address:
-        raise SystemExit("U2QT_ENGINE_ADDRESS is not set: the engine is started by `u2qt serve` with U2QT_FRONTENDS")
+    if not settings.engine_socket:
+        raise SystemExit("U2QT_ENGINE_SOCKET is not set: the engine is started by `u2qt serve` with U2QT_FRONTENDS")
     try:
         engine = InferenceEngine(settings)
         await engine.start()
@@ -140,14 +165,14 @@ async def run(settings: ServiceSettings) -> None:
             await asyncio.sleep(1)
 
     watch = asyncio.create_task(orphaned())
-    await engine.serve(settings.engine_address, stop)
+    await engine.serve(str(settings.engine_socket), stop)
     watch.cancel()
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        asyncio.run(run(ServiceSettings()))
+        uvloop.run(run(ServiceSettings()))
     finally:
         if multiprocess_dir():
             from prometheus_client import multiprocess

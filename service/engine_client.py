@@ -2,10 +2,10 @@
 
 RemoteMicroBatcher and RemoteEmbeddingBatcher are what the routes see, as in-process MicroBatcher and
 EmbeddingBatcher are: admission before anything is stored (429), submit -> codes, embed -> vectors. They share
-one EngineConnection (a ZeroMQ DEALER). The frontend renders and tokenizes (subword ids, off the event loop) and
+one EngineConnection (a Unix socket). The frontend renders and tokenizes (subword ids, off the event loop) and
 sends id arrays; the engine batches them with every other frontend's windows.
 
-The connection watches the socket: when the engine dies, every request waiting on it and every new one fails
+When the engine dies its socket closes: every request waiting on it and every new one fails
 with EngineUnavailable (503, nothing committed: a retry re-tokenizes the window, as after a Redis outage), until
 `u2qt serve` has restarted the engine and the socket reconnects by itself.
 """
@@ -17,9 +17,6 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from u2qt.model.runtime import TextTokenizer
 from u2qt.service import engine_protocol as wire
@@ -31,55 +28,65 @@ class EngineUnavailable(Exception):
     """The inference engine is down or restarting: 503, retry."""
 
 
-class EngineConnection:
-    def __init__(self, address: str):
-        self.address = address
+class EngineConnection(asyncio.Protocol):
+    """A frontend's one stream connection to the engine's Unix socket (frames: engine_protocol), read by the
+    event loop itself. Reconnects by itself (every 50 ms, backing off to 0.5 s) while the engine restarts."""
+
+    def __init__(self, path: str):
+        self.path = path
         self.up = False
         self.info: wire.EngineInfo | None = None
         self.load = wire.Load()  # the engine's queue, as its last answer said
         self._ids = itertools.count(1)
-        self._waiting: dict[bytes, tuple[bytes, asyncio.Future]] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._waiting: dict[int, tuple[bytes, asyncio.Future]] = {}
+        self._frames = wire.Frames(wire.ANSWER)
+        self._transport: asyncio.Transport | None = None
         self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._connector: asyncio.Task | None = None
 
     async def start(self, timeout_s: float) -> None:
         """Connects and pings the engine; raises EngineUnavailable when it does not answer within `timeout_s`."""
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        # IMMEDIATE: nothing is queued for an engine that is not connected (a send fails at once: 503), so a
-        # restarted engine never receives requests whose frontends have already answered 503
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch(self._monitor))]
-        self._sock.connect(self.address)
+        self._connector = asyncio.create_task(self._connect())
         try:
             async with asyncio.timeout(timeout_s):
                 await self._connected.wait()
                 self.info = await self.request(wire.PING)
         except TimeoutError:
             await self.stop()
-            raise EngineUnavailable(f"no inference engine answered on {self.address} within {timeout_s:g} s") from None
+            raise EngineUnavailable(f"no inference engine answered on {self.path} within {timeout_s:g} s") from None
 
-    async def request(self, kind: bytes, body: bytes = b""):
-        """Sends one request and waits for its answer; raises EngineUnavailable, QueueFull or RuntimeError."""
-        if not self.up:
-            raise EngineUnavailable
-        rid = next(self._ids).to_bytes(8, "little")
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = (kind, future)
-        try:
-            await self._sock.send_multipart([kind, rid, body], flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self._waiting.pop(rid, None)
-            raise EngineUnavailable from None
-        return await future
-
-    async def _receive(self) -> None:
+    async def _connect(self) -> None:
+        loop, delay = asyncio.get_running_loop(), 0.05
         while True:
-            rid, status, body = await self._sock.recv_multipart()
+            try:
+                await loop.create_unix_connection(lambda: self, self.path)
+            except OSError:  # not listening (yet, or again)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 0.5)
+                continue
+            delay = 0.05
+            await self._lost.wait()
+            self._lost.clear()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self._transport, self._frames = transport, wire.Frames(wire.ANSWER)
+        self.up = True
+        self._connected.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The engine died or stopped: every request waiting on it fails now (503), as does every new one until the
+        connection is back."""
+        self._transport, self.up, self.load = None, False, wire.Load()
+        self._connected.clear()
+        self._lost.set()
+        waiting, self._waiting = self._waiting, {}
+        for _, future in waiting.values():
+            if not future.done():
+                future.set_exception(EngineUnavailable())
+
+    def data_received(self, data: bytes) -> None:
+        for rid, status, body in self._frames.feed(data):
             kind, future = self._waiting.pop(rid, (None, None))
             if future is None or future.done():
                 continue
@@ -92,28 +99,22 @@ class EngineConnection:
             else:
                 future.set_exception(RuntimeError(f"inference engine: {answer.message}"))
 
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
-        while True:
-            event = parse_monitor_message(await monitor.recv_multipart())["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.up = True
-                self._connected.set()
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.up = False
-                self.load = wire.Load()
-                waiting, self._waiting = self._waiting, {}
-                for _, future in waiting.values():
-                    if not future.done():
-                        future.set_exception(EngineUnavailable())
+    async def request(self, kind: bytes, body: bytes = b""):
+        """Sends one request and waits for its answer; raises EngineUnavailable, QueueFull or RuntimeError."""
+        if not self.up:
+            raise EngineUnavailable
+        rid = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = (kind, future)
+        self._transport.write(wire.frame(wire.REQUEST, kind, rid, body))
+        return await future
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._sock.disable_monitor()
-        self._monitor.close()
-        self._sock.close()
-        self._ctx.term()
+        if self._connector is not None:
+            self._connector.cancel()
+            await asyncio.gather(self._connector, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
 
 
 class RemoteMicroBatcher(WindowQueue):

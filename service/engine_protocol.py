@@ -1,13 +1,16 @@
-"""The wire format between HTTP frontends and the inference engine (service/engine.py), over ZeroMQ.
+"""The wire format between HTTP frontends and the inference engine (service/engine.py), over a Unix socket.
 
-A frontend's DEALER sends `[kind, request id, body]`; the engine's ROUTER answers `[request id, status, body]`.
+Each frontend holds one stream connection to the engine. A request is one frame `[length, kind, request id]` +
+body, an answer one frame `[length, request id, status]` + body (REQUEST, ANSWER: little-endian headers whose
+first field is the body's length). A plain socket read by the event loop itself, not a messaging library with
+its own I/O threads: a round trip is then one wake-up per side (benchmarks/frontends_bench.py, "IPC").
 Bodies are msgpack structs (msgspec, decoded straight into typed fields) whose arrays (subword ids, features,
 codes, histories, embeddings) travel as raw int32/int64/float32 bytes, never as lists of Python numbers.
 
     kind  P  ping                      -> EngineInfo
           W  WindowBatch (subword ids)  -> Codes
           H  HistoryBatch               -> Embeddings
-    status  ok | full (the engine's queue cannot take them: 429) | error (message: the request fails, 503)
+    status  k ok | f full (the engine's queue cannot take them: 429) | e error (message: the request fails, 503)
 
 Every answer carries the engine's queue (`pending` windows admitted and not answered, `rate` windows/s it
 sustains), so each frontend refuses with 429 before it stores anything when the engine is behind.
@@ -15,6 +18,7 @@ sustains), so each frontend refuses with 429 before it stores anything when the 
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import msgspec
@@ -23,7 +27,57 @@ import numpy as np
 from u2qt.model.runtime import Chunks
 
 PING, WINDOWS, HISTORIES = b"P", b"W", b"H"
-OK, FULL, ERROR = b"ok", b"full", b"error"
+OK, FULL, ERROR = b"k", b"f", b"e"
+REQUEST = struct.Struct("<IcQ")  # body length, kind, request id
+ANSWER = struct.Struct("<IQc")  # body length, request id, status
+
+
+class Frames:
+    """Splits a byte stream into frames of `header` (whose first field is the body's length) -> (the header's
+    other fields..., body) per complete frame; a partial frame waits for the rest."""
+
+    __slots__ = ("header", "buffer")
+
+    def __init__(self, header: struct.Struct):
+        self.header, self.buffer = header, bytearray()
+
+    def feed(self, data: bytes) -> list[tuple]:
+        buf = self.buffer
+        buf += data
+        frames, at, size = [], 0, self.header.size
+        while len(buf) - at >= size:
+            length, *fields = self.header.unpack_from(buf, at)
+            end = at + size + length
+            if end > len(buf):
+                break
+            frames.append((*fields, bytes(buf[at + size : end])))
+            at = end
+        del buf[:at]
+        return frames
+
+
+def frame(header: struct.Struct, first, second, body: bytes) -> bytes:
+    return header.pack(len(body), first, second) + body
+
+
+def ping(path: str, timeout_s: float) -> EngineInfo | None:
+    """One blocking ping (for `u2qt serve`, before the frontends start) -> the engine's info, or None when no
+    engine answers on `path` within `timeout_s`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(path)
+            sock.sendall(frame(REQUEST, PING, 0, b""))
+            frames, reader = [], Frames(ANSWER)
+            while not frames:
+                data = sock.recv(65536)
+                if not data:
+                    return None
+                frames = reader.feed(data)
+        except OSError:  # not listening yet, refused, or timed out
+            return None
+    _, status, body = frames[0]
+    return decode_answer(PING, status, body) if status == OK else None
 
 
 class Load(msgspec.Struct, array_like=True):

@@ -22,8 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import zmq
-
 from u2qt.service import engine_protocol as wire
 from u2qt.service.settings import ServiceSettings
 
@@ -32,8 +30,8 @@ class EngineProcess:
     """The engine as a child of `u2qt serve`: started before the frontends, restarted when it dies, stopped
     after them."""
 
-    def __init__(self, env: dict[str, str], address: str, ready_timeout_s: float = 600):
-        self.env, self.address, self.ready_timeout_s = env, address, ready_timeout_s
+    def __init__(self, env: dict[str, str], path: str, ready_timeout_s: float = 600):
+        self.env, self.path, self.ready_timeout_s = env, path, ready_timeout_s
         self.process: subprocess.Popen | None = None
         self.stopping = threading.Event()
         self._watch: threading.Thread | None = None
@@ -50,24 +48,15 @@ class EngineProcess:
             self._watch.start()
 
     def wait_ready(self) -> None:
-        """Until the engine answers a ping (it binds its socket once its models are warm)."""
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.address)
+        """Until the engine answers a ping (it listens once its models are warm)."""
         deadline = time.monotonic() + self.ready_timeout_s
-        try:
-            sock.send_multipart([wire.PING, b"ready", b""])
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the inference engine exited with status {self.process.returncode}")
-                if sock.poll(200):
-                    sock.recv_multipart()
-                    return
-            raise RuntimeError(f"the inference engine did not answer within {self.ready_timeout_s:g} s")
-        finally:
-            sock.close()
-            ctx.term()
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the inference engine exited with status {self.process.returncode}")
+            if wire.ping(self.path, 1.0) is not None:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the inference engine did not answer within {self.ready_timeout_s:g} s")
 
     def _restart_when_dead(self) -> None:
         while not self.stopping.wait(0.2):
@@ -99,10 +88,10 @@ def serve(settings: ServiceSettings, host: str, port: int, uvicorn_options: dict
     workdir = Path(tempfile.mkdtemp(prefix="u2qt-serve-"))
     metrics_dir = workdir / "metrics"
     metrics_dir.mkdir()
-    address = f"ipc://{workdir / 'engine.sock'}"
+    path = str(workdir / "engine.sock")
     # before anything here imports prometheus_client: this process may be a frontend too
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    os.environ["U2QT_ENGINE_ADDRESS"] = address
+    os.environ["U2QT_ENGINE_SOCKET"] = path
     os.environ["U2QT_ARTIFACTS"] = str(settings.artifacts)
     embedded = None
     if not settings.redis_url:
@@ -110,7 +99,7 @@ def serve(settings: ServiceSettings, host: str, port: int, uvicorn_options: dict
 
         embedded = EmbeddedRedis(settings.embedded_redis_dir)
         os.environ["REDIS_URL"] = embedded.start()
-    engine = EngineProcess(dict(os.environ), address)
+    engine = EngineProcess(dict(os.environ), path)
     # uvicorn restores the handlers it found and raises the signal again once it has shut down: a handler here
     # (not the default, which would end this process) lets the engine and Redis be stopped after the frontends
     for sig in (signal.SIGTERM, signal.SIGINT):

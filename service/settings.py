@@ -42,10 +42,9 @@ class ServiceSettings(BaseSettings):
         description="0: one process serves HTTP and runs the models; N: `u2qt serve` starts one engine process that "
         'owns ONNX Runtime and batches for N HTTP frontend processes (docs/serving.md, "Frontends and the engine")',
     )
-    engine_address: str | None = Field(
+    engine_socket: Path | None = Field(
         None,
-        description="the engine's ZeroMQ address (`ipc://` or `tcp://`), set by `u2qt serve` for its frontends; "
-        "unset: the models run in-process",
+        description="the engine's Unix socket, set by `u2qt serve` for its frontends; unset: the models run in-process",
     )
     engine_timeout_s: float = Field(
         5.0, gt=0, description="with frontends: how long a frontend waits for the engine at start before failing"

@@ -68,8 +68,8 @@ async def start(settings: ServiceSettings) -> ServiceState:
     metrics.queue_capacity.set(settings.max_queue_windows)
     s = settings
     engine = None
-    if s.engine_address:
-        engine = EngineConnection(s.engine_address)
+    if s.engine_socket:
+        engine = EngineConnection(str(s.engine_socket))
         await engine.start(s.engine_timeout_s)
         providers = engine.info.providers
         tokenizer = TextTokenizer(Path(s.artifacts) / manifest.encoder.tokenizer_file, manifest.encoder)
