@@ -12,16 +12,23 @@
    the same with batching off (max_batch_size 1) and batching on/off, latency, the engine's mean batch, and CPU per
    window: the frontends' event loops (their main threads), the frontends in all, the engine.
 A GPU machine runs it as is: `--providers cuda --frontends 1,2,4,8,12`.
+`--baseline REV` also runs, before each row's, the same load against the service as it was at git revision REV
+(its model/ and service/ first on PYTHONPATH): old and new code alternated in one sitting, with the ratio of their
+event loops' CPU per window.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +36,7 @@ import numpy as np
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import RedisProcess, ServiceProcess, cpu_by_thread, cpu_seconds, recorded  # noqa: E402
+from benchmarks.harness import ROOT, RedisProcess, ServiceProcess, cpu_by_thread, cpu_seconds, recorded  # noqa: E402
 from benchmarks.service_bench import (  # noqa: E402
     Replicas,
     batch_totals,
@@ -170,6 +177,32 @@ def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 
     }
 
 
+@contextlib.contextmanager
+def service_code(tree: Path | None):
+    """Services started inside run `tree`'s u2qt (a baseline_tree), or this checkout's when None."""
+    before = os.environ.get("PYTHONPATH")
+    if tree is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(tree), *([before] if before else [])])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def baseline_tree(rev: str, into: Path) -> Path:
+    """git revision `rev`'s model/ and service/ as an importable package u2qt under `into`."""
+    package = into / "u2qt"
+    package.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "model", "service"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "x", "-C", str(package)], input=archive, check=True)
+    return into
+
+
 @recorded
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -180,22 +213,29 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--users", type=int, default=400)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--baseline", help="a git revision whose service runs, batching on, before each row's")
     args = p.parse_args()
     counts = [int(x) for x in args.frontends.split(",")]
     payloads = requests_by_user_week(args.users)
     ipc = ipc_round_trip(args.artifacts, payloads)
     store = RedisProcess().start()
+    scratch = Path(tempfile.mkdtemp(prefix="u2qt-frontends-bench-"))
     try:
         raw = raw_limit(args.artifacts, payloads, args.seconds, args.providers, args.max_batch)
-        rows = {}
-        for n in counts:  # batching on, then off, per count: side by side in one sitting
+        old = baseline_tree(args.baseline, scratch) if args.baseline else None
+        rows, baseline = {}, {}
+        for n in counts:  # (the baseline,) batching on, then off, per count: side by side in one sitting
+            if old is not None:
+                with service_code(old):
+                    baseline[n] = run_load(args, store.url, payloads, n, args.max_batch)
             rows[n] = run_load(args, store.url, payloads, n, args.max_batch), run_load(args, store.url, payloads, n, 1)
     finally:
         store.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"command: python3 benchmarks/frontends_bench.py --artifacts {args.artifacts} --providers {args.providers} "
         f"--frontends {args.frontends} --clients {args.clients} --seconds {args.seconds:g} --users {args.users} "
-        f"--max-batch {args.max_batch}"
+        f"--max-batch {args.max_batch}" + (f" --baseline {args.baseline}" if args.baseline else "")
     )
     print(
         f"machine: {os.cpu_count()} cores{gpu_name()}; redis-server and wrk ({args.clients} connections, one "
@@ -219,6 +259,16 @@ def main() -> None:
             f"{on['batch']:12.1f} | {c['event loops']:21.2f} | {c['frontends']:19.2f} | {c['engine']:16.2f}"
             + (f"  ({on['errors']} + {off['errors']} errors)" if on["errors"] or off["errors"] else "")
         )
+    if baseline:
+        print(f"baseline {args.baseline}, batching on, run just before each row above:")
+        print("frontends | windows/s | e2e/raw | event loops ms/window | this checkout / baseline (event loops)")
+        for n, b in baseline.items():
+            name = "0 (in-process)" if n == 0 else str(n)
+            now = rows[n][0]["cpu_ms"]["event loops"]
+            print(
+                f"{name:>14} | {b['windows_s']:9.1f} | {b['windows_s'] / raw.windows_s:7.2f} | "
+                f"{b['cpu_ms']['event loops']:21.2f} | {now / max(b['cpu_ms']['event loops'], 1e-9):.2f}"
+            )
     print(
         "CPU per window: CPU seconds of the processes during the batching-on run / windows tokenized; event loops: "
         "the frontends' main threads (HTTP, validation, Redis, rendering); with 0 the one process is the frontend "

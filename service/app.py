@@ -13,7 +13,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi_offline import FastAPIOffline
 from redis.exceptions import RedisError
 
-from u2qt.service import read_routes, state, write_routes
+from u2qt.service import read_routes, state
 from u2qt.service.batcher import QueueFull
 from u2qt.service.engine_client import EngineUnavailable
 from u2qt.service.http import (
@@ -31,6 +31,7 @@ from u2qt.service.openapi import document_routes
 from u2qt.service.schemas import BatchEmbeddingRequest, BatchHistoryRequest, TokenizeRequest
 from u2qt.service.settings import ServiceSettings
 from u2qt.service.state import ServiceState, current
+from u2qt.service.write_routes import TokenizeRoute, tokenize
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -53,14 +54,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         description="Turns users' multi-source events into discrete tokens per (user, source, window) and serves "
         "their token histories to rankers.",
     )
+    app.add_middleware(TokenizeRoute)  # innermost: its body is read through BodyLimit
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(AdmissionGate)
     app.add_middleware(RequestMetrics)
     add_error_handlers(app)
     add_ops_routes(app)
-    app.include_router(write_routes.router)
     app.include_router(read_routes.router)
-    document_routes(app, TokenizeRequest, BatchHistoryRequest, BatchEmbeddingRequest)
+    document_routes(app, tokenize, TokenizeRequest, BatchHistoryRequest, BatchEmbeddingRequest)
     return app
 
 

@@ -87,6 +87,8 @@ class Admission:
         self.rate = sample if self.rate is None else 0.8 * self.rate + 0.2 * sample
 
     def _add(self, items: int) -> None:
+        if not items:
+            return
         self.pending += items
         if self.depth_gauge is not None:
             self.depth_gauge.set(self.pending)

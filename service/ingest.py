@@ -154,7 +154,8 @@ class EventTokenizer:
         ids = self.vocabulary.ids(src, codes).tolist() if todo else []
         self._observe(src, codes)
         for outcome, n in counts.items():
-            self._events_by_outcome[outcome].inc(n)
+            if n:  # with PROMETHEUS_MULTIPROC_DIR every update is a locked write to a shared file: none for nothing
+                self._events_by_outcome[outcome].inc(n)
         return {
             "model_version": self.manifest.model_version,
             "accepted": counts["accepted"],
@@ -206,11 +207,12 @@ class EventTokenizer:
             self._tokens_by_level[level].inc(len(codes))
             seen = self._seen[level]
             if len(seen) < 1 << 16:
-                shared = level < self.vocabulary.shared_levels
+                shared, before = level < self.vocabulary.shared_levels, len(seen)
                 seen.update(
                     ("" if shared else self.source_names[s], int(c)) for s, c in zip(src, codes[:, level], strict=True)
                 )
-                self._codes_used_by_level[level].set(len(seen))
+                if len(seen) != before:
+                    self._codes_used_by_level[level].set(len(seen))
 
     @staticmethod
     def _stored(e: EventIn) -> dict:

@@ -1,34 +1,31 @@
-"""The write route: POST /tokenize (the use case itself is service/ingest.py)."""
+"""The write route, POST /tokenize (the use case itself is service/ingest.py), served as plain ASGI ahead of
+FastAPI's routing: the hottest route skips the layers between the middlewares and an endpoint (exception
+wrappers, router matching, dependency solving), which took ~15% of a frontend's event loop per request
+(benchmarks/profile_service.py). Its errors go through the app's own exception handlers, so every status and
+body is what any route gives; document_routes puts it in the OpenAPI schema."""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.requests import Request
 
-from u2qt.service.http import WRITER, OrjsonResponse, at_most, fastapi_errors, json_body
+from u2qt.service.http import OrjsonResponse, at_most, fastapi_errors, key_check
 from u2qt.service.ingest import validation_errors
-from u2qt.service.schemas import TokenizeRequest, TokenizeResponse, tokenize_events
-from u2qt.service.state import ServiceState, current
+from u2qt.service.schemas import tokenize_events
+from u2qt.service.state import ServiceState
 
-router = APIRouter()
+writer_check = key_check("writer_keys")
 
 
-# The body is decoded straight from its bytes by msgspec (schemas.tokenize_events; FastAPI would json.loads it into
-# Python objects first, then validate those with pydantic); the schema still documents it (openapi_extra,
-# document_routes).
-@router.post(
-    "/tokenize",
-    response_model=TokenizeResponse,
-    tags=["tokens"],
-    dependencies=[WRITER],
-    openapi_extra={"requestBody": json_body(TokenizeRequest)},
-)
-async def tokenize(request: Request, s: ServiceState = Depends(current)):
+async def tokenize(request: Request) -> OrjsonResponse:
     """Tokenize events: each (user, source, window) they touch is re-rendered from all of its events,
     tokenized, and stored in the user's history. Replays are no-ops; late events are refused per event."""
+    await writer_check(request)
+    s: ServiceState = request.app.state.u2qt
+    # the body is decoded straight from its bytes by msgspec (schemas.tokenize_events), not json.loads + pydantic
     try:
         events = tokenize_events(await request.body())
     except ValidationError as e:
@@ -39,3 +36,32 @@ async def tokenize(request: Request, s: ServiceState = Depends(current)):
     if errors:
         raise RequestValidationError(errors)
     return OrjsonResponse(await s.tokenizer.tokenize(events))
+
+
+class TokenizeRoute:
+    """POST /tokenize -> tokenize(); everything else goes on to the app."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/tokenize" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        scope["u2qt_route"] = "/tokenize"
+        request = Request(scope, receive)
+        try:
+            response = await tokenize(request)
+        except Exception as exc:
+            handler = exception_handler(scope["app"], exc)
+            if handler is None:
+                raise  # a 500 from the app's ServerErrorMiddleware, as for any route
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+
+def exception_handler(app, exc: Exception):
+    """The app's handler for `exc` (by its class's MRO, as Starlette picks one), or None."""
+    for cls in type(exc).__mro__:
+        if cls in app.exception_handlers:
+            return app.exception_handlers[cls]
+    return None
