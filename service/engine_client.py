@@ -32,8 +32,8 @@ class EngineConnection(asyncio.Protocol):
     """A frontend's one stream connection to the engine's Unix socket (frames: engine_protocol), read by the
     event loop itself. Reconnects by itself (every 50 ms, backing off to 0.5 s) while the engine restarts."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, request_timeout_s: float = 30.0):
+        self.path, self.request_timeout_s = path, request_timeout_s
         self.up = False
         self.info: wire.EngineInfo | None = None
         self.load = wire.Load()  # the engine's queue, as its last answer said
@@ -100,14 +100,21 @@ class EngineConnection(asyncio.Protocol):
                 future.set_exception(RuntimeError(f"inference engine: {answer.message}"))
 
     async def request(self, kind: bytes, body: bytes = b""):
-        """Sends one request and waits for its answer; raises EngineUnavailable, QueueFull or RuntimeError."""
+        """Sends one request and waits for its answer; raises EngineUnavailable (also when an engine that is alive
+        does not answer within request_timeout_s: a hung engine must not hold requests for ever), QueueFull or
+        RuntimeError."""
         if not self.up:
             raise EngineUnavailable
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._waiting[rid] = (kind, future)
         self._transport.write(wire.frame(wire.REQUEST, kind, rid, body))
-        return await future
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                return await future
+        except TimeoutError:
+            self._waiting.pop(rid, None)  # a late answer finds no one waiting and is dropped
+            raise EngineUnavailable(f"no answer within {self.request_timeout_s:g} s") from None
 
     async def stop(self) -> None:
         if self._connector is not None:

@@ -49,6 +49,12 @@ class ServiceSettings(BaseSettings):
     engine_timeout_s: float = Field(
         5.0, gt=0, description="with frontends: how long a frontend waits for the engine at start before failing"
     )
+    engine_request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="with frontends: how long a request waits for the engine's answer before 503 (an engine that is "
+        "alive but hung)",
+    )
     ort_threads: int = Field(0, ge=0, description="ONNX Runtime threads of the text encoder; 0: all cores")
     max_batch_size: int = Field(64, ge=1, description="windows (or histories) per inference batch at most")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for company once it has a window")

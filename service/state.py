@@ -69,7 +69,7 @@ async def start(settings: ServiceSettings) -> ServiceState:
     s = settings
     engine = None
     if s.engine_socket:
-        engine = EngineConnection(str(s.engine_socket))
+        engine = EngineConnection(str(s.engine_socket), s.engine_request_timeout_s)
         await engine.start(s.engine_timeout_s)
         providers = engine.info.providers
         tokenizer = TextTokenizer(Path(s.artifacts) / manifest.encoder.tokenizer_file, manifest.encoder)

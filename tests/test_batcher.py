@@ -130,3 +130,52 @@ def test_the_engine_leaves_the_queue_gauge_to_the_frontends(trained_dir):
 
     held, depth = asyncio.run(scenario())
     assert held > 0 and depth == 0
+
+
+def test_engine_frames_survive_any_split_of_the_stream():
+    """A stream socket delivers bytes, not messages: frames cut anywhere, or several in one read, must come out
+    whole and in order (the engine's and the frontends' reader)."""
+    from u2qt.service import engine_protocol as wire
+
+    bodies = [b"", b"x" * 70000, bytes(range(256)) * 3, b"\x00"]
+    stream = b"".join(wire.frame(wire.REQUEST, wire.WINDOWS, rid, body) for rid, body in enumerate(bodies))
+    expected = [(wire.WINDOWS, rid, body) for rid, body in enumerate(bodies)]
+    rng = np.random.default_rng(0)
+    for cuts in ([], [1], list(range(1, len(stream))), sorted(rng.choice(len(stream), 40, replace=False))):
+        reader, out = wire.Frames(wire.REQUEST), []
+        for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            out += reader.feed(stream[a:b])
+        assert out == expected and not reader.buffer
+
+
+def test_a_request_to_a_hung_engine_gets_engine_unavailable_not_a_hang(tmp_path):
+    """An engine that is alive (connected, answering pings) but never answers a batch: the request fails with
+    EngineUnavailable (503) after request_timeout_s, and the connection stays usable."""
+    from u2qt.service import engine_protocol as wire
+    from u2qt.service.engine import FrontendLink
+    from u2qt.service.engine_client import EngineConnection, EngineUnavailable
+
+    class HungEngine:
+        def receive(self, link, kind, rid, body):
+            if kind == wire.PING:
+                link.send(rid, wire.OK, wire.encoder.encode(wire.EngineInfo(1, "v", [], wire.Load())))
+
+    async def scenario():
+        path = str(tmp_path / "engine.sock")
+        server = await asyncio.get_running_loop().create_unix_server(lambda: FrontendLink(HungEngine(), set()), path)
+        connection = EngineConnection(path, request_timeout_s=0.3)
+        try:
+            await connection.start(5)
+            async with asyncio.timeout(10):  # the old connection waited for ever: this fails instead of hanging
+                try:
+                    await connection.request(wire.WINDOWS, b"")
+                    raise AssertionError("a hung engine answered")
+                except EngineUnavailable:
+                    pass
+            assert connection.up and not connection._waiting
+            assert (await connection.request(wire.PING)).model_version == "v"
+        finally:
+            await connection.stop()
+            server.close()
+
+    asyncio.run(scenario())
