@@ -36,7 +36,7 @@ POST_PARTS = {
     "  windows rendered (EventTokenizer._job)": ("EventTokenizer._job", "ingest.py"),
     "  token metrics (EventTokenizer._observe)": ("EventTokenizer._observe", "ingest.py"),
     "Redis pipelines coalesced across requests (own task)": ("CoalescingPipeline._send", "coalescing.py"),
-    "engine answers received (own task; --frontends 1)": ("EngineConnection._receive", "engine_client.py"),
+    "engine answers received (--frontends 1)": ("EngineConnection.data_received", "engine_client.py"),
     "socket writes (asyncio StreamWriter.writelines: Redis)": ("StreamWriter.writelines", "streams.py"),
     "request metrics middleware (RequestMetrics)": ("RequestMetrics.__call__", "middleware.py"),
 }
