@@ -60,7 +60,8 @@ class InferenceEngine:
 
     def load(self) -> wire.Load:
         a = self.batcher.admission
-        return wire.Load(a.pending, a.rate or 0.0)
+        h = self.embedder.admission if self.embedder else None
+        return wire.Load(a.pending, a.rate or 0.0, h.pending if h else 0, (h.rate or 0.0) if h else 0.0)
 
     async def start(self) -> None:
         await self.batcher.start()

@@ -208,7 +208,8 @@ class RemoteMicroBatcher(WindowQueue):
 
 
 class RemoteEmbeddingBatcher:
-    """EmbeddingBatcher's interface: histories go to the engine's history model."""
+    """EmbeddingBatcher's interface: histories go to the engine's history model, admitted (or 429) by the
+    engine's history queue and rate as its last answer said, as RemoteMicroBatcher admits windows."""
 
     def __init__(self, connection: EngineConnection, metrics: ServiceMetrics, max_queue: int, max_delay_ms: float):
         self.connection = connection
@@ -217,6 +218,8 @@ class RemoteEmbeddingBatcher:
     async def embed(self, sequences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         if not self.connection.up:
             raise EngineUnavailable
+        load = self.connection.load
+        self.admission.elsewhere, self.admission.rate = load.histories, load.history_rate or None
         with self.admission.reserve(len(sequences)):
             arrays = [np.stack([seq[i] for seq in sequences]) for i in range(3)]
             answer = await self.connection.request(wire.HISTORIES, wire.pack_histories(*arrays))

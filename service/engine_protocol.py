@@ -12,8 +12,9 @@ codes, histories, embeddings) travel as raw int32/int64/float32 bytes, never as 
           H  HistoryBatch               -> Embeddings
     status  k ok | f full (the engine's queue cannot take them: 429) | e error (message: the request fails, 503)
 
-Every answer carries the engine's queue (`pending` windows admitted and not answered, `rate` windows/s it
-sustains), so each frontend refuses with 429 before it stores anything when the engine is behind.
+Every answer carries the engine's queues (`pending` windows admitted and not answered, `rate` windows/s it
+sustains; the same for histories), so each frontend refuses with 429 before it stores (or queues) anything when
+the engine is behind.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ def ping(path: str, timeout_s: float) -> EngineInfo | None:
 
 
 class Load(msgspec.Struct, array_like=True):
-    pending: int = 0
-    rate: float = 0.0  # 0: not measured yet
+    pending: int = 0  # windows
+    rate: float = 0.0  # windows/s; 0: not measured yet
+    histories: int = 0  # histories admitted to the history model and not answered
+    history_rate: float = 0.0  # histories/s; 0: not measured yet
 
 
 class EngineInfo(msgspec.Struct, array_like=True):

@@ -179,3 +179,43 @@ def test_a_request_to_a_hung_engine_gets_engine_unavailable_not_a_hang(tmp_path)
             server.close()
 
     asyncio.run(scenario())
+
+
+def test_a_frontend_refuses_histories_while_the_engines_history_queue_is_behind():
+    """With frontends, GET /users/{id}/embedding is admitted by the engine's history queue as the engine last
+    reported it (1,000 queued at 10/s: 100 s ahead, far over a 100 ms budget), not by the frontend's own count
+    alone: 429 instead of a request that waits for minutes. An idle frontend still admits (a stale report must not
+    shut it for good), and once the engine has caught up, requests are admitted again."""
+    from u2qt.service import engine_protocol as wire
+    from u2qt.service.batcher import QueueFull
+    from u2qt.service.engine_client import RemoteEmbeddingBatcher
+
+    class SlowEngine:
+        up = True
+
+        def __init__(self):
+            self.load, self.release = wire.Load(histories=1000, history_rate=10.0), asyncio.Event()
+
+        async def request(self, kind, body):
+            await self.release.wait()
+            return wire.Embeddings(np.zeros((1, 4), np.float32).tobytes(), 4, self.load)
+
+    async def scenario():
+        engine = SlowEngine()
+        batcher = RemoteEmbeddingBatcher(engine, ServiceMetrics(), max_queue=100, max_delay_ms=100)
+        history = (np.zeros(8, np.int64), np.zeros(8, np.int64), np.zeros(8, np.int64))
+        first = asyncio.create_task(batcher.embed([history]))
+        await asyncio.sleep(0)
+        assert batcher.admission.pending == 1, "the first request, on an idle frontend, is admitted"
+        try:
+            async with asyncio.timeout(5):  # admitted, it would wait on the engine: fail, do not hang
+                await batcher.embed([history])
+            raise AssertionError("admitted behind 100 s of the engine's histories")
+        except QueueFull:
+            pass
+        engine.load = wire.Load()
+        engine.release.set()
+        assert (await first).shape == (1, 4)
+        assert (await batcher.embed([history])).shape == (1, 4)
+
+    asyncio.run(scenario())
