@@ -53,7 +53,7 @@ def key_check(keys_attr: str):
     return check
 
 
-WRITER, READER = Depends(key_check("writer_keys")), Depends(key_check("reader_keys"))
+READER = Depends(key_check("reader_keys"))
 
 
 def json_body(model: type[BaseModel]) -> dict:
