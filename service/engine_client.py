@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,7 +37,8 @@ class EngineConnection(asyncio.Protocol):
         self.path, self.request_timeout_s = path, request_timeout_s
         self.up = False
         self.info: wire.EngineInfo | None = None
-        self.load = wire.Load()  # the engine's queue, as its last answer said
+        self.load = wire.Load()  # the engine's queues, as its last answer said
+        self._load_listeners: list[Callable[[wire.Load], None]] = []
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[bytes, asyncio.Future]] = {}
         self._frames = wire.Frames(wire.ANSWER)
@@ -77,7 +79,8 @@ class EngineConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The engine died or stopped: every request waiting on it fails now (503), as does every new one until the
         connection is back."""
-        self._transport, self.up, self.load = None, False, wire.Load()
+        self._transport, self.up = None, False
+        self._set_load(wire.Load())
         self._connected.clear()
         self._lost.set()
         waiting, self._waiting = self._waiting, {}
@@ -91,13 +94,24 @@ class EngineConnection(asyncio.Protocol):
             if future is None or future.done():
                 continue
             answer = wire.decode_answer(kind, status, body)
-            self.load = answer.load
+            self._set_load(answer.load)
             if status == wire.OK:
                 future.set_result(answer)
             elif status == wire.FULL:
                 future.set_exception(QueueFull())
             else:
                 future.set_exception(RuntimeError(f"inference engine: {answer.message}"))
+
+    def watch_load(self, listener: Callable[[wire.Load], None]) -> None:
+        """Calls `listener` with the engine's load now, on every answer, and with an empty load when the connection
+        is lost: the batchers' admissions hold the engine's queues in one place, pushed here."""
+        self._load_listeners.append(listener)
+        listener(self.load)
+
+    def _set_load(self, load: wire.Load) -> None:
+        self.load = load
+        for listener in self._load_listeners:
+            listener(load)
 
     async def request(self, kind: bytes, body: bytes = b""):
         """Sends one request and waits for its answer; raises EngineUnavailable (also when an engine that is alive
@@ -146,24 +160,19 @@ class RemoteMicroBatcher(WindowQueue):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-tokenize")
         self._sender: asyncio.Task | None = None
         self._exchanges: set[asyncio.Task] = set()
+        connection.watch_load(self._engine_load)
 
     async def start(self) -> None:
         self._incoming = asyncio.Queue()
         self._sender = asyncio.create_task(self._send())
 
-    def has_room(self, windows: int) -> bool:
-        self._engine_load()
-        return super().has_room(windows)
-
     def reserve(self, windows: int) -> Reservation:
         if not self.connection.up:
             raise EngineUnavailable
-        self._engine_load()
         return super().reserve(windows)
 
-    def _engine_load(self) -> None:
+    def _engine_load(self, load: wire.Load) -> None:
         """The engine's whole queue and rate, as its last answer said, decide admission by expected wait."""
-        load = self.connection.load
         self.admission.elsewhere, self.admission.rate = load.pending, load.rate or None
 
     async def _send(self) -> None:
@@ -214,12 +223,14 @@ class RemoteEmbeddingBatcher:
     def __init__(self, connection: EngineConnection, metrics: ServiceMetrics, max_queue: int, max_delay_ms: float):
         self.connection = connection
         self.admission = Admission(max_queue, max_delay_ms, metrics.embedding_queue_depth)
+        connection.watch_load(self._engine_load)
+
+    def _engine_load(self, load: wire.Load) -> None:
+        self.admission.elsewhere, self.admission.rate = load.histories, load.history_rate or None
 
     async def embed(self, sequences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         if not self.connection.up:
             raise EngineUnavailable
-        load = self.connection.load
-        self.admission.elsewhere, self.admission.rate = load.histories, load.history_rate or None
         with self.admission.reserve(len(sequences)):
             arrays = [np.stack([seq[i] for seq in sequences]) for i in range(3)]
             answer = await self.connection.request(wire.HISTORIES, wire.pack_histories(*arrays))

@@ -191,10 +191,21 @@ def test_a_frontend_refuses_histories_while_the_engines_history_queue_is_behind(
     from u2qt.service.engine_client import RemoteEmbeddingBatcher
 
     class SlowEngine:
+        """An EngineConnection's side the batcher sees: loads pushed to it, requests answered when released."""
+
         up = True
 
         def __init__(self):
-            self.load, self.release = wire.Load(histories=1000, history_rate=10.0), asyncio.Event()
+            self.load, self.release, self.listeners = wire.Load(histories=1000, history_rate=10.0), asyncio.Event(), []
+
+        def watch_load(self, listener):
+            self.listeners.append(listener)
+            listener(self.load)
+
+        def report(self, load):
+            self.load = load
+            for listener in self.listeners:
+                listener(load)
 
         async def request(self, kind, body):
             await self.release.wait()
@@ -213,7 +224,7 @@ def test_a_frontend_refuses_histories_while_the_engines_history_queue_is_behind(
             raise AssertionError("admitted behind 100 s of the engine's histories")
         except QueueFull:
             pass
-        engine.load = wire.Load()
+        engine.report(wire.Load())
         engine.release.set()
         assert (await first).shape == (1, 4)
         assert (await batcher.embed([history])).shape == (1, 4)
