@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# part of the request path -> a frame (function, file) whose presence on the stack marks it
+# part of the request path -> a frame (function, file) whose presence on the stack marks it; a function ending in
+# "*" is a prefix (any method of that class)
 POST_PARTS = {
     "/tokenize handler (the route function and EventTokenizer)": ("tokenize", "write_routes.py"),
     "  body decoded (msgspec: schemas.tokenize_events)": ("tokenize_events", "schemas.py"),
@@ -39,6 +40,10 @@ POST_PARTS = {
     "engine answers received (--frontends 1)": ("EngineConnection.data_received", "engine_client.py"),
     "socket writes (asyncio StreamWriter.writelines: Redis)": ("StreamWriter.writelines", "streams.py"),
     "request metrics middleware (RequestMetrics)": ("RequestMetrics.__call__", "middleware.py"),
+    "Prometheus value updates in shared files (PROMETHEUS_MULTIPROC_DIR; --frontends 1)": (
+        "MultiProcessValue.<locals>.MmapedValue.*",
+        "values.py",
+    ),
 }
 GET_PARTS = {
     "GET route function (user_tokens)": ("user_tokens", "read_routes.py"),
@@ -52,7 +57,7 @@ GET_PARTS = {
 
 def summarize(path: Path, seconds: float, rate: int, parts_of: dict = POST_PARTS) -> None:
     opener = gzip.open if path.suffix == ".gz" else open
-    threads, parts, loop = Counter(), Counter(), 0
+    threads, parts, loop, idle = Counter(), Counter(), 0, 0
     with opener(path, "rt") as f:
         for line in f:
             stack, n = line.rsplit(" ", 1)
@@ -62,20 +67,23 @@ def summarize(path: Path, seconds: float, rate: int, parts_of: dict = POST_PARTS
             if thread != "MainThread":
                 continue
             loop += int(n)
+            idle += int(n) if frames[-1].startswith("Runner.run (") else 0  # in the loop's own (native) code
             for part, (func, file) in parts_of.items():
-                if any(fr.startswith(func + " (") and f"{file}:" in fr for fr in frames[1:]):
+                head = func[:-1] if func.endswith("*") else func + " ("
+                if any(fr.startswith(head) and f"{file}:" in fr for fr in frames[1:]):
                     parts[part] += int(n)
     possible = seconds * rate
     print(f"profile: {path} ({seconds:g} s at {rate} Hz = {possible:.0f} samples per thread if always active)")
     for thread, n in threads.most_common():
         print(f"thread {thread}: active in {n / possible:.1%} of the samples")
-    print("event-loop thread (MainThread), share of its active samples:")
+    print(f"event-loop thread (MainThread), share of its {loop} active samples:")
     for part in parts_of:
         print(f"  {parts[part] / loop:6.1%}  {part}")
     own = [p for p in parts_of if not p.startswith(" ") and p != next(iter(parts_of))]
     inside = parts[next(iter(parts_of))] + sum(parts[p] for p in own if "own task" in p)
     rest = "outside the handler and its own tasks (uvicorn, Starlette, FastAPI, middlewares, the loop)"
     print(f"  {1 - inside / loop:6.1%}  {rest}")
+    print(f"  {idle / loop:6.1%}    of which the loop's own code (innermost frame Runner.run: uvloop, polling, I/O)")
 
 
 def main() -> None:

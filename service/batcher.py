@@ -229,7 +229,7 @@ class MicroBatcher(WindowQueue):
 
     def _tokenize(self, batch: list[WindowJob]) -> PreparedBatch:
         todo = [j for j in batch if j.text is not None and j.chunks is None]
-        for job, ids in zip(todo, self.runtime.text.tokenizer.encode_windows(todo), strict=True):
+        for job, ids in zip(todo, self.runtime.tokenize_texts(todo), strict=True):
             job.chunks = ids
         return PreparedBatch(batch, [j.chunks for j in batch])
 
