@@ -1,8 +1,9 @@
 """The write route, POST /tokenize (the use case itself is service/ingest.py), served as plain ASGI ahead of
 FastAPI's routing: the hottest route skips the layers between the middlewares and an endpoint (exception
 wrappers, router matching, dependency solving): the samples between the metrics middleware and the handler fell
-from 18% to 11% of a frontend's event loop (docs/performance.md, benchmarks/profile_service.py). Its errors go through the app's own exception handlers, so every status and
-body is what any route gives; document_routes puts it in the OpenAPI schema."""
+from 18% to 11% of a frontend's event loop (docs/performance.md, benchmarks/profile_service.py). Its errors go
+through the app's own exception handlers, so every status and body is what any route gives; document_routes puts
+it in the OpenAPI schema."""
 
 from __future__ import annotations
 
