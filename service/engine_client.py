@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,24 +40,28 @@ class EngineConnection(asyncio.Protocol):
         self.info: wire.EngineInfo | None = None
         self.load = wire.Load()  # the engine's queues, as its last answer said
         self._load_listeners: list[Callable[[wire.Load], None]] = []
+        self._info_listeners: list[Callable[[wire.EngineInfo], None]] = []
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[bytes, asyncio.Future]] = {}
         self._frames = wire.Frames(wire.ANSWER)
         self._transport: asyncio.Transport | None = None
-        self._connected = asyncio.Event()
+        self._introduced = asyncio.Event()  # set once an engine has answered a ping on this connection
         self._lost = asyncio.Event()
         self._connector: asyncio.Task | None = None
+        self._introduction: asyncio.Task | None = None
+        self._stopping = False
 
-    async def start(self, timeout_s: float) -> None:
-        """Connects and pings the engine; raises EngineUnavailable when it does not answer within `timeout_s`."""
+    async def start(self, timeout_s: float) -> bool:
+        """Connects; -> whether the engine answered a ping within `timeout_s`. A frontend starts either way: one
+        that uvicorn restarts while the engine is down (or hung) must not fail its start, which would make uvicorn
+        stop every frontend. It serves reads meanwhile, and writes get 503 until the engine answers."""
         self._connector = asyncio.create_task(self._connect())
         try:
             async with asyncio.timeout(timeout_s):
-                await self._connected.wait()
-                self.info = await self.request(wire.PING)
+                await self._introduced.wait()
         except TimeoutError:
-            await self.stop()
-            raise EngineUnavailable(f"no inference engine answered on {self.path} within {timeout_s:g} s") from None
+            return False
+        return True
 
     async def _connect(self) -> None:
         loop, delay = asyncio.get_running_loop(), 0.05
@@ -74,14 +79,32 @@ class EngineConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         self._transport, self._frames = transport, wire.Frames(wire.ANSWER)
         self.up = True
-        self._connected.set()
+        self._introduction = asyncio.get_running_loop().create_task(self._introduce(transport))
+
+    async def _introduce(self, transport: asyncio.Transport) -> None:
+        """Asks each engine it connects to what it runs (a restarted engine may have other providers); a hung one is
+        asked again, a lost connection's next one asks anew."""
+        while True:
+            if self._transport is not transport:
+                return
+            try:
+                info = await self.request(wire.PING)
+                break
+            except EngineUnavailable:
+                continue
+        self.info = info
+        print(f"u2qt frontend {os.getpid()}: connected to the engine (pid {info.pid})", flush=True)
+        for listener in self._info_listeners:
+            listener(info)
+        self._introduced.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The engine died or stopped: every request waiting on it fails now (503), as does every new one until the
         connection is back."""
+        if self.info is not None and not self._stopping:
+            print(f"u2qt frontend {os.getpid()}: lost the engine; writes get 503 until it is back", flush=True)
         self._transport, self.up = None, False
         self._set_load(wire.Load())
-        self._connected.clear()
         self._lost.set()
         waiting, self._waiting = self._waiting, {}
         for _, future in waiting.values():
@@ -108,6 +131,12 @@ class EngineConnection(asyncio.Protocol):
         self._load_listeners.append(listener)
         listener(self.load)
 
+    def watch_info(self, listener: Callable[[wire.EngineInfo], None]) -> None:
+        """Calls `listener` with what each engine this connection reaches says it runs (now, if known)."""
+        self._info_listeners.append(listener)
+        if self.info is not None:
+            listener(self.info)
+
     def _set_load(self, load: wire.Load) -> None:
         self.load = load
         for listener in self._load_listeners:
@@ -131,9 +160,11 @@ class EngineConnection(asyncio.Protocol):
             raise EngineUnavailable(f"no answer within {self.request_timeout_s:g} s") from None
 
     async def stop(self) -> None:
-        if self._connector is not None:
-            self._connector.cancel()
-            await asyncio.gather(self._connector, return_exceptions=True)
+        self._stopping = True
+        for task in (self._connector, self._introduction):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._transport is not None:
             self._transport.close()
 

@@ -47,7 +47,10 @@ class ServiceSettings(BaseSettings):
         description="the engine's Unix socket, set by `u2qt serve` for its frontends; unset: the models run in-process",
     )
     engine_timeout_s: float = Field(
-        5.0, gt=0, description="with frontends: how long a frontend waits for the engine at start before failing"
+        5.0,
+        gt=0,
+        description="with frontends: how long a frontend waits for the engine at start; past it, it starts without: "
+        "reads are served, writes get 503 until the engine answers",
     )
     engine_request_timeout_s: float = Field(
         30.0,

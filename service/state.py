@@ -18,7 +18,7 @@ from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import TextTokenizer, TokenizerRuntime
 from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, WindowQueue, warm_up
 from u2qt.service.embedded_redis import EmbeddedRedis
-from u2qt.service.engine_client import EngineConnection, RemoteEmbeddingBatcher, RemoteMicroBatcher
+from u2qt.service.engine_client import EngineConnection, EngineUnavailable, RemoteEmbeddingBatcher, RemoteMicroBatcher
 from u2qt.service.ingest import EventTokenizer
 from u2qt.service.metrics import ServiceMetrics, multiprocess_dir
 from u2qt.service.redis_client import connect
@@ -30,7 +30,7 @@ from u2qt.service.store import TokenHistoryStore
 class ServiceState:
     settings: ServiceSettings
     manifest: Manifest
-    providers: list[str]  # ONNX Runtime's, in this process or in the engine
+    local_providers: list[str]  # ONNX Runtime's in this process (none with frontends)
     metrics: ServiceMetrics
     redis: Redis | RedisCluster
     store: TokenHistoryStore
@@ -41,6 +41,13 @@ class ServiceState:
     engine: EngineConnection | None = None  # with frontends: the engine process's connection
     codebooks: list[np.ndarray] | None = None  # GET /users/{id}/embedding?kind=tokens
     warmed: bool = False
+
+    @property
+    def providers(self) -> list[str]:
+        """ONNX Runtime's, in this process or in the engine (as it last said; none before it has answered)."""
+        if self.engine is not None:
+            return self.engine.info.providers if self.engine.info else []
+        return self.local_providers
 
     @property
     def model_description(self) -> dict:
@@ -70,8 +77,15 @@ async def start(settings: ServiceSettings) -> ServiceState:
     engine = None
     if s.engine_socket:
         engine = EngineConnection(str(s.engine_socket), s.engine_request_timeout_s)
-        await engine.start(s.engine_timeout_s)
-        providers = engine.info.providers
+        version = manifest.model_version
+        engine.watch_info(lambda info: metrics.model_info.labels(version, ",".join(info.providers)).set(1))
+        if not await engine.start(s.engine_timeout_s):
+            print(
+                f"u2qt frontend {os.getpid()}: no inference engine answered on {s.engine_socket} within "
+                f"{s.engine_timeout_s:g} s; serving reads, writes get 503 until it does",
+                flush=True,
+            )
+        providers = []  # the engine's: state.providers
         tokenizer = TextTokenizer(Path(s.artifacts) / manifest.encoder.tokenizer_file, manifest.encoder)
         queue = s.max_queue_windows, s.max_queue_delay_ms
         batcher = RemoteMicroBatcher(engine, tokenizer, vocabulary.levels, metrics, s.max_batch_size, *queue)
@@ -82,6 +96,7 @@ async def start(settings: ServiceSettings) -> ServiceState:
             s.artifacts, manifest, s.providers, s.ort_threads or None, s.encoder_batch, s.encoder_max_padding
         )
         providers = runtime.providers
+        metrics.model_info.labels(manifest.model_version, ",".join(providers)).set(1)
         # both batchers gather and admit alike: batch size, wait, queue size, queue delay
         batching = s.max_batch_size, s.max_wait_ms, s.max_queue_windows, s.max_queue_delay_ms
         batcher = MicroBatcher(runtime, metrics, *batching)
@@ -90,7 +105,6 @@ async def start(settings: ServiceSettings) -> ServiceState:
         if runtime.history is not None:
             embedder = EmbeddingBatcher(runtime, metrics, *batching)
             await embedder.start()
-    metrics.model_info.labels(manifest.model_version, ",".join(providers)).set(1)
     embedded = None
     url = settings.redis_url
     if not url:
@@ -124,8 +138,13 @@ async def start(settings: ServiceSettings) -> ServiceState:
     )
     if manifest.decoded is not None:
         state.codebooks = load_codebooks(settings.artifacts, vocabulary.levels)
-    for job in warm_up(manifest):  # one at a time: the queue may hold a single window
-        await batcher.submit([job])
+    try:
+        # one at a time: the queue may hold a single window. An engine that has not answered is down or hung: this
+        # frontend starts without it (reads need no engine), and its first windows warm it
+        for job in warm_up(manifest) if engine is None or engine.info else []:
+            await batcher.submit([job])
+    except EngineUnavailable:
+        pass
     state.warmed = True
     # Long-lived objects (model, sessions, modules) move out of the collector's view: full collections
     # then scan only request garbage, which trims the read path's latency tail.

@@ -70,11 +70,22 @@ def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(
     assert lost_windows(reader, r.acknowledged) == []
 
 
-def assert_outage_survived(base: str, res, streams) -> None:
+def finish_load(load: threading.Thread, stop: threading.Event, result: dict, timeout_s: float = 600):
+    """The load's result once every stream is through, or after `timeout_s` what it got by then (streams that
+    never finish must fail the test with their statuses, not hang it)."""
+    load.join(timeout_s)
+    stop.set()
+    load.join(90)  # each client finishes the request it has in flight (60 s timeout)
+    return result["r"]
+
+
+def assert_outage_survived(base: str, res, streams, log: str = "") -> None:
     """A retrying upstream across an outage: it saw 503s (no other 5xx), each with Retry-After, every request
-    finally succeeded, and every window acknowledged is stored."""
+    finally succeeded, and every window acknowledged is stored. `log`: the service's output, shown on failure."""
     assert res.statuses[503] > 0 and not [s for s in res.statuses if s >= 500 and s != 503], res.statuses
-    assert res.statuses[200] == sum(len(s) for s in streams), "every request finally succeeded"
+    assert res.statuses[200] == sum(len(s) for s in streams), (
+        f"not every request succeeded: {res.statuses}, {res.failures}\n{log[-3000:]}"
+    )
     assert res.retry_after_missing == 0
     assert lost_windows(base, res.acknowledged) == []
 
@@ -105,9 +116,7 @@ def test_redis_killed_mid_load_gives_503_then_recovers_and_keeps_every_acknowled
         time.sleep(1.0)
         store.start()  # same port, same append-only file
         wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "readiness after Redis returned")
-        load.join(600)
-        stop.set()
-        assert_outage_survived(base, result["r"], streams)
+        assert_outage_survived(base, finish_load(load, stop, result), streams)
     finally:
         store.kill()
 
@@ -133,9 +142,50 @@ def test_engine_killed_mid_load_gives_503_then_is_restarted_and_keeps_every_ackn
         assert httpx.get(f"{svc.base}/users/probe/tokens").status_code == 200, "reads do not need the engine"
         wait_until(lambda: httpx.get(f"{svc.base}/readyz").status_code == 200, 120, "readiness after the restart")
         assert len(engine_pids(svc.output())) == 2, "the engine was restarted"
-        load.join(600)
-        stop.set()
-        assert_outage_survived(svc.base, result["r"], streams)
+        assert_outage_survived(svc.base, finish_load(load, stop, result), streams, svc.output())
+    finally:
+        svc.stop()
+
+
+def test_a_frontend_restarted_while_the_engine_is_hung_starts_and_the_service_stays_up(trained_dir, redis_server):
+    """uvicorn restarts a frontend that dies (OOM, or killed as hung), and stops every frontend when one fails to
+    start. A frontend that starts while the engine is down or hung must therefore start anyway: it serves reads,
+    and writes once the engine answers again. Before, it failed its start and took the whole service down."""
+    svc = ServiceProcess(
+        trained_dir[0],
+        redis_server.url,
+        key_prefix="engine-hung",
+        frontends=2,
+        engine_timeout_s=1,
+        engine_request_timeout_s=2,
+    )
+    event = {"event_id": "e1", "user_id": "hung", "source": "purchases", "ts": 1489060406, "text": "milk"}
+    try:
+        assert httpx.post(f"{svc.base}/tokenize", json={"events": [event]}, timeout=30).status_code == 200
+        [engine] = engine_pids(svc.output())
+        frontends = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", svc.output())]
+        os.kill(engine, signal.SIGSTOP)
+        try:
+            os.kill(frontends[0], signal.SIGKILL)
+            wait_until(lambda: "no inference engine answered" in svc.output(), 60, "the restarted frontend's start")
+            wait_until(lambda: svc.output().count("Application startup complete.") > len(frontends), 30, "its start")
+            for _ in range(10):  # fresh connections: both frontends answer reads
+                assert httpx.get(f"{svc.base}/users/hung/tokens", timeout=10).status_code == 200
+            assert svc.process.poll() is None, svc.output()[-3000:]
+        finally:
+            os.kill(engine, signal.SIGCONT)
+        again = dict(event, event_id="e2", ts=event["ts"] + 8 * 86400)
+
+        def written():
+            return httpx.post(f"{svc.base}/tokenize", json={"events": [again]}, timeout=30).status_code == 200
+
+        for _ in range(6):  # each frontend, once its connection is back
+            wait_until(written, 30, "writes after the engine answers again")
+        assert len(httpx.get(f"{svc.base}/users/hung/tokens").json()["windows"]) == 2
+        for _ in range(6):  # and each says what the engine runs
+            wait_until(
+                lambda: httpx.get(f"{svc.base}/readyz").json()["providers"] == ["CPUExecutionProvider"], 30, "providers"
+            )
     finally:
         svc.stop()
 
