@@ -239,6 +239,13 @@ def format_report(r: dict) -> str:
     if r.get("median_windows_per_user"):
         per = ", ".join(f"{s} {n:g}" for s, n in r["median_windows_per_user"].items())
         lines.append(f"windows per user (median, by source): {per}")
+    if r.get("config") and "median_active_windows_per_user" in r:
+        q = r["config"]["quantizer"]
+        lines.append(
+            f"codebooks: {q['shared_levels']} shared + {q['specific_levels']} specific levels of "
+            f"{q['codebook_size']:,} codes (median {r['median_active_windows_per_user']:g} active windows per user; "
+            "unset levels and sizes are chosen from it: docs/training.md)"
+        )
     return "\n".join(lines)
 
 
@@ -393,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-users", type=int, help="keep only N users (a deterministic sample)")
     t.add_argument("--epochs", type=int, help="MRQ-VAE epochs (None: the config's, 30)")
     t.add_argument("--seed", type=int, help="random seed (None: the config's, 0)")
-    t.add_argument("--shared-levels", type=int, help="codebook levels shared by all sources (None: 2)")
-    t.add_argument("--specific-levels", type=int, help="codebook levels of each source (None: 2)")
-    t.add_argument("--codebook-size", type=int, help="codes per level (None: 256)")
+    t.add_argument("--shared-levels", type=int, help="codebook levels shared by all sources (default: from the data)")
+    t.add_argument("--specific-levels", type=int, help="codebook levels of each source (default: from the data)")
+    t.add_argument("--codebook-size", type=int, help="codes per level (default: from the data)")
     t.add_argument("--code-dim", type=int, help="width of the quantized latent (None: 64)")
     t.add_argument("--text-model", help="'all-MiniLM-L6-v2' (bundled) or a local Hugging Face model dir")
     t.add_argument("--pooling", choices=["mean", "last_token"], help="text-model pooling (None: mean)")

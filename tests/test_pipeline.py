@@ -121,6 +121,25 @@ def test_model_version_does_not_depend_on_where_the_code_is_checked_out(trained_
         assert str(repo).encode() not in (out / f).read_bytes(), f"{f} names this checkout's path"
 
 
+def test_unset_codebook_capacity_is_chosen_from_how_many_windows_users_have(trained_dir):
+    """Levels and codebook size left unset are filled in from the corpus (the paper's 4 + 2 levels of 1,024 where
+    users have few windows, 2 + 2 of 256 where they have many), those set are kept, and the checkpoint holds what
+    was chosen, so export, eval and serving never see an unset size."""
+    from u2qt.training.config import QuantizerConfig
+
+    few, many = QuantizerConfig().with_capacity_for(1.0), QuantizerConfig().with_capacity_for(29.0)
+    assert (few.shared_levels, few.specific_levels, few.codebook_size) == (4, 2, 1024)
+    assert (many.shared_levels, many.specific_levels, many.codebook_size) == (2, 2, 256)
+    kept = QuantizerConfig(specific_levels=1, codebook_size=64).with_capacity_for(1.0)
+    assert (kept.shared_levels, kept.specific_levels, kept.codebook_size) == (4, 1, 64)
+
+    out, cfg, report = trained_dir  # 40 households of The Complete Journey: weekly shoppers
+    assert cfg.quantizer.shared_levels is None and report["median_active_windows_per_user"] >= 8
+    q = load_checkpoint(out).train_config.quantizer
+    assert (q.shared_levels, q.specific_levels, q.codebook_size) == (2, 2, 64)
+    assert report["config"]["quantizer"]["shared_levels"] == 2
+
+
 def test_same_data_config_and_seed_give_the_same_codes(trained_dir, cj_events, tmp_path):
     out, cfg, _ = trained_dir
     events, _ = cj_events
@@ -143,4 +162,5 @@ def test_inspect_prints_figures_and_saves_a_plot(trained_dir, tmp_path, capsys):
     # what the window period's guidance (docs/training.md) reads
     per_user = next(line for line in printed.splitlines() if line.startswith("windows per user (median, by source):"))
     assert "purchases " in per_user and "visits " in per_user
+    assert "codebooks: 2 shared + 2 specific levels of 64 codes (median " in printed
     assert png.stat().st_size > 10_000

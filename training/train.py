@@ -227,6 +227,8 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
     if len(corpus) == 0:
         raise ValueError("no windows: the events are empty after filtering")
     timings["windows_s"] = time.perf_counter() - t
+    windows_per_user = float(corpus.windows.groupby("user_id")["window_start"].nunique().median())
+    cfg = cfg.model_copy(update={"quantizer": cfg.quantizer.with_capacity_for(windows_per_user)})
 
     t = time.perf_counter()
     info, text_emb, text_stats = embed_corpus(corpus, cfg, out, progress)
@@ -274,6 +276,8 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
         "holdout_users": n_hold,
         "windows_by_source": corpus.windows["source"].value_counts().to_dict(),
         # the window period's effect on a user: too few windows leave a reader little to read (docs/eval/levers.md)
+        # all sources together: what chose the codebook capacity, when it was not set (QuantizerConfig)
+        "median_active_windows_per_user": windows_per_user,
         "median_windows_per_user": {
             str(k): float(v)
             for k, v in corpus.windows.groupby(["source", "user_id"]).size().groupby("source").median().items()
