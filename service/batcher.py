@@ -194,10 +194,14 @@ class MicroBatcher(WindowQueue):
         max_wait_ms: float = 5.0,
         max_queue: int = 4096,
         max_queue_delay_ms: float = 0.0,
+        report_depth: bool = True,
     ):
+        """report_depth=False: what this batcher holds stays out of u2qt_queue_windows (the engine's: its frontends
+        count the same windows)."""
         # Admission by expected wait, not only by count: under overload the queue then stays as short as the
         # latency objective allows, so accepted requests keep their latency and the rest get an honest 429.
-        super().__init__(runtime.vocabulary.levels, Admission(max_queue, max_queue_delay_ms, metrics.queue_depth))
+        gauge = metrics.queue_depth if report_depth else None
+        super().__init__(runtime.vocabulary.levels, Admission(max_queue, max_queue_delay_ms, gauge))
         self.runtime, self.metrics = runtime, metrics
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
         self._prepared: asyncio.Queue[PreparedBatch | None] | None = None
@@ -282,10 +286,12 @@ class EmbeddingBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 4096,
         max_queue_delay_ms: float = 0.0,
+        report_depth: bool = True,
     ):
         self.runtime, self.metrics = runtime, metrics
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
-        self.admission = Admission(max_queue, max_queue_delay_ms, metrics.embedding_queue_depth)
+        gauge = metrics.embedding_queue_depth if report_depth else None
+        self.admission = Admission(max_queue, max_queue_delay_ms, gauge)
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="u2qt-history")

@@ -44,18 +44,12 @@ class InferenceEngine:
         self.metrics.initialize([x.name for x in self.manifest.sources.sources], self.runtime.vocabulary.levels)
         # Frontends admit (each up to max_queue_windows, and none while the engine is behind): the engine takes what
         # they admitted, with room for all of them.
-        room = s.max_queue_windows * max(s.frontends, 1)
-        self.batcher = MicroBatcher(self.runtime, self.metrics, s.max_batch_size, s.max_wait_ms, room, 0.0)
-        self.embedder = (
-            EmbeddingBatcher(self.runtime, self.metrics, s.max_batch_size, s.max_wait_ms, room, 0.0)
-            if self.runtime.history is not None
-            else None
-        )
         # u2qt_queue_windows / _users are the frontends' (what each admitted and is not answered yet): the engine's
         # own count of the same windows would count each twice in the sum over processes
-        self.batcher.admission.depth_gauge = None
-        if self.embedder:
-            self.embedder.admission.depth_gauge = None
+        room = s.max_queue_windows * max(s.frontends, 1)
+        batching = (self.runtime, self.metrics, s.max_batch_size, s.max_wait_ms, room, 0.0)
+        self.batcher = MicroBatcher(*batching, report_depth=False)
+        self.embedder = EmbeddingBatcher(*batching, report_depth=False) if self.runtime.history is not None else None
         self.tasks: set[asyncio.Task] = set()
 
     def load(self) -> wire.Load:
