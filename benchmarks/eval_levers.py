@@ -52,6 +52,8 @@ VARIANTS = {
     "p1h": merged(SMALL, {"window": "1h"}),
     # the two levers that moved MovieLens, together
     "paper1h": merged(PAPER, {"window": "1h"}),
+    # a wider latent: where the continuous embeddings (and the codewords that approximate them) lose the signal
+    "cd128": {"quantizer": {"code_dim": 128}},
 }
 SHOWN = (
     "baseline: bag of event texts + tabular sums + activity (raw data)",
