@@ -1,7 +1,8 @@
 """A user embedding read from stored tokens alone: each window's codes decoded back to the sum of their
-codewords (the quantized latent z_hat the MRQ-VAE reconstructs from), averaged over the user's windows per
-source, the sources' means side by side. `u2qt eval` reports it as "decoded tokens"; the service serves it as
-GET /users/{id}/embedding?kind=tokens, from the codebooks `u2qt export` writes (codebooks.safetensors)."""
+codewords (the quantized latent z_hat the MRQ-VAE reconstructs from), pooled per source by `pool_user`, the
+sources side by side. `u2qt eval` reports it as "decoded tokens" (and pools the continuous window embeddings the
+same way); the service serves it as GET /users/{id}/embedding?kind=tokens, from the codebooks `u2qt export`
+writes (codebooks.safetensors)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,38 @@ def codeword_sums(
     return out
 
 
-def pool_by_source(vectors: np.ndarray, source: np.ndarray, n_sources: int) -> np.ndarray:
-    """[N, dim] window vectors -> [n_sources * dim]: the mean of each source's windows (zeros for a source the
-    user has none of), concatenated in the sources' order."""
-    dim = vectors.shape[1]
-    sums = np.zeros((n_sources, dim), dtype=np.float64)
-    np.add.at(sums, np.asarray(source, dtype=np.int64), vectors)
-    counts = np.bincount(source, minlength=n_sources).astype(np.float64)[:, None]
-    return (sums / np.maximum(counts, 1)).astype(np.float32).reshape(-1)
+# per source, after its pooled vector: log1p of each (docs/eval/notes.md, "How a user is read")
+ACTIVITY = ("windows", "events", "windows since the newest")
+
+
+def pool_user(
+    vectors: np.ndarray,
+    source: np.ndarray,
+    counts: np.ndarray,
+    windows: np.ndarray,
+    n_sources: int,
+    now: int,
+    horizon: int,
+) -> np.ndarray:
+    """One user's window vectors [N, dim] -> [n_sources * (dim + 3)]: per source, the mean of its windows weighted
+    by their event counts, then its activity (ACTIVITY: log1p of its windows, of their events, and of the windows
+    from its newest to window `now`, at most `horizon`, which is also what a source without windows gets); zeros
+    and `horizon` for a source the user has none of; the sources in their order.
+
+    Weighted by events because a busy window holds more of what the user did than a quiet one, and the activity
+    because a mean forgets how much and how lately: on MovieLens the two lift what a linear probe reads from the
+    continuous window embeddings from 0.83 to 0.99 of the raw data's signal (docs/eval/notes.md)."""
+    source = np.asarray(source, dtype=np.int64)
+    weight = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)  # an entry stored without its count: one event
+    sums = np.zeros((n_sources, vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, source, np.asarray(vectors, dtype=np.float64) * weight[:, None])
+    events = np.bincount(source, weights=weight, minlength=n_sources)
+    n_windows = np.bincount(source, minlength=n_sources)
+    newest = np.full(n_sources, -np.inf)
+    np.maximum.at(newest, source, np.asarray(windows, dtype=np.float64))
+    since = np.where(n_windows > 0, np.clip(now - newest, 0, horizon), horizon)
+    activity = np.log1p(np.stack([n_windows, events, since], axis=1))
+    return np.hstack([sums / np.maximum(events, 1.0)[:, None], activity]).astype(np.float32).reshape(-1)
 
 
 def load_codebooks(directory: Path, levels: int) -> list[np.ndarray]:

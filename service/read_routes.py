@@ -3,16 +3,17 @@ description for rankers."""
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from u2qt.model.decoded import codeword_sums, pool_by_source
+from u2qt.model.decoded import codeword_sums, pool_user
 from u2qt.model.fallback import fallback_token
 from u2qt.model.sequence import history_sequence
-from u2qt.model.sources import index_start
+from u2qt.model.sources import index_start, window_index
 from u2qt.service.http import (
     READER,
     NoHistoryModel,
@@ -192,13 +193,16 @@ async def decoded_embeddings(s: ServiceState, users: list[str]) -> dict[str, dic
     with RedisTimer(s.metrics, "read"):
         raw, _ = await s.store.read(users, s.tokenizer.source_names)
     out: dict[str, dict | None] = dict.fromkeys(users)
+    now = window_index(time.time(), s.manifest.sources.period_s)  # recency is read against the server's clock
     for user in users:
-        items = [(np.full(len(e), s.tokenizer.source_index[src]), e["codes"]) for src, e in raw[user].items() if len(e)]
-        if not items:
+        found = [(s.tokenizer.source_index[src], e) for src, e in raw[user].items() if len(e)]
+        if not found:
             continue
-        src_idx = np.concatenate([x[0] for x in items])
-        z = codeword_sums(s.codebooks, q.shared_levels, q.codebook_size, np.concatenate([x[1] for x in items]), src_idx)
-        out[user] = {"windows": len(src_idx), "embedding": pool_by_source(z, src_idx, n_sources).tolist()}
+        e = np.concatenate([x[1] for x in found])
+        src_idx = np.concatenate([np.full(len(x[1]), x[0]) for x in found])
+        z = codeword_sums(s.codebooks, q.shared_levels, q.codebook_size, e["codes"], src_idx)
+        v = pool_user(z, src_idx, e["count"], e["window"], n_sources, now, s.store.max_entries)
+        out[user] = {"windows": len(src_idx), "embedding": v.tolist()}
     return out
 
 

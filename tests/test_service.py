@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from u2qt.model.runtime import TokenizerRuntime
+from u2qt.model.sources import WINDOW_ORIGIN
 from u2qt.training.corpus import build_corpus
 from u2qt.training.events import to_service_events
 
@@ -335,7 +336,9 @@ def test_embedding_endpoint_round_trip_matches_the_history_model_offline(serve, 
 
 def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_user, trained_dir):
     """kind=tokens: each stored window's codes decoded to their codeword sum by the checkpoint's own quantizer
-    (PyTorch), averaged per source, the sources side by side: eval's "decoded tokens" for this user's history."""
+    (PyTorch), averaged per source weighted by the windows' event counts and followed by the source's activity
+    (log1p of windows, events, windows since the newest), the sources side by side: eval's "decoded tokens" for
+    this user's history."""
     import torch
 
     from u2qt.training.train import load_checkpoint
@@ -353,10 +356,25 @@ def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_u
     offsets = [vocab.ids(np.array([i]), np.zeros((1, q.levels), np.int64))[0] for i in range(len(names))]
     codes = torch.tensor([np.array(w["tokens"]) - offsets[names.index(w["source"])] for w in hist])
     z = q.decode(codes, src).numpy()
-    expected = np.concatenate(
-        [z[src.numpy() == i].mean(0) if (src.numpy() == i).any() else np.zeros(q.dim) for i in range(len(names))]
+    events = np.array([w["event_count"] for w in hist], np.float64)
+    period = ck.train_config.sources.period_s
+    index = np.array(
+        [(np.datetime64(w["window_start"].rstrip("Z"), "s").astype(int) - WINDOW_ORIGIN) // period for w in hist]
     )
-    assert got["kind"] == "tokens" and got["windows"] == len(hist) and len(got["embedding"]) == len(names) * q.dim
+    horizon = -(-180 * 86400 // period)  # U2QT_HISTORY_DAYS' default, in windows
+    now = (time.time() - WINDOW_ORIGIN) // period
+    expected = []
+    for i in range(len(names)):
+        mine = src.numpy() == i
+        if mine.any():
+            mean = (z[mine] * events[mine, None]).sum(0) / events[mine].sum()
+            activity = [mine.sum(), events[mine].sum(), min(now - index[mine].max(), horizon)]
+        else:
+            mean, activity = np.zeros(q.dim), [0, 0, horizon]
+        expected += [mean, np.log1p(activity)]
+    expected = np.concatenate(expected)
+    assert events.min() >= 1 and len(set(events)) > 1, "the weights must matter for this check"
+    assert got["kind"] == "tokens" and got["windows"] == len(hist) and len(got["embedding"]) == len(names) * (q.dim + 3)
     np.testing.assert_allclose(got["embedding"], expected, atol=1e-5)
     many = httpx.post(f"{base}/users/embeddings", json={"user_ids": [user, "nobody"], "kind": "tokens"}).json()
     assert many["users"]["nobody"] is None and many["kind"] == "tokens"

@@ -15,7 +15,7 @@ from u2qt.model.windows import render_text_window, tabular_window_features
 
 @dataclass
 class WindowCorpus:
-    windows: pd.DataFrame  # user_id, source, source_index, window_start, text ("" for tabular rows)
+    windows: pd.DataFrame  # user_id, source, source_index, window_start, text ("" for tabular rows), events
     features: dict[str, np.ndarray]  # tabular source -> [n_windows, n_features] (zeros on other rows)
 
     def __len__(self) -> int:
@@ -56,15 +56,15 @@ def build_corpus(events: pd.DataFrame, sources: SourcesConfig, progress: bool = 
                 groups.indices.items(), desc=f"render {spec.name}", disable=not progress, leave=False
             ):
                 text = render_text_window(texts[idx], ts[idx], None if amounts is None else amounts[idx], spec.template)
-                rows.append((user, spec.name, start, text))
+                rows.append((user, spec.name, start, text, len(idx)))
         else:
             values = sub[spec.attributes].to_numpy(dtype=np.float64)
             for (user, start), idx in tqdm(
                 groups.indices.items(), desc=f"aggregate {spec.name}", disable=not progress, leave=False
             ):
                 feats[spec.name].append(tabular_window_features(values[idx]))
-                rows.append((user, spec.name, start, ""))
-    windows = pd.DataFrame(rows, columns=["user_id", "source", "window_start", "text"])
+                rows.append((user, spec.name, start, "", len(idx)))
+    windows = pd.DataFrame(rows, columns=["user_id", "source", "window_start", "text", "events"])
     windows["source_index"] = windows["source"].map({s.name: i for i, s in enumerate(sources.sources)})
     features = {}
     for spec in sources.sources:

@@ -18,8 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from u2qt.model.decoded import codeword_sums
-from u2qt.model.entries import PackedEntries
+from u2qt.model.decoded import ACTIVITY, codeword_sums, pool_user
+from u2qt.model.entries import MAX_WINDOW_EVENTS, PackedEntries
 from u2qt.model.fallback import assign_fallback, collision_rate, history_digest
 from u2qt.model.history import HistoryConfig
 from u2qt.model.sequence import batch_sequences
@@ -95,20 +95,19 @@ def bag_of_tokens(tok: Tokenized, corpus: WindowCorpus, span: np.ndarray, users:
     return np.log1p(x)
 
 
-def pooled(values: np.ndarray, corpus: WindowCorpus, span: np.ndarray, users: list[str], sources: list[str]):
-    """mean of `values` over each user's windows in the span, per source, concatenated."""
-    w = corpus.windows
-    pos = {u: i for i, u in enumerate(users)}
-    out = np.zeros((len(users), len(sources), values.shape[1]), np.float32)
-    counts = np.zeros((len(users), len(sources), 1), np.float32)
-    for j, s in enumerate(sources):
-        rows = np.flatnonzero(span & (w["source"] == s).to_numpy())
-        for r in rows:
-            i = pos.get(w["user_id"].iat[r])
-            if i is not None:
-                out[i, j] += values[r]
-                counts[i, j] += 1
-    return (out / np.maximum(counts, 1)).reshape(len(users), -1)
+def pooled(values: np.ndarray, d: EvalData) -> np.ndarray:
+    """`values` of every corpus row -> [users, ...]: each user's windows in the span pooled as the service pools
+    their decoded tokens (model.decoded.pool_user, read at the cut-off, event counts as the history store keeps
+    them)."""
+    period = d.sources.period_s
+    now, horizon = window_index(d.cut_s, period), round((d.hi - d.lo) / period)  # the span: whole windows
+    counts = np.minimum(d.corpus.windows["events"].to_numpy(), MAX_WINDOW_EVENTS)
+    src = d.corpus.windows["source_index"].to_numpy()
+    out = np.zeros((len(d.users), len(d.names) * (values.shape[1] + len(ACTIVITY))), np.float32)
+    for i, user in enumerate(d.users):
+        rows = d.by_user[user]
+        out[i] = pool_user(values[rows], src[rows], counts[rows], d.w_idx[rows], len(d.names), now, horizon)
+    return out
 
 
 def raw_baseline(events: pd.DataFrame, sources: SourcesConfig, users: list[str], lo, hi, top: int = 1000):
@@ -348,12 +347,10 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
                 for i in range(0, len(s), 8192)
             ]
         ).numpy()
-    reps["continuous: window embeddings before quantization, pooled"] = pooled(
-        src_emb, d.corpus, d.span, d.users, d.names
-    )
+    reps["continuous: window embeddings before quantization, pooled"] = pooled(src_emb, d)
     for name, tok in toks.items():
         reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
-    reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d.corpus, d.span, d.users, d.names)
+    reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d)
     return reps, src_emb
 
 
