@@ -62,7 +62,7 @@ class DecodedInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     file: str
-    dim: int  # of the pooled user vector: sources x code_dim
+    dim: int  # of the pooled user vector: sources x (code_dim + its activity), model.decoded.pool_user
 
 
 class Manifest(BaseModel):

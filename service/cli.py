@@ -9,6 +9,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from u2qt.model.manifest import Manifest
 
 
 class CLIError(Exception):
@@ -306,8 +310,18 @@ def check_port(host: str, port: int) -> None:
             raise CLIError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port") from None
 
 
+def example_event(manifest: Manifest) -> dict:
+    """One event of the served model's first source, now, for the "try it" lines of `u2qt serve`."""
+    spec = manifest.sources.sources[0]
+    event = {"event_id": "e1", "user_id": "alice", "source": spec.name, "ts": int(time.time())}
+    if spec.kind == "text":
+        return {**event, "text": "milk", "amount": 2.5}
+    return {**event, "attributes": dict.fromkeys(spec.attributes, 1.0)}
+
+
 def cmd_serve(args) -> None:
     # nothing here imports prometheus_client before frontends.serve has set its multiprocess directory
+    from u2qt.model.manifest import Manifest
     from u2qt.service.settings import ServiceSettings
 
     settings = ServiceSettings(**({"artifacts": args.artifacts} if args.artifacts else {}))
@@ -320,11 +334,10 @@ def cmd_serve(args) -> None:
         flush=True,
     )
     base = f"http://{args.host}:{args.port}"
+    body = json.dumps({"events": [example_event(Manifest.load(settings.artifacts, verify=False))]})
     print(
         "try it:\n"
-        f"  curl -s -X POST {base}/tokenize -H 'content-type: application/json' -d "
-        """'{"events":[{"event_id":"e1","user_id":"alice","source":"purchases","ts":1489060406,"""
-        """"text":"milk","amount":2.5}]}'\n"""
+        f"  curl -s -X POST {base}/tokenize -H 'content-type: application/json' -d '{body}'\n"
         f"  curl -s {base}/users/alice/tokens?format=strings\n"
         f"  curl -s '{base}/users/alice/embedding?kind=tokens'\n"
         "stop with Ctrl+C (in-flight batches are finished first)",

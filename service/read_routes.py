@@ -209,8 +209,9 @@ async def decoded_embeddings(s: ServiceState, users: list[str]) -> dict[str, dic
 @router.get("/users/{user_id}/embedding", tags=["embeddings"], dependencies=[READER])
 async def user_embedding(user_id: UserId, kind: EmbeddingKind = "history", s: ServiceState = Depends(current)):
     """The user's dense embedding from their stored token history: `kind=history` (default) by the history model
-    (a 64-d vector); `kind=tokens` the tokens decoded to their codewords' sums, averaged per source, the sources
-    side by side (sources x code_dim; what docs/eval recommends where users have few windows). A user without
+    (a 64-d vector); `kind=tokens` the tokens decoded to their codewords' sums, per source their mean weighted by
+    the windows' event counts followed by the source's activity, the sources side by side (sources x (code_dim +
+    3); what docs/eval recommends for rankers). A user without
     history is no error, as for the token routes: `windows` 0 and `embedding` null."""
     e = (await user_embeddings(s, [user_id], kind))[user_id] or {"windows": 0, "embedding": None}
     return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, "kind": kind, **e})

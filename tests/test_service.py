@@ -502,3 +502,25 @@ def test_an_engine_that_cannot_start_stops_serve_with_its_reason(trained_dir):
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "u2qt engine could not start" in out and "inference engine exited" in out, out
     assert "Traceback" not in out and "Uvicorn running" not in out
+
+
+def test_serve_prints_a_try_it_event_that_the_served_model_accepts(trained_dir):
+    """`u2qt serve` prints a curl to try: its event is of the model's own first source, whatever that source is
+    called and whether it is text or tabular (a model without a `purchases` source answered that curl with 422)."""
+    import json
+
+    from u2qt.model.manifest import Manifest
+    from u2qt.service.cli import example_event
+    from u2qt.service.ingest import validation_errors
+    from u2qt.service.schemas import tokenize_events
+
+    manifest = Manifest.load(trained_dir[0], verify=False)
+    specs = manifest.sources.sources
+    assert {s.kind for s in specs} == {"text", "tabular"}
+    for first in specs:
+        order = manifest.sources.model_copy(update={"sources": [first, *(s for s in specs if s is not first)]})
+        model = manifest.model_copy(update={"sources": order})
+        event = example_event(model)
+        events = tokenize_events(json.dumps({"events": [event]}).encode())
+        assert event["source"] == first.name
+        assert validation_errors(events, model, time.time() + 60) == []
