@@ -9,6 +9,7 @@ import numpy as np
 
 BASELINE = "baseline: bag of event texts + tabular sums + activity (raw data)"
 CONTINUOUS = "continuous: window embeddings before quantization, pooled"
+LATENT = "latent: MRQ-VAE's z before quantization, pooled"
 DECODED = "decoded tokens: MRQ-VAE codeword sums, pooled"
 
 
@@ -129,7 +130,8 @@ def plot_source_embeddings(src_emb: np.ndarray, src_names: np.ndarray, out: Path
 def markdown(report: dict) -> str:
     """The report's text: targets, tasks, the paper's tables 3-6 and 8, collisions."""
     reps = list(next(iter(report["results"].values())))
-    main = [BASELINE, CONTINUOUS, DECODED] + [r for r in reps if r.startswith("bag of tokens") and "without" not in r]
+    bags = [r for r in reps if r.startswith("bag of tokens") and "without" not in r]
+    main = [BASELINE, CONTINUOUS, *([LATENT] if LATENT in reps else []), DECODED, *bags]
     ablation = ["bag of tokens: MRQ-VAE"] + [r for r in reps if "without" in r]
     history = [r for r in reps if r.startswith("history model")]
     cfg = report["config"]
@@ -141,7 +143,9 @@ def markdown(report: dict) -> str:
         f"labels come from after it. Linear probes: logistic regression (C = 0.1, standardized features), "
         f"{len(cfg['seeds'])} seeds of a stratified 70/30 user split, mean ± std. {report['users']} users. "
         "Signal retention = (AUC − 0.5) / (raw-data baseline AUC − 0.5), averaged over tasks: the share of the "
-        "raw data's signal a representation keeps.",
+        "raw data's signal a representation keeps. Window vectors (the continuous embeddings, the decoded tokens) "
+        "are pooled as GET /users/{id}/embedding?kind=tokens pools them: per source, the mean weighted by each "
+        "window's event count, then log1p of the source's windows, events and windows since its newest.",
         "",
         "## Targets from the paper",
         "",

@@ -29,7 +29,7 @@ from u2qt.training.alignment import build_samples, embed_users, token_table, tra
 from u2qt.training.config import AlignConfig, TrainConfig
 from u2qt.training.corpus import WindowCorpus, build_corpus
 from u2qt.training.embeddings import embed_texts_cached
-from u2qt.training.eval_report import BASELINE, DECODED
+from u2qt.training.eval_report import BASELINE, CONTINUOUS, DECODED, LATENT
 from u2qt.training.metrics import collision_stats
 from u2qt.training.probes import probe_seeds, signal_retention
 from u2qt.training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
@@ -347,7 +347,10 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
                 for i in range(0, len(s), 8192)
             ]
         ).numpy()
-    reps["continuous: window embeddings before quantization, pooled"] = pooled(src_emb, d)
+        latent = torch.cat([mrq.model.encoder(torch.from_numpy(src_emb[i : i + 8192])) for i in range(0, len(s), 8192)])
+    reps[CONTINUOUS] = pooled(src_emb, d)
+    # the quantizer's input: what it keeps of the continuous embeddings tells the projection's loss from the codes'
+    reps[LATENT] = pooled(latent.numpy(), d)
     for name, tok in toks.items():
         reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
     reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d)
