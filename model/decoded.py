@@ -26,7 +26,7 @@ def codeword_sums(
     return out
 
 
-# per source, after its pooled vector: log1p of each (docs/eval/notes.md, "How a user is read")
+# per source, after its pooled vector: log1p of each (docs/eval/levers.md, "The reader")
 ACTIVITY = ("windows", "events", "windows since the newest")
 
 
@@ -46,7 +46,7 @@ def pool_user(
 
     Weighted by events because a busy window holds more of what the user did than a quiet one, and the activity
     because a mean forgets how much and how lately: on MovieLens the two lift what a linear probe reads from the
-    continuous window embeddings from 0.83 to 0.99 of the raw data's signal (docs/eval/notes.md)."""
+    continuous window embeddings from 0.83 to 0.98 of the raw data's signal (docs/eval/levers.md)."""
     source = np.asarray(source, dtype=np.int64)
     weight = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)  # an entry stored without its count: one event
     sums = np.zeros((n_sources, vectors.shape[1]), dtype=np.float64)
