@@ -54,6 +54,11 @@ VARIANTS = {
     "paper1h": merged(PAPER, {"window": "1h"}),
     # a wider latent: where the continuous embeddings (and the codewords that approximate them) lose the signal
     "cd128": {"quantizer": {"code_dim": 128}},
+    # more levels of the paper's 1,024 codes: 4 shared + 4 specific (80 bits a window instead of 60)
+    "lv44": merged(PAPER, {"quantizer": {"specific_levels": 4}}),
+    # every event of a window in its text (MovieLens' busiest days rate up to 621 films; 64 items kept 79% of the
+    # text events), and chunks enough to encode them: "template" applies to every text source
+    "items": {"encoder": {"max_chunks": 64}, "template": {"max_items": 1024}},
 }
 SHOWN = (
     "baseline: bag of event texts + tabular sums + activity (raw data)",
@@ -81,7 +86,12 @@ def main() -> None:
     for name in args.variants.split(","):
         out = args.work / name
         out.mkdir(parents=True, exist_ok=True)
-        cfg = merged(base, {**VARIANTS[name], "align": {"enabled": False}})
+        over = dict(VARIANTS[name])
+        template = over.pop("template", {})
+        cfg = merged(base, {**over, "align": {"enabled": False}})
+        for spec in cfg["sources"]:
+            if spec["kind"] == "text":
+                spec["template"] = merged(spec.get("template") or {}, template)
         (out / "sources.yaml").write_text(yaml.safe_dump(cfg))
         if first is not None and (first / "cache").is_dir():
             shutil.copytree(first / "cache", out / "cache", dirs_exist_ok=True)

@@ -122,13 +122,13 @@ def test_model_version_does_not_depend_on_where_the_code_is_checked_out(trained_
 
 
 def test_unset_codebook_capacity_is_chosen_from_how_many_windows_users_have(trained_dir):
-    """Levels and codebook size left unset are filled in from the corpus (the paper's 4 + 2 levels of 1,024 where
+    """Levels and codebook size left unset are filled in from the corpus (4 shared + 4 specific levels of 1,024 where
     users have few windows, 2 + 2 of 256 where they have many), those set are kept, and the checkpoint holds what
     was chosen, so export, eval and serving never see an unset size."""
     from u2qt.training.config import QuantizerConfig
 
     few, many = QuantizerConfig().with_capacity_for(1.0), QuantizerConfig().with_capacity_for(29.0)
-    assert (few.shared_levels, few.specific_levels, few.codebook_size) == (4, 2, 1024)
+    assert (few.shared_levels, few.specific_levels, few.codebook_size) == (4, 4, 1024)
     assert (many.shared_levels, many.specific_levels, many.codebook_size) == (2, 2, 256)
     kept = QuantizerConfig(specific_levels=1, codebook_size=64).with_capacity_for(1.0)
     assert (kept.shared_levels, kept.specific_levels, kept.codebook_size) == (4, 1, 64)
