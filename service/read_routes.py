@@ -211,8 +211,8 @@ async def user_embedding(user_id: UserId, kind: EmbeddingKind = "history", s: Se
     """The user's dense embedding from their stored token history: `kind=history` (default) by the history model
     (a 64-d vector); `kind=tokens` the tokens decoded to their codewords' sums, per source their mean weighted by
     the windows' event counts followed by the source's activity, the sources side by side (sources x (code_dim +
-    3); what docs/eval recommends for rankers). A user without
-    history is no error, as for the token routes: `windows` 0 and `embedding` null."""
+    3); what docs/eval recommends for rankers). A user without history is no error, as for the token routes:
+    `windows` 0 and `embedding` null."""
     e = (await user_embeddings(s, [user_id], kind))[user_id] or {"windows": 0, "embedding": None}
     return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, "kind": kind, **e})
 
