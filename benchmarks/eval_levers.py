@@ -56,8 +56,8 @@ VARIANTS = {
     "cd128": {"quantizer": {"code_dim": 128}},
     # more levels of the paper's 1,024 codes: 4 shared + 4 specific (80 bits a window instead of 60)
     "lv44": merged(PAPER, {"quantizer": {"specific_levels": 4}}),
-    # every event of a window in its text (MovieLens' busiest days rate up to 621 films; 64 items kept 79% of the
-    # text events), and chunks enough to encode them: "template" applies to every text source
+    # every event of a window in its text (the template keeps the 64 strongest items), and chunks enough to encode
+    # them: "template" applies to every text source
     "items": {"encoder": {"max_chunks": 64}, "template": {"max_items": 1024}},
 }
 SHOWN = (
