@@ -140,6 +140,7 @@ def cmd_eval(args) -> None:
     cfg = EvalConfig(
         cutoff=args.cutoff,
         seeds=args.seeds,
+        **({"probe_cs": args.probe_c} if args.probe_c else {}),
         tokenizer_epochs=args.tokenizer_epochs,
         align=AlignConfig(epochs=args.align_epochs, min_steps=args.align_min_steps),
         ablations=not args.no_ablations,
@@ -177,7 +178,7 @@ def cmd_dataset(args) -> None:
     )
     print(f"next: u2qt train --events {out}/events.parquet --sources {out}/sources.yaml --out artifacts/ml-100k")
     print(
-        f"then: u2qt eval artifacts/ml-100k --out docs/eval/ml-100k --events {out}/events.parquet "
+        f"then: u2qt eval artifacts/ml-100k --out docs/eval/movielens-100k --events {out}/events.parquet "
         f"--labels {out}/labels.csv --cutoff 1998-03-01"
     )
 
@@ -453,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="report directory (report.md, report.json, PNG plots)")
     ev.add_argument("--cutoff", default="2017-10-01", help="representations use data before this date")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ev.add_argument(
+        "--probe-c",
+        type=float,
+        nargs="+",
+        help="the probes' C grid (default 0.001 0.01 0.1 1), chosen per split by 3-fold CV on the training users; "
+        "one value: that C for every probe",
+    )
     ev.add_argument("--tokenizer-epochs", type=int, default=10)
     ev.add_argument("--align-epochs", type=int, default=3)
     ev.add_argument(

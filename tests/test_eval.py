@@ -47,6 +47,8 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
     for r in report["results"].values():
         for score in r.values():
             assert 0.0 <= score["auc"] <= 1.0 and 0.0 <= score["ks"] <= 1.0
+            assert min(cfg.probe_cs) <= score["c"] <= max(cfg.probe_cs)
+    assert "cross-validated AUC on the training users" in md
     st = report["storage_bytes_per_user"]
     assert next(v for k, v in st.items() if k.startswith("tokens")) < next(
         v for k, v in st.items() if k.startswith("continuous")
@@ -69,3 +71,25 @@ def test_signal_retention_is_the_share_of_the_baselines_signal_above_chance():
     assert got["raw"] == pytest.approx(1.0)
     assert got["tokens"] == pytest.approx((0.5 + 1.0) / 2)
     assert got["dense"] == pytest.approx((1.25 + 0.5) / 2)
+
+
+def test_probe_chooses_c_by_cross_validated_auc_on_the_training_users_alone():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from u2qt.training.probes import probe
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    x = np.outer(y - 0.5, rng.normal(size=200)) * 0.1 + rng.normal(size=(300, 200))
+    grid = (0.0001, 0.01, 1.0)
+    auc, _, c = probe(x, y, seed=3, cs=grid)
+    xtr, _, ytr, _ = train_test_split(x, y, test_size=0.3, random_state=3, stratify=y)
+    folds = StratifiedKFold(3, shuffle=True, random_state=3)
+    head = {g: make_pipeline(StandardScaler(), LogisticRegression(C=g, max_iter=2000)) for g in grid}
+    cv_auc = {g: cross_val_score(head[g], xtr, ytr, cv=folds, scoring="roc_auc").mean() for g in grid}
+    assert c == max(cv_auc, key=cv_auc.get)
+    assert probe(x, y, seed=3, cs=(0.5,))[2] == 0.5, "one C is used as given"
+    assert 0.5 < auc <= 1.0

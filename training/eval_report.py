@@ -127,6 +127,14 @@ def plot_source_embeddings(src_emb: np.ndarray, src_names: np.ndarray, out: Path
     plt.close(fig)
 
 
+def probe_c(cfg: dict) -> str:
+    cs = cfg.get("probe_cs", [0.1])  # reports written before the grid used C = 0.1
+    if len(cs) == 1:
+        return f"C = {cs[0]:g} for every probe"
+    grid = ", ".join(f"{c:g}" for c in cs)
+    return f"C chosen per split from {{{grid}}} by 3-fold cross-validated AUC on the training users"
+
+
 def markdown(report: dict) -> str:
     """The report's text: targets, tasks, the paper's tables 3-6 and 8, collisions."""
     reps = list(next(iter(report["results"].values())))
@@ -140,7 +148,7 @@ def markdown(report: dict) -> str:
         "",
         f"Written by `u2qt eval` ({report['wall_s']:.0f} s). Representations use only data before "
         f"{cfg['cutoff']} (the last {cfg['history_days']} days: the paper's 180); future-behaviour "
-        f"labels come from after it. Linear probes: logistic regression (C = 0.1, standardized features), "
+        f"labels come from after it. Linear probes: logistic regression on standardized features, {probe_c(cfg)}, "
         f"{len(cfg['seeds'])} seeds of a stratified 70/30 user split, mean ± std. {report['users']} users. "
         "Signal retention = (AUC − 0.5) / (raw-data baseline AUC − 0.5), averaged over tasks: the share of the "
         "raw data's signal a representation keeps. Window vectors (the continuous embeddings, the decoded tokens) "

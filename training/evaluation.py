@@ -31,7 +31,7 @@ from u2qt.training.corpus import WindowCorpus, build_corpus
 from u2qt.training.embeddings import embed_texts_cached
 from u2qt.training.eval_report import BASELINE, CONTINUOUS, DECODED, LATENT
 from u2qt.training.metrics import collision_stats
-from u2qt.training.probes import probe_seeds, signal_retention
+from u2qt.training.probes import PROBE_CS, probe_seeds, signal_retention
 from u2qt.training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
 
 
@@ -40,6 +40,7 @@ class EvalConfig(BaseModel):
     cutoff: str = "2017-10-01"
     history_days: int = 180  # the representation span before the cut-off: the paper's 180 days
     seeds: list[int] = [0, 1, 2]
+    probe_cs: list[float] = list(PROBE_CS)  # one C: that C for every probe; several: chosen per split by CV
     tokenizer_epochs: int = 10
     align: AlignConfig = AlignConfig()
     ctr_categories: int = 100
@@ -340,21 +341,22 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
     mrq = toks["MRQ-VAE"]
     reps: dict[str, np.ndarray] = {BASELINE: raw_baseline(d.events, d.sources, d.users, d.lo, d.hi)}
     e, s, f = corpus_tensors(d.corpus, d.text_emb)
+    step = 8192
     with torch.no_grad():
         src_emb = torch.cat(
             [
-                mrq.model.source_embedding(e[i : i + 8192], s[i : i + 8192], {k: v[i : i + 8192] for k, v in f.items()})
-                for i in range(0, len(s), 8192)
+                mrq.model.source_embedding(e[i : i + step], s[i : i + step], {k: v[i : i + step] for k, v in f.items()})
+                for i in range(0, len(s), step)
             ]
-        ).numpy()
-        latent = torch.cat([mrq.model.encoder(torch.from_numpy(src_emb[i : i + 8192])) for i in range(0, len(s), 8192)])
-    reps[CONTINUOUS] = pooled(src_emb, d)
+        )
+        latent = torch.cat([mrq.model.encoder(src_emb[i : i + step]) for i in range(0, len(s), step)])
+    reps[CONTINUOUS] = pooled(src_emb.numpy(), d)
     # the quantizer's input: what it keeps of the continuous embeddings tells the projection's loss from the codes'
     reps[LATENT] = pooled(latent.numpy(), d)
     for name, tok in toks.items():
         reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
     reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d)
-    return reps, src_emb
+    return reps, src_emb.numpy()
 
 
 def decoded_tokens(tok: Tokenized, n_rows: int) -> np.ndarray:
@@ -425,7 +427,7 @@ def probe_all(d: EvalData, reps: dict[str, np.ndarray], cfg: EvalConfig, progres
             continue
         results[task] = {}
         for rname, x in tqdm(reps.items(), desc=f"probe {task}", disable=not progress, leave=False):
-            results[task][rname] = probe_seeds(x[keep], yk, cfg.seeds)
+            results[task][rname] = probe_seeds(x[keep], yk, cfg.seeds, tuple(cfg.probe_cs))
     return results
 
 
