@@ -1,6 +1,7 @@
 """The token service over HTTP, against a real Redis started by the test session."""
 
 import concurrent.futures
+import json
 import os
 import random
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 
+from u2qt.model.manifest import MANIFEST_FILE, Manifest
 from u2qt.model.runtime import TokenizerRuntime
 from u2qt.model.sources import WINDOW_ORIGIN
 from u2qt.training.corpus import build_corpus
@@ -375,12 +377,35 @@ def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_u
     expected = np.concatenate(expected)
     assert events.min() >= 1 and len(set(events)) > 1, "the weights must matter for this check"
     assert got["kind"] == "tokens" and got["windows"] == len(hist) and len(got["embedding"]) == len(names) * (q.dim + 3)
+    assert len(got["embedding"]) == Manifest.load(trained_dir[0]).decoded.dim, "the width the manifest promises"
     np.testing.assert_allclose(got["embedding"], expected, atol=1e-5)
     many = httpx.post(f"{base}/users/embeddings", json={"user_ids": [user, "nobody"], "kind": "tokens"}).json()
     assert many["users"]["nobody"] is None and many["kind"] == "tokens"
     np.testing.assert_allclose(many["users"][user]["embedding"], got["embedding"], atol=1e-6)
     bad = httpx.get(f"{base}/users/{user}/embedding", params={"kind": "raw"})
     assert bad.status_code == 422 and "kind" in bad.text
+
+
+def test_tokens_embedding_refuses_artifacts_exported_for_another_width(trained_dir, redis_server, tmp_path):
+    """A ranker sizes its input by the manifest's decoded.dim: artifacts whose manifest promises another width than
+    this service pools get a 501 that says what to do, never a vector of the wrong width."""
+    import shutil
+
+    from tests.conftest import ServiceThreads
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(trained_dir[0], artifacts, ignore=shutil.ignore_patterns("cache"))
+    manifest = json.loads((artifacts / MANIFEST_FILE).read_text())
+    manifest["decoded"]["dim"] -= 3  # as exported before the reader added each source's activity
+    (artifacts / MANIFEST_FILE).write_text(json.dumps(manifest))
+    services = ServiceThreads(artifacts, redis_server.url, tmp_path)
+    try:
+        base, _ = services.start()
+        r = httpx.get(f"{base}/users/someone/embedding", params={"kind": "tokens"})
+        assert r.status_code == 501 and "u2qt export" in r.json()["detail"]
+        assert httpx.get(f"{base}/users/someone/embedding").status_code == 200, "the history model is unaffected"
+    finally:
+        services.stop()
 
 
 def test_every_key_of_a_user_lives_in_one_redis_cluster_slot(serve, one_user, redis_server):
