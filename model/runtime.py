@@ -86,12 +86,17 @@ class TextTokenizer:
         self.max_tokens, self.max_chunks = info.max_tokens, info.max_chunks
         self.pad_id = info.pad_token_id
 
-    def _all_chunks(self, texts: Sequence[str]) -> list[Chunks]:
+    def all_chunks(self, texts: Sequence[str]) -> list[Chunks]:
+        """Every chunk of each text, uncut: encode() keeps the first max_chunks."""
         encoded = self.tokenizer.encode_batch([self.prefix + t for t in texts])
         return [[e.ids, *(o.ids for o in e.overflowing)] for e in encoded]
 
+    def kept(self, all_chunks: list[Chunks]) -> list[Chunks]:
+        """The chunks the encoder sees: the first max_chunks of each text's."""
+        return [chunks[: self.max_chunks] for chunks in all_chunks]
+
     def encode(self, texts: Sequence[str]) -> list[Chunks]:
-        return [chunks[: self.max_chunks] for chunks in self._all_chunks(texts)]
+        return self.kept(self.all_chunks(texts))
 
     def encode_windows(self, windows: Sequence[RenderedWindow]) -> list[Chunks | None]:
         """The chunks of each text window, None for tabular ones: what every tokenizing stage (the in-process
@@ -101,7 +106,7 @@ class TextTokenizer:
 
     def chunks_needed(self, texts: Sequence[str]) -> np.ndarray:
         """How many chunks each text would take uncut (more than max_chunks: its tail is dropped)."""
-        return np.array([len(c) for c in self._all_chunks(texts)], dtype=np.int64)
+        return np.array([len(c) for c in self.all_chunks(texts)], dtype=np.int64)
 
     def untruncated_lengths(self, texts: Sequence[str]) -> np.ndarray:
         self.tokenizer.no_truncation()

@@ -26,7 +26,8 @@ def embed_texts_cached(
     cache = cache_dir / f"text-{h.hexdigest()[:20]}.npy"
     encoder = OnnxTextEncoder(encoder_dir, info, pick_providers("auto"))
     lengths = encoder.tokenizer.untruncated_lengths(list(unique))
-    needed = encoder.tokenizer.chunks_needed(list(unique))
+    chunks = encoder.tokenizer.all_chunks(list(unique))  # one pass for the statistics and the encoder's input
+    needed = np.array([len(c) for c in chunks], dtype=np.int64)
     stats = {
         "distinct_texts": len(unique),
         # a window is truncated when it needs more chunks than max_chunks: its tail is dropped
@@ -39,7 +40,7 @@ def embed_texts_cached(
     if cache.is_file():
         emb = np.load(cache)
     else:
-        ids = encoder.tokenizer.encode(list(unique))
+        ids = encoder.tokenizer.kept(chunks)
         with tqdm(total=sum(map(len, ids)), desc="encode texts", unit="chunk", disable=not progress) as bar:
             emb = encoder.embed_ids(ids, batch_size, progress=bar.update)
         cache_dir.mkdir(parents=True, exist_ok=True)
