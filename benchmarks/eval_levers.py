@@ -1,13 +1,15 @@
 """Signal retention of u2qt's tokens across training settings (the levers of docs/eval/levers.md), one data set.
 
     python3 benchmarks/eval_levers.py --data data/ml-100k --cutoff 1998-03-01 [--variants ref,small,norm,...]
+        [--probe-c 0.1]
 
 For each variant: `u2qt train` on the data set's events with its sources.yaml plus the variant's overrides (the
 alignment stage off: these variants change the tokenizer, and `u2qt eval` trains its own history models), then
 `u2qt eval --events --labels --no-ablations --align-epochs 1 --align-min-steps 0`. Prints, per variant, the
 quantization loss by epoch (every 5th) and the mean AUC and signal retention of the baseline, the continuous
-window embeddings, the decoded tokens and the bag of MRQ-VAE tokens. The text embeddings of a variant that keeps
-the windows and the encoder are reused from the first variant's cache.
+window embeddings, the decoded tokens and the bag of MRQ-VAE tokens. `--probe-c` is handed to `u2qt eval` (the
+tables in docs/eval/levers.md before its probe section were measured with `--probe-c 0.1`). The text embeddings
+of a variant that keeps the windows and the encoder are reused from the first variant's cache.
 """
 
 from __future__ import annotations
@@ -75,10 +77,13 @@ def main() -> None:
     p.add_argument("--cutoff", required=True)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--work", type=Path, default=Path("artifacts/levers"))
+    p.add_argument("--probe-c", nargs="+", help="u2qt eval's probe C grid (default: its own)")
     args = p.parse_args()
+    probe_c = ["--probe-c", *args.probe_c] if args.probe_c else []
     print(
         f"command: python3 benchmarks/eval_levers.py --data {args.data} --cutoff {args.cutoff} --variants",
         args.variants,
+        *probe_c,
     )
     base = yaml.safe_load((args.data / "sources.yaml").read_text())
     rows = []
@@ -103,7 +108,7 @@ def main() -> None:
         subprocess.run(
             ["u2qt", "eval", str(out / "train"), "--out", str(out / "eval"), "--events",
              str(args.data / "events.parquet"), "--labels", str(args.data / "labels.csv"), "--cutoff", args.cutoff,
-             "--no-ablations", "--align-epochs", "1", "--align-min-steps", "0"],
+             "--no-ablations", "--align-epochs", "1", "--align-min-steps", "0", *probe_c],
             check=True,
             capture_output=True,
         )  # fmt: skip

@@ -16,7 +16,7 @@ def ks_statistic(y: np.ndarray, score: np.ndarray) -> float:
     return float(np.max(tpr - fpr))
 
 
-PROBE_CS = (0.001, 0.01, 0.1, 1.0)
+PROBE_CS = (0.0001, 0.001, 0.01, 0.1, 1.0)
 
 
 def probe(
