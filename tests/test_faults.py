@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -40,7 +41,10 @@ def engine_pids(output: str) -> list[int]:
 def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(
     trained_dir, redis_server, user_streams, serve, frontends
 ):
-    prefix = f"sigterm{frontends}"
+    # a prefix of its own per run: the test runs once per `serve` mode on the one session Redis, and a second run
+    # under the first's prefix gets its first requests answered as duplicates (200, no windows) and acknowledges
+    # nothing to check when SIGTERM comes that early
+    prefix = f"sigterm{frontends}-{uuid.uuid4().hex[:8]}"
     svc = ServiceProcess(
         trained_dir[0], redis_server.url, key_prefix=prefix, max_batch_size=8, history_days=400, frontends=frontends
     )
