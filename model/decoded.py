@@ -30,6 +30,11 @@ def codeword_sums(
 ACTIVITY = ("windows", "events", "windows since the newest")
 
 
+def pooled_width(n_sources: int, code_dim: int) -> int:
+    """The length of pool_user's vector: what the manifest's decoded.dim promises a ranker."""
+    return n_sources * (code_dim + len(ACTIVITY))
+
+
 def pool_user(
     vectors: np.ndarray,
     source: np.ndarray,

@@ -458,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--probe-c",
         type=float,
         nargs="+",
-        help="the probes' C grid (default 0.0001 0.001 0.01 0.1 1), chosen per split by 3-fold CV on the training "
-        "users; one value: that C for every probe",
+        help="the probes' C grid (default: PROBE_CS in training/probes.py), chosen per split by 3-fold CV on the "
+        "training users; one value: that C for every probe",
     )
     ev.add_argument("--tokenizer-epochs", type=int, default=10)
     ev.add_argument("--align-epochs", type=int, default=3)

@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from u2qt.model.decoded import ACTIVITY, codeword_sums, pool_user
+from u2qt.model.decoded import codeword_sums, pool_user
 from u2qt.model.fallback import fallback_token
 from u2qt.model.sequence import history_sequence
 from u2qt.model.sources import index_start, window_index
@@ -188,14 +188,8 @@ async def user_embeddings(s: ServiceState, users: list[str], kind: EmbeddingKind
 
 async def decoded_embeddings(s: ServiceState, users: list[str]) -> dict[str, dict | None]:
     if s.codebooks is None:
-        raise NoHistoryModel("these artifacts have no codebooks.safetensors: export them again with u2qt export")
+        raise NoHistoryModel(s.codebooks_missing)
     q, n_sources = s.manifest.quantizer, len(s.tokenizer.source_names)
-    width = n_sources * (q.code_dim + len(ACTIVITY))
-    if s.manifest.decoded.dim != width:  # a ranker sized its input by the manifest: never hand it another width
-        raise NoHistoryModel(
-            f"these artifacts were exported for a {s.manifest.decoded.dim}-float kind=tokens vector, this service "
-            f"pools {width} (sources x (code_dim + activity)): export them again with u2qt export"
-        )
     with RedisTimer(s.metrics, "read"):
         raw, _ = await s.store.read(users, s.tokenizer.source_names)
     out: dict[str, dict | None] = dict.fromkeys(users)

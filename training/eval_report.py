@@ -128,7 +128,7 @@ def plot_source_embeddings(src_emb: np.ndarray, src_names: np.ndarray, out: Path
 
 
 def probe_c(cfg: dict) -> str:
-    cs = cfg.get("probe_cs", [0.1])  # reports written before the grid used C = 0.1
+    cs = cfg["probe_cs"]
     if len(cs) == 1:
         return f"C = {cs[0]:g} for every probe"
     grid = ", ".join(f"{c:g}" for c in cs)

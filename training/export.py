@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from u2qt.model.architecture import QuantizerGraph, U2QTModel
-from u2qt.model.decoded import ACTIVITY, CODEBOOKS_FILE, save_codebooks
+from u2qt.model.decoded import CODEBOOKS_FILE, pooled_width, save_codebooks
 from u2qt.model.manifest import DecodedInfo, HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
 from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
 from u2qt.model.windows import tabular_feature_names
@@ -116,7 +116,7 @@ def build_manifest(ck, out: Path, tabular: dict[str, TabularInfo], history: Hist
         tabular=tabular,
         vocabulary=_layout(c),
         history=history,
-        decoded=DecodedInfo(file=CODEBOOKS_FILE, dim=len(c.sources) * (c.code_dim + len(ACTIVITY))),
+        decoded=DecodedInfo(file=CODEBOOKS_FILE, dim=pooled_width(len(c.sources), c.code_dim)),
         files=files,
     )
 
