@@ -339,7 +339,7 @@ def cmd_serve(args) -> None:
     print(
         "try it:\n"
         f"  curl -s -X POST {base}/tokenize -H 'content-type: application/json' -d '{body}'\n"
-        f"  curl -s {base}/users/alice/tokens?format=strings\n"
+        f"  curl -s '{base}/users/alice/tokens?format=strings'\n"
         f"  curl -s '{base}/users/alice/embedding?kind=tokens'\n"
         "stop with Ctrl+C (in-flight batches are finished first)",
         flush=True,
