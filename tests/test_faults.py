@@ -68,7 +68,7 @@ def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(
     r = result["r"]
     assert not [s for s in r.statuses if s >= 500], r.statuses
     drained = sum(1 for t0, t1 in zip(r.started_ok, r.finished_after, strict=True) if t0 < signalled < t1)
-    assert drained > 0, "requests in flight at SIGTERM were answered"
+    assert drained > 0, f"requests in flight at SIGTERM were answered: {r}"
     assert r.acknowledged
     reader, _ = serve(key_prefix=prefix, history_days=400)  # a fresh instance on the same Redis
     assert lost_windows(reader, r.acknowledged) == []
