@@ -163,7 +163,7 @@ def sigterm(artifacts, by_user, users, url) -> dict:
     reader = ServiceProcess(artifacts, url, key_prefix="drill-term", **KEEP_ALL)
     lost = lost_windows(reader.base, r.acknowledged)
     reader.stop()
-    drained = sum(1 for a, b in zip(r.started_ok, r.finished_after, strict=True) if a < signalled < b)
+    drained = r.in_flight_at(signalled, status=200)
     return {
         "requests tried": r.tried,
         "requests in flight at SIGTERM, answered 200": drained,

@@ -405,8 +405,8 @@ class LoadResult:
     acknowledged: dict[Window, list[int]] = field(default_factory=dict)
     latencies_ok: list[float] = field(default_factory=list)
     retry_after_missing: int = 0  # 429/503 answers without a Retry-After header
-    finished_after: list[float] = field(default_factory=list)  # ok answers' completion times (perf_counter)
-    started_ok: list[float] = field(default_factory=list)  # ok answers' start times
+    # every HTTP answer as (sent, answered, status), perf_counter times: what was in flight at a given moment
+    answers: list[tuple[float, float, int]] = field(default_factory=list)
 
     def merge(self, other: LoadResult) -> None:
         self.tried += other.tried
@@ -415,8 +415,11 @@ class LoadResult:
         self.acknowledged.update(other.acknowledged)
         self.latencies_ok += other.latencies_ok
         self.retry_after_missing += other.retry_after_missing
-        self.finished_after += other.finished_after
-        self.started_ok += other.started_ok
+        self.answers += other.answers
+
+    def in_flight_at(self, t: float, status: int | None = None) -> int:
+        """Requests sent before `t` and answered after it (with `status`, when given)."""
+        return sum(1 for t0, t1, s in self.answers if t0 < t < t1 and status in (None, s))
 
     def p99_ms(self) -> float:
         return float(np.quantile(self.latencies_ok, 0.99) * 1e3) if self.latencies_ok else float("nan")
@@ -459,12 +462,11 @@ def drive(
                         continue
                     i += 1
                     continue
+                t1 = time.perf_counter()
                 res.statuses[r.status_code] += 1
+                res.answers.append((t0, t1, r.status_code))
                 if r.status_code == 200:
-                    t1 = time.perf_counter()
                     res.latencies_ok.append(t1 - t0)
-                    res.started_ok.append(t0)
-                    res.finished_after.append(t1)
                     for w in r.json()["windows"]:
                         res.acknowledged[(w["user_id"], w["source"], w["window_start"])] = w["tokens"]
                     i += 1

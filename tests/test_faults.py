@@ -67,8 +67,10 @@ def test_sigterm_under_load_drains_what_is_in_flight_and_loses_nothing(
     load.join(120)
     r = result["r"]
     assert not [s for s in r.statuses if s >= 500], r.statuses
-    drained = sum(1 for t0, t1 in zip(r.started_ok, r.finished_after, strict=True) if t0 < signalled < t1)
-    assert drained > 0, f"requests in flight at SIGTERM were answered: {r}"
+    # answered, whatever the status: a 429 is an answer too, and a client pauses 0.1 s after each, so counting 200s
+    # alone a signal that came while the clients paused could find nothing in flight to check
+    drained = r.in_flight_at(signalled)
+    assert drained > 0, f"requests in flight at SIGTERM were answered: {r.statuses}, {r.failures}"
     assert r.acknowledged
     reader, _ = serve(key_prefix=prefix, history_days=400)  # a fresh instance on the same Redis
     assert lost_windows(reader, r.acknowledged) == []
