@@ -95,3 +95,9 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert "--events needs --sources" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    # settings out of range are refused before any data is read, with the setting's name
+    for flag, field in (("--code-dim", "quantizer.code_dim"), ("--bag-buckets", "encoder.bag_buckets")):
+        args = ["train", "--events", str(events), "--sources", str(sources), "--out", str(tmp_path / "o"), flag, "-1"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert field in err and "greater than or equal to" in err and "Traceback" not in err

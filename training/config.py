@@ -23,10 +23,13 @@ class EncoderConfig(BaseModel):
     # Longer windows are encoded in chunks of max_tokens, pooled, so a long window keeps its tail (docs/eval).
     max_chunks: int = Field(8, ge=1, le=64)
     text_prefix: str = ""
+    # > 0: beside the text model's embedding, a hashed bag of the window's subwords (unigrams and bigrams) in this
+    # many buckets: which items a window lists, which a sentence embedding blurs (docs/eval/levers.md)
+    bag_buckets: int = Field(0, ge=0, le=65536)
     # fp32: a window's embedding does not depend on what else is in its batch. int8 (dynamic quantization)
     # is smaller, but its activation scales span the batch, so it runs one window at a time.
     precision: Literal["fp32", "int8"] = "fp32"
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=1)
 
 
 # Codebook capacity (shared levels, specific levels, codes per level), chosen from the data when not set. A reader
@@ -45,9 +48,9 @@ class QuantizerConfig(BaseModel):
     shared_levels: int | None = Field(None, ge=0)
     specific_levels: int | None = Field(None, ge=0)
     codebook_size: int | None = Field(None, ge=2)
-    code_dim: int = 64
-    hidden_dim: int = 256
-    commitment: float = 0.25
+    code_dim: int = Field(64, ge=1)
+    hidden_dim: int = Field(256, ge=1)
+    commitment: float = Field(0.25, ge=0)
     latent_norm: bool = False  # layer-normalize z before quantization (model/architecture.py)
 
     def with_capacity_for(self, windows_per_user: float) -> QuantizerConfig:
@@ -61,17 +64,17 @@ class QuantizerConfig(BaseModel):
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(30, ge=1)
-    batch_size: int = 1024
-    lr: float = 1e-3
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-3, gt=0)
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr decays to 5% over training
-    weight_decay: float = 1e-4
-    kmeans_sample: int = 20000
-    restart_every: int = 50  # steps between dead-code restarts
-    dead_code_threshold: float = 0.1  # x block mean usage
-    restart_until: float = 0.8  # fraction of training after which codes are left to settle
+    weight_decay: float = Field(1e-4, ge=0)
+    kmeans_sample: int = Field(20000, ge=1)
+    restart_every: int = Field(50, ge=1)  # steps between dead-code restarts
+    dead_code_threshold: float = Field(0.1, ge=0)  # x block mean usage
+    restart_until: float = Field(0.8, ge=0, le=1)  # fraction of training after which codes are left to settle
     # a restarted codeword starts afresh: AdamW's moments of its row (built for where it was) are cleared
     reset_moments_on_restart: bool = True
-    holdout_fraction: float = 0.05  # users held out to measure reconstruction on unseen data
+    holdout_fraction: float = Field(0.05, ge=0, lt=1)  # users held out to measure reconstruction on unseen data
     seed: int = 0
 
 
