@@ -61,6 +61,9 @@ VARIANTS = {
     # every event of a window in its text (the template keeps the 64 strongest items), and chunks enough to encode
     # them: "template" applies to every text source
     "items": {"encoder": {"max_chunks": 64}, "template": {"max_items": 1024}},
+    # which items a window lists, beside the sentence embedding: a hashed bag of its subwords (EncoderConfig)
+    "bag": {"encoder": {"bag_buckets": 1024}},
+    "bag4k": {"encoder": {"bag_buckets": 4096}},
 }
 SHOWN = (
     "baseline: bag of event texts + tabular sums + activity (raw data)",

@@ -25,6 +25,9 @@ class EncoderInfo(BaseModel):
     # weighted by chunk length); 1 truncates at max_tokens, as artifacts written before chunking do.
     max_chunks: int = 1
     text_prefix: str
+    # > 0: the embedding is the pooled text model's output and a hashed bag of its subword unigrams and bigrams
+    # in this many buckets, concatenated (training/text_encoder.py: lexical_bag); dim counts both
+    bag_buckets: int = 0
     dim: int
     precision: Literal["fp32", "int8"]
     file: str

@@ -44,6 +44,7 @@ def _train_config(args):
         ("encoder", "model"): args.text_model,
         ("encoder", "pooling"): args.pooling,
         ("encoder", "precision"): args.precision,
+        ("encoder", "bag_buckets"): args.bag_buckets,
     }
     for (section, key), value in overrides.items():
         if value is not None:
@@ -424,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["fp32", "int8"],
         help="text encoder precision (default fp32; int8 runs one window at a time)",
+    )
+    t.add_argument(
+        "--bag-buckets",
+        type=int,
+        help="width of the hashed bag of subwords beside the text embedding (None: the config's; 0: none)",
     )
     t.set_defaults(func=cmd_train)
 

@@ -37,12 +37,27 @@ def resolve_model_path(name: str) -> Path:
     return path
 
 
-class PooledTextModel(nn.Module):
-    """Transformer + pooling (+ L2 normalization): token ids -> one embedding per text."""
+def lexical_bag(input_ids: torch.Tensor, attention_mask: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Subword unigrams and bigrams hashed into `buckets`, log counts, L2-normalized: which words a text holds.
+    A sentence embedding of a window that lists many items blurs which items they were (docs/eval/levers.md);
+    this keeps them, at a width the projection then compresses."""
+    ids, w = input_ids, attention_mask.to(torch.float32)
+    uni = (ids * 7919) % buckets
+    bi = (ids[:, :-1] * 31337 + ids[:, 1:] * 7919 + 17) % buckets
+    index = torch.cat([uni, bi], dim=1)
+    weight = torch.cat([w, w[:, :-1] * w[:, 1:]], dim=1)
+    counts = torch.zeros(ids.shape[0], buckets, dtype=torch.float32).scatter_add(1, index, weight)
+    return nn.functional.normalize(torch.log1p(counts), dim=-1)
 
-    def __init__(self, backbone: nn.Module, pooling: str, normalize: bool):
+
+class PooledTextModel(nn.Module):
+    """Transformer + pooling (+ L2 normalization): token ids -> one embedding per text; with `bag_buckets`, the
+    text's lexical_bag beside it (both halves of unit norm, the whole scaled back to unit norm)."""
+
+    def __init__(self, backbone: nn.Module, pooling: str, normalize: bool, bag_buckets: int = 0):
         super().__init__()
         self.backbone, self.pooling, self.normalize = backbone, pooling, normalize
+        self.bag_buckets = bag_buckets
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -52,7 +67,11 @@ class PooledTextModel(nn.Module):
         else:  # last_token: the last non-padding position (u2qt pads on the right)
             last = attention_mask.sum(1) - 1
             pooled = hidden[torch.arange(hidden.shape[0]), last]
-        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+        if self.normalize or self.bag_buckets:
+            pooled = nn.functional.normalize(pooled, dim=-1)
+        if not self.bag_buckets:
+            return pooled
+        return torch.cat([pooled, lexical_bag(input_ids, attention_mask, self.bag_buckets)], dim=-1) / 2**0.5
 
 
 def load_pooled_model(cfg: EncoderConfig) -> tuple[PooledTextModel, object]:
@@ -62,7 +81,7 @@ def load_pooled_model(cfg: EncoderConfig) -> tuple[PooledTextModel, object]:
     tokenizer = AutoTokenizer.from_pretrained(path)
     # eager attention exports to plain ops that ONNX Runtime fuses; sdpa does not
     backbone = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
-    return PooledTextModel(backbone, cfg.pooling, cfg.normalize).eval(), tokenizer
+    return PooledTextModel(backbone, cfg.pooling, cfg.normalize, cfg.bag_buckets).eval(), tokenizer
 
 
 def export_text_encoder(cfg: EncoderConfig, directory: Path) -> EncoderInfo:
@@ -105,7 +124,8 @@ def export_text_encoder(cfg: EncoderConfig, directory: Path) -> EncoderInfo:
     info = EncoderInfo(
         name=cfg.model,
         pooling=cfg.pooling,
-        normalize=cfg.normalize,
+        normalize=cfg.normalize or cfg.bag_buckets > 0,
+        bag_buckets=cfg.bag_buckets,
         max_tokens=cfg.max_tokens,
         max_chunks=cfg.max_chunks,
         text_prefix=cfg.text_prefix,
