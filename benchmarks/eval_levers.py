@@ -10,6 +10,8 @@ quantization loss by epoch (every 5th) and the mean AUC and signal retention of 
 window embeddings, the decoded tokens and the bag of MRQ-VAE tokens. `--probe-c` is handed to `u2qt eval` (the
 tables in docs/eval/levers.md before its probe section were measured with `--probe-c 0.1`). The text embeddings
 of a variant that keeps the windows and the encoder are reused from the first variant's cache.
+`u2qt eval` fits the tokenizers it compares itself, on the pre-cut-off windows, for its own `--tokenizer-epochs`
+(10): a variant's encoder, quantizer and other optim settings reach them, its `optim.epochs` does not.
 """
 
 from __future__ import annotations
