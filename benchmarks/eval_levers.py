@@ -65,7 +65,6 @@ VARIANTS = {
     "items": {"encoder": {"max_chunks": 64}, "template": {"max_items": 1024}},
     # which items a window lists, beside the sentence embedding: a hashed bag of its subwords (EncoderConfig)
     "bag": {"encoder": {"bag_buckets": 1024}},
-    "bag4k": {"encoder": {"bag_buckets": 4096}},
 }
 SHOWN = (
     "baseline: bag of event texts + tabular sums + activity (raw data)",

@@ -56,8 +56,8 @@ class PooledTextModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, pooling: str, normalize: bool, bag_buckets: int = 0):
         super().__init__()
-        self.backbone, self.pooling, self.normalize = backbone, pooling, normalize
-        self.bag_buckets = bag_buckets
+        self.backbone, self.pooling, self.bag_buckets = backbone, pooling, bag_buckets
+        self.normalize = normalize or bag_buckets > 0  # the two halves are compared at unit norm
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -67,7 +67,7 @@ class PooledTextModel(nn.Module):
         else:  # last_token: the last non-padding position (u2qt pads on the right)
             last = attention_mask.sum(1) - 1
             pooled = hidden[torch.arange(hidden.shape[0]), last]
-        if self.normalize or self.bag_buckets:
+        if self.normalize:
             pooled = nn.functional.normalize(pooled, dim=-1)
         if not self.bag_buckets:
             return pooled
@@ -124,7 +124,7 @@ def export_text_encoder(cfg: EncoderConfig, directory: Path) -> EncoderInfo:
     info = EncoderInfo(
         name=cfg.model,
         pooling=cfg.pooling,
-        normalize=cfg.normalize or cfg.bag_buckets > 0,
+        normalize=model.normalize,
         bag_buckets=cfg.bag_buckets,
         max_tokens=cfg.max_tokens,
         max_chunks=cfg.max_chunks,
