@@ -3,7 +3,7 @@
     python3 benchmarks/cuda_check.py --artifacts artifacts/cj [--windows 2000] [--seconds 5]
 
 1. parity: a window's codes from ONNX Runtime on CUDA vs on the CPU, each window embedded alone; and on CUDA
-   alone vs in shuffled batches of 64 (does a window's tokens depend on its batch-mates on a GPU?);
+   alone vs in length runs of 64 chunks (does a window's tokens depend on its batch-mates on a GPU?);
 2. throughput of the service's batch stages (subword tokenizer + encoder + quantizer, MicroBatcher._run) by
    batch size on CUDA and on the CPU, side by side in one run.
 Needs onnxruntime-gpu and a GPU; prints what it finds and stops otherwise.
@@ -58,26 +58,27 @@ def main() -> None:
     corpus = build_corpus(keep_users(normalize_events(load_events(), sources), 120, seed=5), sources, progress=False)
     w = corpus.windows[corpus.windows["text"] != ""].head(args.windows)
     texts, src = w["text"].tolist(), w["source_index"].to_numpy()
-    ids = [c for chunks in gpu.text.tokenizer.encode(texts) for c in chunks]  # every chunk, as the encoder runs them
+    chunks = gpu.text.tokenizer.encode(texts)
+    ids = [c for cs in chunks for c in cs]
     mean_len = np.mean([len(x) for x in ids])
     print(f"{len(texts)} text windows, {len(ids)} chunks of {mean_len:.0f} subword tokens on average")
 
     def codes(rt, emb):
         return rt.quantize(emb, src)[0]
 
-    alone_gpu = np.concatenate([gpu.text.run_ids([x]) for x in ids])
-    alone_cpu = np.concatenate([cpu.text.run_ids([x]) for x in ids])
+    # a window's embedding as the service makes it (its chunks pooled): each chunk run alone (width 1), and on
+    # CUDA in length runs of 64 chunks with other windows' chunks (the order shuffled first)
+    alone_gpu, alone_cpu = gpu.text.embed_ids(chunks, 1), cpu.text.embed_ids(chunks, 1)
     batched_gpu = np.zeros_like(alone_gpu)
-    perm = np.random.default_rng(0).permutation(len(ids))
-    for k in range(0, len(perm), 64):
-        batched_gpu[perm[k : k + 64]] = gpu.text.run_ids([ids[i] for i in perm[k : k + 64]])
+    perm = np.random.default_rng(0).permutation(len(chunks))
+    batched_gpu[perm] = gpu.text.embed_ids([chunks[i] for i in perm], 64)
     c_cpu, c_gpu, c_gpu_b = codes(cpu, alone_cpu), codes(gpu, alone_gpu), codes(gpu, batched_gpu)
     print(
         f"parity CUDA vs CPU (alone): max |emb diff| {np.abs(alone_gpu - alone_cpu).max():.1e}; windows with any "
         f"code different {(c_gpu != c_cpu).any(1).mean():.2%}; codes different {(c_gpu != c_cpu).mean():.3%}"
     )
     print(
-        f"parity CUDA alone vs CUDA in shuffled batches of 64: max |emb diff| "
+        f"parity CUDA alone vs CUDA in runs of 64: max |emb diff| "
         f"{np.abs(alone_gpu - batched_gpu).max():.1e}; windows with any code different "
         f"{(c_gpu != c_gpu_b).any(1).mean():.2%}"
     )

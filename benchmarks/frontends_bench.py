@@ -1,7 +1,7 @@
 """The engine process and its HTTP frontends (U2QT_FRONTENDS), measured side by side in one run.
 
     python3 benchmarks/frontends_bench.py --artifacts artifacts/cj [--providers cpu|cuda|auto]
-        [--frontends 0,1,2,4] [--clients 32] [--seconds 20] [--max-batch 64]
+        [--frontends 0,1,2,4] [--clients 32] [--seconds 20] [--users 2469] [--max-batch 64]
 
 1. raw limit: the service's batch stages alone (tokenize + ONNX Runtime, `--max-batch` per batch), no HTTP/Redis;
 2. IPC: one frontend's request of 64 real windows to the engine and back (pack the subword ids, the frontend's
@@ -11,7 +11,9 @@
    under `--clients` wrk connections posting one (household, week) request each at a time: windows/s, e2e/raw,
    the same with batching off (max_batch_size 1) and batching on/off, latency, the engine's mean batch, and CPU per
    window: the frontends' event loops (their main threads), the frontends in all, the engine.
-A GPU machine runs it as is: `--providers cuda --frontends 1,2,4,8,12`.
+A GPU machine runs it as is: `--providers cuda --frontends 1,2,4,8,12` (benchmarks/results/h200/ used
+`--frontends 0,1,2,4,8,12 --clients 64 --seconds 10` on 16 cores). A row that replayed requests already sent
+says so: those add no window, so windows/s would be capped by `--users`.
 `--baseline REV` also runs, before each row's, the same load against the service as it was at git revision REV
 (its model/ and service/ first on PYTHONPATH): old and new code alternated in one sitting, with the ratio of their
 event loops' CPU per window.
@@ -211,7 +213,9 @@ def main() -> None:
     p.add_argument("--frontends", default="0,1,2,4", help="comma-separated; 0: models in-process (no engine)")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20)
-    p.add_argument("--users", type=int, default=400)
+    # every household: on a GPU a 10 s run sends more requests than 400 households have weeks, and a request
+    # replayed adds no window (its windows are stored), so fewer households would cap windows/s
+    p.add_argument("--users", type=int, default=2469)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--baseline", help="a git revision whose service runs, batching on, before each row's")
     args = p.parse_args()
@@ -258,6 +262,11 @@ def main() -> None:
             f"{off['windows_s']:12.1f} | {ratio:5.2f}x | {on['p50'] * 1e3:6.1f} | {on['p99'] * 1e3:6.1f} | "
             f"{on['batch']:12.1f} | {c['event loops']:21.2f} | {c['frontends']:19.2f} | {c['engine']:16.2f}"
             + (f"  ({on['errors']} + {off['errors']} errors)" if on["errors"] or off["errors"] else "")
+            + (
+                f"  ({on['replayed']} + {off['replayed']} replays of requests already sent: raise --users)"
+                if on["replayed"] or off["replayed"]
+                else ""
+            )
         )
     if baseline:
         print(f"baseline {args.baseline}, batching on, run just before each row above:")
