@@ -33,18 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import recorded  # noqa: E402
 
 
-def volume_scaled(pooled: np.ndarray, n_sources: int, activity: int) -> np.ndarray:
+def volume_scaled(pooled: np.ndarray, n_sources: int, activity: tuple[str, ...]) -> np.ndarray:
     """pool_user's [users, sources x (dim + activity)] -> the same with each source's mean times log1p(its events)
-    appended (the activity's second column is log1p(events))."""
+    appended (`activity`: model.decoded.ACTIVITY, the names of the columns after each source's mean)."""
     blocks = pooled.reshape(len(pooled), n_sources, -1)
-    mean, events = blocks[:, :, :-activity], blocks[:, :, -activity + 1]
+    mean, events = blocks[:, :, : -len(activity)], blocks[:, :, -len(activity) + activity.index("events")]
     return np.hstack([pooled, (mean * events[:, :, None]).reshape(len(pooled), -1)])
 
 
 @recorded
 def main() -> None:
     from u2qt.model.decoded import ACTIVITY
-    from u2qt.model.sources import window_index
+    from u2qt.model.sources import window_start
     from u2qt.training.embeddings import embed_texts_cached
     from u2qt.training.evaluation import (
         BASELINE,
@@ -67,7 +67,7 @@ def main() -> None:
     d = prepare(args.train_dir, cfg, None, None, progress=True)
     base = d.ck.train_config
     q = base.quantizer
-    n_sources, n_act = len(d.names), len(ACTIVITY)
+    n_sources = len(d.names)
 
     def readings(label: str) -> dict[str, np.ndarray]:
         mrq = fit_variant("MRQ-VAE", base, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
@@ -76,7 +76,7 @@ def main() -> None:
         out = {}
         for key, name in ((CONTINUOUS, "continuous"), (DECODED, "decoded tokens")):
             out[f"{label}: {name}, pooled"] = reps[key]
-            out[f"{label}: {name}, pooled + volume-scaled mean"] = volume_scaled(reps[key], n_sources, n_act)
+            out[f"{label}: {name}, pooled + volume-scaled mean"] = volume_scaled(reps[key], n_sources, ACTIVITY)
         return out
 
     reps = {BASELINE: raw_baseline(d.events, d.sources, d.users, d.lo, d.hi)}
@@ -97,12 +97,13 @@ def main() -> None:
 
     # each text window as the log1p-count-weighted mean of its events' text embeddings
     w = d.corpus.windows
-    row_of = {(u, s, int(i)): r for r, (u, s, i) in enumerate(zip(w["user_id"], w["source"], d.w_idx, strict=True))}
+    # an event's window, keyed as build_corpus keys it: (user, source, window_start)
+    row_of = {k: r for r, k in enumerate(zip(w["user_id"], w["source"], w["window_start"], strict=True))}
     events = d.events[d.events["text"].notna()]
     texts = sorted(events["text"].unique())
     emb, _ = embed_texts_cached(texts, args.train_dir / "encoder", d.ck.encoder, args.train_dir / "cache", 64, False)
-    idx = window_index(events["ts"].to_numpy(), d.sources.period_s)
-    rows = np.array([row_of[k] for k in zip(events["user_id"], events["source"], idx.astype(int), strict=True)])
+    starts = window_start(events["ts"].to_numpy(), d.sources.period_s)
+    rows = np.array([row_of[k] for k in zip(events["user_id"], events["source"], starts, strict=True)])
     item = events["text"].map({t: i for i, t in enumerate(texts)}).to_numpy()
     pair, n = np.unique(rows.astype(np.int64) * len(texts) + item, return_counts=True)
     weight = np.log1p(n)
