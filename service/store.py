@@ -84,7 +84,7 @@ for g = 0, (#KEYS - 1) / 2 - 1 do
   if known then n = redis.call('HLEN', evs) - redis.call('HEXISTS', evs, '') end
   local status, added = {}, 0
   for i = a, a + 2 * m - 1, 2 do
-    if known and redis.call('HEXISTS', evs, ARGV[i]) == 1 then
+    if (known or added > 0) and redis.call('HEXISTS', evs, ARGV[i]) == 1 then
       status[#status + 1] = 0
     elseif refuse then
       status[#status + 1] = refuse

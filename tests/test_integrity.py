@@ -352,3 +352,16 @@ def test_the_msgspec_body_decoder_reads_every_body_as_the_pydantic_schema_does(b
         return
     fields = ("event_id", "user_id", "source", "ts", "text", "amount", "attributes")
     assert [{f: getattr(e, f) for f in fields} for e in tokenize_events(raw)] == expected
+
+
+def test_an_event_id_sent_twice_in_one_request_is_stored_once_and_later_events_still_retokenize(serve):
+    base, _ = serve()
+    first = post(base, [milk("d1", user_id="dup"), milk("d1", user_id="dup", text="bread")]).json()
+    assert [e["status"] for e in first["events"]] == ["accepted", "duplicate"], first
+    assert first["accepted"] == 1 and first["duplicates"] == 1
+    assert first["windows"][0]["event_count"] == 1
+    later = post(base, [milk("d2", user_id="dup", ts=TS + 60, text="eggs")]).json()
+    assert later["accepted"] == 1 and later["windows"], later  # the window is re-tokenized with its new event
+    assert later["windows"][0]["event_count"] == 2
+    history = httpx.get(f"{base}/users/dup/tokens").json()
+    assert [w["event_count"] for w in history["windows"]] == [2], history

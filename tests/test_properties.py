@@ -62,6 +62,7 @@ def test_random_streams_keep_every_invariant(live, stream):
     ]
     users = sorted({e["user_id"] for r in requests for e in r if isinstance(e["user_id"], str)})
 
+    accepted: dict[tuple, list[str]] = {}  # (user, source, window start) -> the event ids answered `accepted`
     for body in requests:
         r = tokenize(live, body)
         assert r.status_code in (200, 413, 422), r.text
@@ -72,6 +73,11 @@ def test_random_streams_keep_every_invariant(live, stream):
             if status["status"] == "accepted":
                 stored = {(w["source"], w["window_start"]) for w in history(live, e["user_id"])}
                 assert (e["source"], window_of(e["ts"])) in stored, "an accepted event's window is stored"
+                accepted.setdefault((e["user_id"], e["source"], window_of(e["ts"])), []).append(e["event_id"])
+    for (user, source, start), ids in accepted.items():
+        assert len(ids) == len(set(ids)), "an event id is accepted once per window"
+        counts = {(w["source"], w["window_start"]): w["event_count"] for w in history(live, user)}
+        assert counts[(source, start)] == len(ids), "a window counts every event it accepted, once"
 
     before = {u: history(live, u) for u in users}
     for body in requests:  # the whole stream again: at-least-once delivery
