@@ -201,8 +201,9 @@ class EventTokenizer:
         """Windows and tokens counted once per request (not per window: a label lookup costs more than the count)."""
         if not len(src):
             return
-        for i, n in zip(*np.unique(src, return_counts=True), strict=True):
-            self._windows_by_source[i].inc(int(n))
+        for i, n in enumerate(np.bincount(src, minlength=len(self.source_names)).tolist()):
+            if n:
+                self._windows_by_source[i].inc(n)
         for level in range(codes.shape[1]):
             self._tokens_by_level[level].inc(len(codes))
             seen = self._seen[level]
