@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from u2qt.service.http import at_most, fastapi_errors, key_check
+from u2qt.service.http import OrjsonResponse, at_most, fastapi_errors, key_check
 from u2qt.service.ingest import validation_errors
 from u2qt.service.schemas import tokenize_events
 from u2qt.service.state import ServiceState
@@ -22,7 +21,7 @@ from u2qt.service.state import ServiceState
 writer_check = key_check("writer_keys")
 
 
-async def tokenize(request: Request) -> dict:
+async def tokenize(request: Request) -> OrjsonResponse:
     """Tokenize events: each (user, source, window) they touch is re-rendered from all of its events,
     tokenized, and stored in the user's history. Replays are no-ops; late events are refused per event."""
     await writer_check(request)
@@ -37,7 +36,7 @@ async def tokenize(request: Request) -> dict:
     errors = validation_errors(events, s.manifest, latest)
     if errors:
         raise RequestValidationError(errors)
-    return await s.tokenizer.tokenize(events)
+    return OrjsonResponse(await s.tokenizer.tokenize(events))
 
 
 class TokenizeRoute:
@@ -52,17 +51,13 @@ class TokenizeRoute:
         scope["u2qt_route"] = "/tokenize"
         request = Request(scope, receive)
         try:
-            body = orjson.dumps(await tokenize(request), default=str)
+            response = await tokenize(request)
         except Exception as exc:
             handler = exception_handler(scope["app"], exc)
             if handler is None:
                 raise  # a 500 from the app's ServerErrorMiddleware, as for any route
             response = await handler(request, exc)
-            return await response(scope, receive, send)
-        # the 200 sent as its two ASGI messages: a Response object's header assembly showed in the profile
-        headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)
 
 
 def exception_handler(app, exc: Exception):
