@@ -135,12 +135,7 @@ class SourcesConfig(BaseModel):
         raise KeyError(name)
 
     def get(self, name: str) -> SourceSpec | None:
-        return self.by_name.get(name)
-
-    @functools.cached_property
-    def by_name(self) -> dict[str, SourceSpec]:
-        """name -> spec: get() runs once per event on the request path, where a scan showed in the profile."""
-        return {s.name: s for s in self.sources}
+        return next((s for s in self.sources if s.name == name), None)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SourcesConfig:
