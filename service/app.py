@@ -28,6 +28,7 @@ from u2qt.service.ingest import TooManyWindows
 from u2qt.service.metrics import exposition
 from u2qt.service.middleware import AdmissionGate, BodyLimit, RequestMetrics
 from u2qt.service.openapi import document_routes
+from u2qt.service.redis_client import evicting_masters, eviction_refusal
 from u2qt.service.schemas import BatchEmbeddingRequest, BatchHistoryRequest, TokenizeRequest
 from u2qt.service.settings import ServiceSettings
 from u2qt.service.state import ServiceState, current
@@ -115,8 +116,11 @@ def add_ops_routes(app: FastAPI) -> None:
     async def readyz(s: ServiceState = Depends(current)):
         try:
             await asyncio.wait_for(s.redis.ping(), 2.0)
+            evicting = [] if s.settings.redis_allow_eviction else await asyncio.wait_for(evicting_masters(s.redis), 2.0)
         except (RedisError, OSError, TimeoutError) as e:
             return OrjsonResponse({"status": "not ready", "redis": type(e).__name__}, 503)
+        if evicting:
+            return OrjsonResponse({"status": "not ready", "redis": eviction_refusal(evicting)}, 503)
         if s.engine is not None and not s.engine.up:
             return OrjsonResponse({"status": "not ready", "engine": "unavailable"}, 503)
         if not s.warmed:

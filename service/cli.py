@@ -321,6 +321,32 @@ def example_event(manifest: Manifest) -> dict:
     return {**event, "attributes": dict.fromkeys(spec.attributes, 1.0)}
 
 
+def check_eviction(settings) -> None:
+    """Refuses a REDIS_URL whose server may evict keys (service/redis_client.py: evicting_masters). A Redis that
+    does not answer yet is not judged here: the service starts, and /readyz judges it once it answers."""
+    if not settings.redis_url or settings.redis_allow_eviction:
+        return
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from u2qt.service.redis_client import connect, evicting_masters, eviction_refusal
+
+    async def masters() -> list[str]:
+        client = connect(settings.redis_url, settings.redis_cluster, 4, settings.redis_pool_timeout_s)
+        try:
+            return await asyncio.wait_for(evicting_masters(client), 5.0)
+        finally:
+            await client.aclose()
+
+    try:
+        evicting = asyncio.run(masters())
+    except (RedisError, OSError, TimeoutError):
+        return
+    if evicting:
+        raise CLIError(eviction_refusal(evicting))
+
+
 def cmd_serve(args) -> None:
     # nothing here imports prometheus_client before frontends.serve has set its multiprocess directory
     from u2qt.model.manifest import Manifest
@@ -330,6 +356,7 @@ def cmd_serve(args) -> None:
     if not (Path(settings.artifacts) / "manifest.json").is_file():
         raise CLIError(f"no manifest.json in {settings.artifacts}: run `u2qt export` (or `u2qt up`) first")
     check_port(args.host, args.port)
+    check_eviction(settings)
     print(
         f"serving {settings.artifacts} on http://{args.host}:{args.port}  (docs: /docs, metrics: /metrics, "
         f"store: {'REDIS_URL' if settings.redis_url else 'embedded redis in ' + str(settings.embedded_redis_dir)})",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+ALLOW_EVICTION = "U2QT_REDIS_ALLOW_EVICTION"
+
 CLUSTER_SCHEME = "redis+cluster://"
 
 
@@ -32,3 +34,28 @@ def connect(
         url, max_connections=max_connections, timeout=pool_timeout_s, health_check_interval=10, **timeouts
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+async def evicting_masters(client: aioredis.Redis | RedisCluster) -> list[str]:
+    """The masters that may evict the store's keys: a `maxmemory` with any `maxmemory-policy` but `noeviction`.
+    Every key the service writes has a TTL, so the volatile-* policies (a managed Redis' usual default) may drop
+    them too, and an eviction is silent: the writes before it answered OK, and a history or an open window's events
+    are simply gone. Read from INFO, which managed services serve where they disable CONFIG."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        nodes = [(n.name, await client.info("memory", target_nodes=n)) for n in client.get_primaries()]
+    else:
+        nodes = [("redis", await client.info("memory"))]
+    return [
+        f"{name}: maxmemory {info['maxmemory']} bytes, maxmemory-policy {info['maxmemory_policy']}"
+        for name, info in nodes
+        if int(info.get("maxmemory", 0)) > 0 and info.get("maxmemory_policy", "noeviction") != "noeviction"
+    ]
+
+
+def eviction_refusal(masters: list[str]) -> str:
+    return (
+        f"this Redis may evict u2qt's keys ({'; '.join(masters)}): accepted events and stored histories would be "
+        f"lost without an error. Set maxmemory-policy noeviction (writes then get 503 when Redis is full), or "
+        f"{ALLOW_EVICTION}=1 if losing histories is acceptable to you"
+    )

@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
         256, ge=1, description="Redis connections at most; more requests wait for one (a busy pool is load, not 503)"
     )
     redis_pool_timeout_s: float = Field(5.0, gt=0, description="how long a request waits for a Redis connection")
+    redis_allow_eviction: bool = Field(
+        False,
+        description="serve on a Redis whose maxmemory-policy may evict keys (it loses histories silently); unset: "
+        "`u2qt serve` refuses to start on one and /readyz answers 503",
+    )
 
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime execution provider: `auto` takes CUDA when onnxruntime-gpu finds a GPU"

@@ -245,3 +245,75 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(serve):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     tested = re.search(r"Tested: (\d+)", r.stdout)
     assert tested and int(tested.group(1)) >= 6, r.stdout[-1500:]  # every operation was exercised
+
+
+def evicting(port: int, policy: str = "allkeys-lru") -> None:
+    import redis
+
+    redis.Redis(port=port).config_set("maxmemory", 100 * 2**20)
+    redis.Redis(port=port).config_set("maxmemory-policy", policy)
+
+
+def not_evicting(port: int) -> None:
+    import redis
+
+    redis.Redis(port=port).config_set("maxmemory-policy", "noeviction")
+    redis.Redis(port=port).config_set("maxmemory", 0)
+
+
+def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir):
+    """Every key u2qt writes has a TTL, so a managed Redis' usual volatile-lru would drop histories silently:
+    `u2qt serve` names the setting and stops, unless told that losing histories is acceptable."""
+    import sys
+
+    from benchmarks.harness import free_port
+    from u2qt.service.cli import check_eviction
+    from u2qt.service.settings import ServiceSettings
+
+    server = RedisProcess().start()
+    try:
+        evicting(server.port, "volatile-lru")
+        env = dict(os.environ, REDIS_URL=server.url)
+        args = [sys.executable, "-m", "u2qt.service.cli", "serve", "--artifacts", str(trained_dir[0])]
+        r = subprocess.run([*args, "--port", str(free_port())], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "maxmemory-policy volatile-lru" in r.stderr and "noeviction" in r.stderr, r.stderr
+        assert "U2QT_REDIS_ALLOW_EVICTION" in r.stderr and "Traceback" not in r.stderr and "serving" not in r.stdout
+        check_eviction(ServiceSettings(redis_url=server.url, redis_allow_eviction=True))  # accepted knowingly
+        not_evicting(server.port)
+        check_eviction(ServiceSettings(redis_url=server.url))
+    finally:
+        server.stop()
+
+
+def test_a_redis_that_starts_evicting_makes_the_service_unready(serve, redis_server):
+    base, _ = serve()
+    try:
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        evicting(redis_server.port)
+        r = httpx.get(f"{base}/readyz")
+        assert r.status_code == 503 and "maxmemory-policy allkeys-lru" in r.json()["redis"], r.text
+    finally:
+        not_evicting(redis_server.port)
+    assert httpx.get(f"{base}/readyz").status_code == 200
+
+
+def test_every_evicting_master_of_a_cluster_is_named(redis_cluster):
+    import asyncio
+
+    from u2qt.service.redis_client import connect, evicting_masters
+
+    async def masters():
+        client = connect(redis_cluster.url)
+        try:
+            return await evicting_masters(client)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(masters()) == []
+    try:
+        evicting(redis_cluster.ports[1], "volatile-ttl")
+        found = asyncio.run(masters())
+        assert len(found) == 1 and f":{redis_cluster.ports[1]}:" in found[0] and "volatile-ttl" in found[0], found
+    finally:
+        not_evicting(redis_cluster.ports[1])
