@@ -189,6 +189,10 @@ def cmd_batch(args) -> None:
 
     if not Path(args.artifacts, "manifest.json").is_file():
         raise CLIError(f"{args.artifacts}: no manifest.json (u2qt export writes it)")
+    from u2qt.service.settings import ServiceSettings
+
+    where = {"redis_url": args.redis} if args.redis else {}
+    check_eviction(ServiceSettings(**where, **({"redis_cluster": True} if args.redis_cluster else {})))
     job = BatchJob(
         artifacts=Path(args.artifacts),
         events=args.events,
@@ -322,8 +326,9 @@ def example_event(manifest: Manifest) -> dict:
 
 
 def check_eviction(settings) -> None:
-    """Refuses a REDIS_URL whose server may evict keys (service/redis_client.py: evicting_masters). A Redis that
-    does not answer yet is not judged here: the service starts, and /readyz judges it once it answers."""
+    """Refuses a REDIS_URL whose server may evict keys (service/redis_client.py: evicting_masters), for `u2qt serve`
+    and `u2qt batch`. A Redis that does not answer yet is not judged here: the service starts, and /readyz judges
+    it once it answers; the batch job fails on its own first write."""
     if not settings.redis_url or settings.redis_allow_eviction:
         return
     import asyncio

@@ -263,7 +263,7 @@ def not_evicting(port: int) -> None:
 
 def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir):
     """Every key u2qt writes has a TTL, so a managed Redis' usual volatile-lru would drop histories silently:
-    `u2qt serve` names the setting and stops, unless told that losing histories is acceptable."""
+    `u2qt serve` and `u2qt batch` name the setting and stop, unless told that losing histories is acceptable."""
     import sys
 
     from benchmarks.harness import free_port
@@ -279,6 +279,9 @@ def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir):
         assert r.returncode == 2, r.stdout + r.stderr
         assert "maxmemory-policy volatile-lru" in r.stderr and "noeviction" in r.stderr, r.stderr
         assert "U2QT_REDIS_ALLOW_EVICTION" in r.stderr and "Traceback" not in r.stderr and "serving" not in r.stdout
+        batch = [sys.executable, "-m", "u2qt.service.cli", "batch", "--artifacts", str(trained_dir[0])]
+        r = subprocess.run([*batch, "--events", "x.parquet"], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 2 and "maxmemory-policy volatile-lru" in r.stderr and "Traceback" not in r.stderr
         check_eviction(ServiceSettings(redis_url=server.url, redis_allow_eviction=True))  # accepted knowingly
         not_evicting(server.port)
         check_eviction(ServiceSettings(redis_url=server.url))
