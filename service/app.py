@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi_offline import FastAPIOffline
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from u2qt.service import read_routes, state
 from u2qt.service.batcher import QueueFull
@@ -90,9 +90,12 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisError)
     async def redis_down(request, exc):
         request.app.state.u2qt.metrics.rejected.labels("redis_unavailable").inc()
-        return OrjsonResponse(
-            {"detail": f"token store unavailable: {type(exc).__name__}"}, 503, headers={"Retry-After": "2"}
-        )
+        detail = f"token store unavailable: {type(exc).__name__}"
+        if isinstance(exc, OutOfMemoryError):
+            # a full Redis under noeviction: an operator's problem, named as such (events it stored before it
+            # filled are re-tokenized when the request is retried)
+            detail = f"token store full: Redis reached its maxmemory ({exc}); retry once it has room"
+        return OrjsonResponse({"detail": detail}, 503, headers={"Retry-After": "2"})
 
     @app.exception_handler(EngineUnavailable)
     async def engine_down(request, exc):

@@ -320,3 +320,25 @@ def test_every_evicting_master_of_a_cluster_is_named(redis_cluster):
         assert len(found) == 1 and f":{redis_cluster.ports[1]}:" in found[0] and "volatile-ttl" in found[0], found
     finally:
         not_evicting(redis_cluster.ports[1])
+
+
+def test_a_full_redis_gets_503_naming_it_and_the_retry_stores_everything(serve, redis_server):
+    """Under noeviction a full Redis refuses writes: each write answers 503 saying the store is full, and once
+    Redis has room the same request, retried, leaves every event in its window's tokens."""
+    import redis
+
+    from tests.test_integrity import milk
+    from tests.test_service import post
+
+    base, _ = serve()
+    events = [milk(f"f{i}", user_id="full", ts=1489060406 + 60 * i) for i in range(3)]
+    used = redis.Redis(port=redis_server.port).info("memory")["used_memory"]
+    try:
+        redis.Redis(port=redis_server.port).config_set("maxmemory", used // 2)  # the policy stays noeviction
+        r = post(base, events)
+        assert r.status_code == 503 and "token store full" in r.json()["detail"], r.text
+        assert r.headers["retry-after"]
+    finally:
+        not_evicting(redis_server.port)
+    r = post(base, events)
+    assert r.status_code == 200 and r.json()["windows"][0]["event_count"] == 3, r.text
