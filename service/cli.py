@@ -348,7 +348,14 @@ def check_eviction(settings) -> None:
         evicting = asyncio.run(masters())
     except (RedisError, OSError, TimeoutError):
         return
-    if evicting:
+    if evicting is None:
+        print(
+            "u2qt: this Redis user may not run INFO, so its maxmemory-policy is unknown: make sure it is noeviction "
+            "(any other policy may drop histories without an error)",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif evicting:
         raise CLIError(eviction_refusal(evicting))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoPermissionError
 
 ALLOW_EVICTION = "U2QT_REDIS_ALLOW_EVICTION"
 
@@ -36,16 +37,20 @@ def connect(
     return aioredis.Redis(connection_pool=pool)
 
 
-async def evicting_masters(client: aioredis.Redis | RedisCluster) -> list[str]:
-    """The masters that may evict the store's keys: a `maxmemory` with any `maxmemory-policy` but `noeviction`.
+async def evicting_masters(client: aioredis.Redis | RedisCluster) -> list[str] | None:
+    """The masters that may evict the store's keys: a `maxmemory` with any `maxmemory-policy` but `noeviction`;
+    None when the Redis user may not run INFO (an ACL), so nobody can tell.
     Every key the service writes has a TTL, so the volatile-* policies (a managed Redis' usual default) may drop
     them too, and an eviction is silent: the writes before it answered OK, and a history or an open window's events
     are simply gone. Read from INFO, which managed services serve where they disable CONFIG."""
-    if isinstance(client, RedisCluster):
-        await client.initialize()
-        nodes = [(n.name, await client.info("memory", target_nodes=n)) for n in client.get_primaries()]
-    else:
-        nodes = [("redis", await client.info("memory"))]
+    try:
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            nodes = [(n.name, await client.info("memory", target_nodes=n)) for n in client.get_primaries()]
+        else:
+            nodes = [("redis", await client.info("memory"))]
+    except NoPermissionError:
+        return None
     return [
         f"{name}: maxmemory {info['maxmemory']} bytes, maxmemory-policy {info['maxmemory_policy']}"
         for name, info in nodes

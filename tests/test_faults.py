@@ -261,7 +261,7 @@ def not_evicting(port: int) -> None:
     redis.Redis(port=port).config_set("maxmemory", 0)
 
 
-def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir):
+def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir, capsys):
     """Every key u2qt writes has a TTL, so a managed Redis' usual volatile-lru would drop histories silently:
     `u2qt serve` and `u2qt batch` name the setting and stop, unless told that losing histories is acceptable."""
     import sys
@@ -283,6 +283,14 @@ def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir):
         r = subprocess.run([*batch, "--events", "x.parquet"], capture_output=True, text=True, timeout=120, env=env)
         assert r.returncode == 2 and "maxmemory-policy volatile-lru" in r.stderr and "Traceback" not in r.stderr
         check_eviction(ServiceSettings(redis_url=server.url, redis_allow_eviction=True))  # accepted knowingly
+        # a Redis user whose ACL forbids INFO: nobody can tell the policy, so serving goes on, with a warning
+        import redis
+
+        redis.Redis(port=server.port).acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"],
+                                                  commands=["+@all", "-info"])  # fmt: skip
+        limited = f"redis://limited:pw@127.0.0.1:{server.port}/0"
+        check_eviction(ServiceSettings(redis_url=limited))
+        assert "maxmemory-policy is unknown" in capsys.readouterr().err
         not_evicting(server.port)
         check_eviction(ServiceSettings(redis_url=server.url))
     finally:
