@@ -87,14 +87,14 @@ class Deployment:
         }
 
 
-def run_load(args, url: str, payloads, frontends: int, max_batch: int) -> dict:
+def run_load(args, url: str, payloads, frontends: int, max_batch: int, clients: int) -> dict:
     svc = Replicas(
         1, args.artifacts, url, f"fe{frontends}-{max_batch}-{time.time_ns()}", max_batch, args.providers, frontends
     )
     try:
         base, d = svc.bases[0], Deployment(svc.services[0], frontends)
         cpu0, b0 = d.cpu(), batch_totals([base])
-        r = post_load_wrk([base], payloads, args.clients, args.seconds)
+        r = post_load_wrk([base], payloads, clients, args.seconds)
         cpu1, b1 = d.cpu(), batch_totals([base])
     finally:
         svc.stop()
@@ -211,7 +211,11 @@ def main() -> None:
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)
     p.add_argument("--providers", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--frontends", default="0,1,2,4", help="comma-separated; 0: models in-process (no engine)")
-    p.add_argument("--clients", type=int, default=32)
+    p.add_argument(
+        "--clients",
+        default="32",
+        help="wrk connections; comma-separated: every frontends row at each (is a row bound by its clients?)",
+    )
     p.add_argument("--seconds", type=float, default=20)
     # every household: on a GPU a 10 s run sends more requests than 400 households have weeks, and a request
     # replayed adds no window (its windows are stored), so fewer households would cap windows/s
@@ -220,6 +224,7 @@ def main() -> None:
     p.add_argument("--baseline", help="a git revision whose service runs, batching on, before each row's")
     args = p.parse_args()
     counts = [int(x) for x in args.frontends.split(",")]
+    client_counts = [int(x) for x in args.clients.split(",")]
     payloads = requests_by_user_week(args.users)
     ipc = ipc_round_trip(args.artifacts, payloads)
     store = RedisProcess().start()
@@ -229,10 +234,14 @@ def main() -> None:
         old = baseline_tree(args.baseline, scratch) if args.baseline else None
         rows, baseline = {}, {}
         for n in counts:  # (the baseline,) batching on, then off, per count: side by side in one sitting
-            if old is not None:
-                with service_code(old):
-                    baseline[n] = run_load(args, store.url, payloads, n, args.max_batch)
-            rows[n] = run_load(args, store.url, payloads, n, args.max_batch), run_load(args, store.url, payloads, n, 1)
+            for k in client_counts:
+                if old is not None:
+                    with service_code(old):
+                        baseline[n, k] = run_load(args, store.url, payloads, n, args.max_batch, k)
+                rows[n, k] = (
+                    run_load(args, store.url, payloads, n, args.max_batch, k),
+                    run_load(args, store.url, payloads, n, 1, k),
+                )
     finally:
         store.kill()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -250,15 +259,20 @@ def main() -> None:
         f"IPC, one request of 64 windows ({ipc['tokens']} subword ids, {ipc['bytes']:,} bytes) to the engine and "
         f"back, no inference: {ipc['ms']:.3f} ms median round trip (packing {ipc['pack_ms']:.3f} ms)"
     )
-    print(
-        "frontends | windows/s | e2e/raw | batching off | on/off | p50 ms | p99 ms | engine batch | "
-        "event loops ms/window | frontends ms/window | engine ms/window"
-    )
-    for n, (on, off) in rows.items():
+    several = len(client_counts) > 1  # a clients column only then: one count prints as it always has
+
+    def label(n: int, k: int) -> str:
         name = "0 (in-process)" if n == 0 else str(n)
+        return f"{name:>14} | {k:7d}" if several else f"{name:>14}"
+
+    print(
+        "frontends |" + (" clients |" if several else "") + " windows/s | e2e/raw | batching off | on/off | p50 ms | "
+        "p99 ms | engine batch | event loops ms/window | frontends ms/window | engine ms/window"
+    )
+    for (n, k), (on, off) in rows.items():
         c, ratio = on["cpu_ms"], on["windows_s"] / max(off["windows_s"], 1e-9)
         print(
-            f"{name:>14} | {on['windows_s']:9.1f} | {on['windows_s'] / raw.windows_s:7.2f} | "
+            f"{label(n, k)} | {on['windows_s']:9.1f} | {on['windows_s'] / raw.windows_s:7.2f} | "
             f"{off['windows_s']:12.1f} | {ratio:5.2f}x | {on['p50'] * 1e3:6.1f} | {on['p99'] * 1e3:6.1f} | "
             f"{on['batch']:12.1f} | {c['event loops']:21.2f} | {c['frontends']:19.2f} | {c['engine']:16.2f}"
             + (f"  ({on['errors']} + {off['errors']} errors)" if on["errors"] or off["errors"] else "")
@@ -270,12 +284,14 @@ def main() -> None:
         )
     if baseline:
         print(f"baseline {args.baseline}, batching on, run just before each row above:")
-        print("frontends | windows/s | e2e/raw | event loops ms/window | this checkout / baseline (event loops)")
-        for n, b in baseline.items():
-            name = "0 (in-process)" if n == 0 else str(n)
-            now = rows[n][0]["cpu_ms"]["event loops"]
+        print(
+            "frontends |" + (" clients |" if several else "") + " windows/s | e2e/raw | event loops ms/window | "
+            "this checkout / baseline (event loops)"
+        )
+        for (n, k), b in baseline.items():
+            now = rows[n, k][0]["cpu_ms"]["event loops"]
             print(
-                f"{name:>14} | {b['windows_s']:9.1f} | {b['windows_s'] / raw.windows_s:7.2f} | "
+                f"{label(n, k)} | {b['windows_s']:9.1f} | {b['windows_s'] / raw.windows_s:7.2f} | "
                 f"{b['cpu_ms']['event loops']:21.2f} | {now / max(b['cpu_ms']['event loops'], 1e-9):.2f}"
             )
     print(
