@@ -42,7 +42,6 @@ def decoded_through(model, vectors: np.ndarray, source: np.ndarray, names: list[
 
 @recorded
 def main() -> None:
-    import pandas as pd
     import torch
 
     from u2qt.training.evaluation import (
@@ -56,11 +55,11 @@ def main() -> None:
         pooled,
         prepare,
         probe_all,
-        raw_baseline,
         signal_retention,
+        token_representations,
     )
-    from u2qt.training.events import normalize_events, read_events
-    from u2qt.training.train import corpus_tensors, load_checkpoint
+    from u2qt.training.events import normalize_events, read_events, read_labels
+    from u2qt.training.train import load_checkpoint
 
     p = argparse.ArgumentParser()
     p.add_argument("--train-dir", default="artifacts/ml-100k", type=Path)
@@ -71,30 +70,22 @@ def main() -> None:
     started = time.perf_counter()
     sources = load_checkpoint(args.train_dir).train_config.sources
     events = normalize_events(read_events(args.data / "events.parquet"), sources)
-    labels = pd.read_csv(args.data / "labels.csv")
-    labels = labels.assign(user_id=labels["user_id"].astype(str)).set_index("user_id").astype(float)
+    cfg = EvalConfig(cutoff=args.cutoff, ablations=False)
+    d = prepare(args.train_dir, cfg, events, read_labels(args.data / "labels.csv"), progress=False)
+    q = d.ck.train_config.quantizer
+    src = d.corpus.windows["source_index"].to_numpy()
     rows = []
     for epochs in [int(x) for x in args.epochs.split(",")]:
-        cfg = EvalConfig(cutoff=args.cutoff, ablations=False, tokenizer_epochs=epochs)
-        d = prepare(args.train_dir, cfg, events, labels, progress=False)
-        q = d.ck.train_config.quantizer
         mrq = fit_variant("MRQ-VAE", d.ck.train_config, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
                           q.specific_levels, epochs, False)  # fmt: skip
-        e, s, f = corpus_tensors(d.corpus, d.text_emb)
+        every, src_emb = token_representations(d, {"MRQ-VAE": mrq})
         with torch.no_grad():
-            h = mrq.model.source_embedding(e, s, f)
-            z = mrq.model.encoder(h).numpy()
-        src = d.corpus.windows["source_index"].to_numpy()
+            z = mrq.model.encoder(torch.from_numpy(src_emb)).numpy()
         zhat = decoded_tokens(mrq, len(d.corpus))
-        width = h.shape[1]
-        reps = {
-            BASELINE: raw_baseline(d.events, d.sources, d.users, d.lo, d.hi),
-            CONTINUOUS: pooled(h.numpy(), d),
-            LATENT: pooled(z, d),
-            DECODED: pooled(zhat, d),
-            "tokens through the decoders, pooled": pooled(decoded_through(mrq.model, zhat, src, d.names, width), d),
-            "latent z through the decoders, pooled": pooled(decoded_through(mrq.model, z, src, d.names, width), d),
-        }
+        width = src_emb.shape[1]
+        reps = {k: every[k] for k in (BASELINE, CONTINUOUS, LATENT, DECODED)}
+        reps["tokens through the decoders, pooled"] = pooled(decoded_through(mrq.model, zhat, src, d.names, width), d)
+        reps["latent z through the decoders, pooled"] = pooled(decoded_through(mrq.model, z, src, d.names, width), d)
         results = probe_all(d, reps, cfg, progress=False)
         retention = signal_retention(results, BASELINE)
         for name, x in reps.items():

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import TokenizerRuntime
 from u2qt.service import batch_stages as stages
-from u2qt.service.redis_client import connect
+from u2qt.service.redis_client import check_eviction, connect
 from u2qt.service.settings import ServiceSettings
 from u2qt.service.store import TokenHistoryStore
 
@@ -52,11 +52,13 @@ STORE_SETTINGS = ("key_prefix", "history_days", "ttl_days", "late_windows", "max
 
 
 def resolved(job: BatchJob) -> BatchJob:
-    """The job with its Redis URL and store settings taken from the environment where it does not name them."""
+    """The job with its Redis URL and store settings taken from the environment where it does not name them.
+    Raises EvictingRedis for a Redis that may evict keys (unless U2QT_REDIS_ALLOW_EVICTION)."""
     settings = ServiceSettings()
     url = job.redis_url or settings.redis_url
     if not url:
         raise ValueError("u2qt batch needs a Redis: --redis URL, or REDIS_URL")
+    check_eviction(url, job.redis_cluster or settings.redis_cluster, settings.redis_allow_eviction)
     store = {k: getattr(settings, k) for k in STORE_SETTINGS} | (job.store or {})
     store["latest_ts"] = time.time() + settings.max_future_skew  # later event times are refused, as online
     return job.model_copy(

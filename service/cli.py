@@ -150,14 +150,10 @@ def cmd_eval(args) -> None:
     if args.events or args.labels:
         if not (args.events and args.labels):
             raise CLIError("--events and --labels go together (labels: user_id + one 0/1 column per task)")
-        import pandas as pd
+        from u2qt.training.events import read_labels
 
         events = _load_events(args, load_checkpoint(train_dir).train_config.sources)
-        lp = Path(args.labels)
-        labels = pd.read_parquet(lp) if lp.suffix == ".parquet" else pd.read_csv(lp)
-        if "user_id" not in labels:
-            raise CLIError(f"{lp}: needs a user_id column")
-        labels = labels.assign(user_id=labels["user_id"].astype(str)).set_index("user_id").astype(float)
+        labels = read_labels(args.labels)
     report = run_eval(train_dir, Path(args.out), cfg, events, labels)
     print(
         f"wrote {args.out}/report.md ({len(report['results'])} tasks, {report['users']} users, "
@@ -189,10 +185,6 @@ def cmd_batch(args) -> None:
 
     if not Path(args.artifacts, "manifest.json").is_file():
         raise CLIError(f"{args.artifacts}: no manifest.json (u2qt export writes it)")
-    from u2qt.service.settings import ServiceSettings
-
-    where = {"redis_url": args.redis} if args.redis else {}
-    check_eviction(ServiceSettings(**where, **({"redis_cluster": True} if args.redis_cluster else {})))
     job = BatchJob(
         artifacts=Path(args.artifacts),
         events=args.events,
@@ -325,50 +317,17 @@ def example_event(manifest: Manifest) -> dict:
     return {**event, "attributes": dict.fromkeys(spec.attributes, 1.0)}
 
 
-def check_eviction(settings) -> None:
-    """Refuses a REDIS_URL whose server may evict keys (service/redis_client.py: evicting_masters), for `u2qt serve`
-    and `u2qt batch`. A Redis that does not answer yet is not judged here: the service starts, and /readyz judges
-    it once it answers; the batch job fails on its own first write."""
-    if not settings.redis_url or settings.redis_allow_eviction:
-        return
-    import asyncio
-
-    from redis.exceptions import RedisError
-
-    from u2qt.service.redis_client import connect, evicting_masters, eviction_refusal
-
-    async def masters() -> list[str]:
-        client = connect(settings.redis_url, settings.redis_cluster, 4, settings.redis_pool_timeout_s)
-        try:
-            return await asyncio.wait_for(evicting_masters(client), 5.0)
-        finally:
-            await client.aclose()
-
-    try:
-        evicting = asyncio.run(masters())
-    except (RedisError, OSError, TimeoutError):
-        return
-    if evicting is None:
-        print(
-            "u2qt: this Redis user may not run INFO, so its maxmemory-policy is unknown: make sure it is noeviction "
-            "(any other policy may drop histories without an error)",
-            file=sys.stderr,
-            flush=True,
-        )
-    elif evicting:
-        raise CLIError(eviction_refusal(evicting))
-
-
 def cmd_serve(args) -> None:
     # nothing here imports prometheus_client before frontends.serve has set its multiprocess directory
     from u2qt.model.manifest import Manifest
+    from u2qt.service.redis_client import check_eviction
     from u2qt.service.settings import ServiceSettings
 
     settings = ServiceSettings(**({"artifacts": args.artifacts} if args.artifacts else {}))
     if not (Path(settings.artifacts) / "manifest.json").is_file():
         raise CLIError(f"no manifest.json in {settings.artifacts}: run `u2qt export` (or `u2qt up`) first")
     check_port(args.host, args.port)
-    check_eviction(settings)
+    check_eviction(settings.redis_url, settings.redis_cluster, settings.redis_allow_eviction)
     print(
         f"serving {settings.artifacts} on http://{args.host}:{args.port}  (docs: /docs, metrics: /metrics, "
         f"store: {'REDIS_URL' if settings.redis_url else 'embedded redis in ' + str(settings.embedded_redis_dir)})",

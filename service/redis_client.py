@@ -58,6 +58,43 @@ async def evicting_masters(client: aioredis.Redis | RedisCluster) -> list[str] |
     ]
 
 
+class EvictingRedis(ValueError):
+    """The Redis may evict the store's keys (a ValueError: the CLI prints it as one line)."""
+
+
+def check_eviction(url: str | None, cluster: bool, allow: bool) -> None:
+    """Raises EvictingRedis when the Redis at `url` may evict keys, unless `allow`; before `u2qt serve` and
+    `u2qt batch` write anything. A Redis that does not answer yet is not judged here: the service starts and
+    /readyz judges it once it answers; the batch job fails on its own first write."""
+    if not url or allow:
+        return
+    import asyncio
+    import sys
+
+    from redis.exceptions import RedisError
+
+    async def masters() -> list[str] | None:
+        client = connect(url, cluster, 4)
+        try:
+            return await asyncio.wait_for(evicting_masters(client), 5.0)
+        finally:
+            await client.aclose()
+
+    try:
+        evicting = asyncio.run(masters())
+    except (RedisError, OSError, TimeoutError):
+        return
+    if evicting is None:
+        print(
+            "u2qt: this Redis user may not run INFO, so its maxmemory-policy is unknown: make sure it is noeviction "
+            "(any other policy may drop histories without an error)",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif evicting:
+        raise EvictingRedis(eviction_refusal(evicting))
+
+
 def eviction_refusal(masters: list[str]) -> str:
     return (
         f"this Redis may evict u2qt's keys ({'; '.join(masters)}): accepted events and stored histories would be "

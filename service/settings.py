@@ -35,7 +35,7 @@ class ServiceSettings(BaseSettings):
     redis_allow_eviction: bool = Field(
         False,
         description="serve on a Redis whose maxmemory-policy may evict keys (it loses histories silently); unset: "
-        "`u2qt serve` refuses to start on one and /readyz answers 503",
+        "`u2qt serve` and `u2qt batch` refuse one and /readyz answers 503",
     )
 
     providers: Literal["auto", "cpu", "cuda"] = Field(

@@ -267,8 +267,7 @@ def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir, capsys):
     import sys
 
     from benchmarks.harness import free_port
-    from u2qt.service.cli import check_eviction
-    from u2qt.service.settings import ServiceSettings
+    from u2qt.service.redis_client import check_eviction
 
     server = RedisProcess().start()
     try:
@@ -282,17 +281,17 @@ def test_serve_refuses_a_redis_that_may_evict_keys(trained_dir, capsys):
         batch = [sys.executable, "-m", "u2qt.service.cli", "batch", "--artifacts", str(trained_dir[0])]
         r = subprocess.run([*batch, "--events", "x.parquet"], capture_output=True, text=True, timeout=120, env=env)
         assert r.returncode == 2 and "maxmemory-policy volatile-lru" in r.stderr and "Traceback" not in r.stderr
-        check_eviction(ServiceSettings(redis_url=server.url, redis_allow_eviction=True))  # accepted knowingly
+        check_eviction(server.url, False, allow=True)  # accepted knowingly
         # a Redis user whose ACL forbids INFO: nobody can tell the policy, so serving goes on, with a warning
         import redis
 
         redis.Redis(port=server.port).acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"],
                                                   commands=["+@all", "-info"])  # fmt: skip
         limited = f"redis://limited:pw@127.0.0.1:{server.port}/0"
-        check_eviction(ServiceSettings(redis_url=limited))
+        check_eviction(limited, False, allow=False)
         assert "maxmemory-policy is unknown" in capsys.readouterr().err
         not_evicting(server.port)
-        check_eviction(ServiceSettings(redis_url=server.url))
+        check_eviction(server.url, False, allow=False)
     finally:
         server.stop()
 

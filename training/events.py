@@ -35,6 +35,15 @@ def read_events(path: str | Path) -> pd.DataFrame:
     raise EventDataError(f"{path}: unknown format {suffix!r} (use .parquet, .csv or .jsonl)")
 
 
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """User labels for `u2qt eval` (.parquet or .csv: user_id + one 0/1 column per task) -> indexed by user_id."""
+    path = Path(path)
+    labels = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if "user_id" not in labels:
+        raise EventDataError(f"{path}: needs a user_id column")
+    return labels.assign(user_id=labels["user_id"].astype(str)).set_index("user_id").astype(float)
+
+
 def to_unix_seconds(ts: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(ts):
         return ts.astype("float64").to_numpy()
