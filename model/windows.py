@@ -26,21 +26,24 @@ def render_text_window(
     'CATEGORY, N times'), which keeps a busy week inside the encoder's token budget; the encoder then
     truncates from the end, so what gets cut is the weakest (or oldest, with order_by=recency).
     """
-    agg: dict[str, list[float]] = {}  # text -> [count, amount, last_ts]
-    total = 0.0
-    has_amount = False
+    # text -> [count, amounts, last ts]; amounts are summed with math.fsum, exactly, so a window renders the same
+    # whatever order its events come in (summed as they come, 0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1 could swap two
+    # categories of equal spend)
+    agg: dict[str, list] = {}
     for i, raw in enumerate(texts):
         text = " ".join(str(raw).split()).lower()
         if not text:
             continue
         amount = float(amounts[i]) if amounts is not None else math.nan
-        a = agg.setdefault(text, [0.0, 0.0, -math.inf])
+        a = agg.setdefault(text, [0, [], -math.inf])
         a[0] += 1
         if not math.isnan(amount):
-            a[1] += amount
-            total += amount
-            has_amount = True
+            a[1].append(amount)
         a[2] = max(a[2], float(ts[i]))
+    has_amount = any(a[1] for a in agg.values())
+    total = math.fsum(x for a in agg.values() for x in a[1])
+    for a in agg.values():
+        a[1] = math.fsum(a[1])
     if template.order_by == "weight":
         key = (
             (lambda kv: (-kv[1][1], -kv[1][0], -kv[1][2], kv[0]))
@@ -84,5 +87,6 @@ def tabular_window_features(values: np.ndarray) -> np.ndarray:
         if col.size == 0:
             out += [0.0, 0.0, 0.0]
         else:
-            out += [_slog(col.sum()), _slog(col.mean()), _slog(col.max())]
+            total = math.fsum(col)  # exact: the same features whatever order the rows come in
+            out += [_slog(total), _slog(total / col.size), _slog(col.max())]
     return np.asarray(out, dtype=np.float32)

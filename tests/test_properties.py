@@ -1,6 +1,7 @@
 """Random event streams against the real service and a real redis-server (hypothesis): whatever a client sends,
-no 5xx while Redis is up, every event answered `accepted` is stored, a replay never changes a history, and a read
-after any sequence of writes parses."""
+no 5xx while Redis is up, every event answered `accepted` is stored, a window's tokens are those of the events it
+accepted (however they arrived), a replay never changes a history, and a read after any sequence of writes
+parses."""
 
 import itertools
 import json
@@ -62,7 +63,7 @@ def test_random_streams_keep_every_invariant(live, stream):
     ]
     users = sorted({e["user_id"] for r in requests for e in r if isinstance(e["user_id"], str)})
 
-    accepted: dict[tuple, list[str]] = {}  # (user, source, window start) -> the event ids answered `accepted`
+    accepted: dict[tuple, list[dict]] = {}  # (user, source, window start) -> the events answered `accepted`
     for body in requests:
         r = tokenize(live, body)
         assert r.status_code in (200, 413, 422), r.text
@@ -73,11 +74,20 @@ def test_random_streams_keep_every_invariant(live, stream):
             if status["status"] == "accepted":
                 stored = {(w["source"], w["window_start"]) for w in history(live, e["user_id"])}
                 assert (e["source"], window_of(e["ts"])) in stored, "an accepted event's window is stored"
-                accepted.setdefault((e["user_id"], e["source"], window_of(e["ts"])), []).append(e["event_id"])
-    for (user, source, start), ids in accepted.items():
+                accepted.setdefault((e["user_id"], e["source"], window_of(e["ts"])), []).append(e)
+    for (user, source, start), events in accepted.items():
+        ids = [e["event_id"] for e in events]
         assert len(ids) == len(set(ids)), "an event id is accepted once per window"
         counts = {(w["source"], w["window_start"]): w["event_count"] for w in history(live, user)}
         assert counts[(source, start)] == len(ids), "a window counts every event it accepted, once"
+    for n, ((user, source, start), events) in enumerate(accepted.items()):
+        # the same events at once, last first, for a user who has nothing else: the tokens a backfill computes
+        fresh = f"{run}whole-{n}"
+        r = tokenize(live, [dict(e, user_id=fresh) for e in reversed(events)])
+        assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
+        online = {(w["source"], w["window_start"]): w["tokens"] for w in history(live, user)}
+        (whole,) = history(live, fresh)
+        assert online[(source, start)] == whole["tokens"], "a window's tokens are those of all its accepted events"
 
     before = {u: history(live, u) for u in users}
     for body in requests:  # the whole stream again: at-least-once delivery

@@ -1,0 +1,100 @@
+"""Do training and serving render every window of The Complete Journey the same way?
+
+    python3 benchmarks/render_parity.py [--users 2469] [--baseline REV]
+
+Training renders a window from its events in the order `build_corpus` groups them (by user, window, ts; events of
+one ts, a basket's items, in log order); the service renders it from the events its store returns, sorted by
+(ts, event_id). Both call `model.windows`. This renders every (user, source, window) both ways and counts the
+windows whose text (text sources) or feature vector (tabular sources) differ: the model would have been trained on
+an input the service never produces. `--baseline REV` takes `model/windows.py` from git revision REV for both
+sides instead of this checkout's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import ROOT, recorded  # noqa: E402
+
+
+def windows_module(rev: str | None):
+    """model/windows.py of this checkout, or of git revision `rev`."""
+    if rev is None:
+        from u2qt.model import windows
+
+        return windows
+    show = ["git", "-C", str(ROOT), "show", f"{rev}:model/windows.py"]
+    source = subprocess.run(show, capture_output=True, check=True)
+    path = Path(tempfile.mkdtemp(prefix="u2qt-render-parity-")) / "windows.py"
+    path.write_bytes(source.stdout)
+    spec = importlib.util.spec_from_file_location(f"windows_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@recorded
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--users", type=int, default=2469)
+    p.add_argument("--baseline", help="git revision whose model/windows.py renders both sides")
+    args = p.parse_args()
+    print(
+        f"command: python3 benchmarks/render_parity.py --users {args.users}"
+        + (f" --baseline {args.baseline}" if args.baseline else "")
+    )
+    from u2qt.training import corpus
+    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.events import keep_users, normalize_events
+
+    t0 = time.perf_counter()
+    windows = windows_module(args.baseline)
+    corpus.render_text_window, corpus.tabular_window_features = (  # training's side renders with the same module
+        windows.render_text_window,
+        windows.tabular_window_features,
+    )
+    sources = sources_config()
+    events = keep_users(normalize_events(load_events(), sources), args.users)
+    trained = corpus.build_corpus(events, sources, progress=False)
+    rows = trained.windows.reset_index(drop=True)
+    row_of = {k: i for i, k in enumerate(zip(rows["user_id"], rows["source"], rows["window_start"], strict=True))}
+
+    starts = corpus.window_start(events["ts"].to_numpy(), sources.period_s)
+    served = events.assign(window_start=starts).sort_values(["user_id", "source", "window_start", "ts", "event_id"])
+    total = 0
+    for spec in sources.sources:
+        sub = served[served["source"] == spec.name]
+        groups = sub.groupby(["user_id", "window_start"], sort=False).indices
+        differ = 0
+        if spec.kind == "text":
+            text, ts = sub["text"].fillna("").astype(str).to_numpy(), sub["ts"].to_numpy()
+            amount = sub["amount"].to_numpy(dtype=np.float64)
+            for (user, start), idx in groups.items():
+                mine = windows.render_text_window(text[idx], ts[idx], amount[idx], spec.template)
+                differ += mine != rows["text"][row_of[user, spec.name, start]]
+        else:
+            values = sub[list(spec.attributes)].to_numpy(dtype=np.float64)
+            feats = trained.features[spec.name]
+            for (user, start), idx in groups.items():
+                mine = windows.tabular_window_features(values[idx])
+                differ += mine.tobytes() != feats[row_of[user, spec.name, start]].tobytes()
+        total += differ
+        print(
+            f"{spec.name:>10}: {len(groups):6d} windows, {differ:4d} rendered differently by training and by the "
+            f"service ({differ / max(len(groups), 1):.3%})"
+        )
+    print(f"households: {events['user_id'].nunique()}; windows rendered differently in all: {total}")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
