@@ -2,12 +2,12 @@
 
     python3 benchmarks/render_parity.py [--users 2469] [--baseline REV]
 
-Training renders a window from its events in the order `build_corpus` groups them (by user, window, ts; events of
-one ts, a basket's items, in log order); the service renders it from the events its store returns, sorted by
-(ts, event_id). Both call `model.windows`. This renders every (user, source, window) both ways and counts the
-windows whose text (text sources) or feature vector (tabular sources) differ: the model would have been trained on
-an input the service never produces. `--baseline REV` takes `model/windows.py` from git revision REV for both
-sides instead of this checkout's.
+Training renders a window with `build_corpus` (training/corpus.py); the service renders it from the events its
+store returns, sorted by (ts, event_id), with `EventTokenizer._job`'s calls. Both call `model.windows`. This
+renders every (user, source, window) both ways and counts the windows whose text (text sources) or feature vector
+(tabular sources) differ: inputs the model was trained on that the service never produces. `--baseline REV` takes
+`model/windows.py` from git revision REV for both sides instead of this checkout's (with training's corpus.py of
+this checkout).
 """
 
 from __future__ import annotations

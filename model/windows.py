@@ -11,7 +11,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from u2qt.model.entries import MAX_WINDOW_EVENTS
 from u2qt.model.sources import SourceSpec, TextTemplate
+
+
+def kept_events(event_ids: Sequence, max_events: int = MAX_WINDOW_EVENTS) -> np.ndarray:
+    """Positions of the events a window is built from, given all of its events sorted by (ts, event_id), the order
+    the service's store returns them in: each event id once (its earliest), then the first `max_events` (the
+    service refuses the rest; an entry counts at most MAX_WINDOW_EVENTS). `u2qt batch` and training both take a
+    window's events through this, so neither builds a window the online path would not."""
+    n = len(event_ids)
+    if n > 1 and len(set(event_ids)) < n:
+        _, first = np.unique(np.asarray(event_ids, dtype=object), return_index=True)
+        return np.sort(first)[:max_events]
+    return np.arange(min(n, max_events))
 
 
 def render_text_window(

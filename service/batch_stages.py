@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
 from u2qt.model.sources import event_time_bounds, window_index
-from u2qt.model.windows import render_text_window, tabular_window_features
+from u2qt.model.windows import kept_events, render_text_window, tabular_window_features
 from u2qt.service.schemas import MAX_MAGNITUDE
 from u2qt.service.store import TokenHistoryStore
 
@@ -188,13 +188,7 @@ def form_windows(events: pa.Table, manifest: Manifest, max_events: int) -> pa.Ta
     }
     out = {k: [] for k in ("user_id", "source", "source_index", "window", "event_count", "text", "features")}
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        rows = np.arange(start, end)
-        ids = event_id[rows]
-        rows = rows[np.concatenate([[True], ids[1:] != ids[:-1]])] if len(rows) > 1 else rows
-        if len(rows) > 1 and len(set(ids)) < len(ids):  # a duplicate id at another time: the earliest is kept
-            _, first = np.unique(event_id[rows], return_index=True)
-            rows = rows[np.sort(first)]
-        rows = rows[:max_events]
+        rows = start + kept_events(event_id[start:end], max_events)
         spec = sources[int(cols["source_index"][start])]
         for k in ("user_id", "source", "source_index", "window"):
             out[k].append(cols[k][start])

@@ -78,3 +78,48 @@ def test_tabular_window_features_do_not_depend_on_the_order_of_the_rows():
     assert len(features) == 1
     f = tabular_window_features(rows)
     assert f[1] == pytest.approx(math.log1p(3.5)) and f[2] == pytest.approx(math.log1p(3.5 / 4))
+
+
+def test_a_window_keeps_each_event_id_once_and_at_most_255_events():
+    from u2qt.model.windows import kept_events
+
+    assert kept_events(["a", "b", "a", "c"]).tolist() == [0, 1, 3]  # sorted by (ts, event_id): the earliest a
+    assert kept_events([f"e{i:03d}" for i in range(300)]).tolist() == list(range(255))
+    assert kept_events(["a", "b", "c"], max_events=2).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_training_builds_a_window_from_the_events_the_service_would_keep(with_ids):
+    """The service stores an event id once per window and refuses events past 255 (one MovieLens day held 737
+    ratings): training must not learn from windows the service never builds."""
+    import pandas as pd
+
+    from u2qt.training.corpus import build_corpus
+
+    sources = SourcesConfig.model_validate(
+        {
+            "window": "7d",
+            "sources": [
+                {"name": "buys", "kind": "text"},
+                {"name": "visits", "kind": "tabular", "attributes": ["spend"]},
+            ],
+        }
+    )
+    ts = 1489060406 + np.arange(300.0)
+    events = pd.DataFrame(
+        {
+            "user_id": "u1",
+            "source": ["buys"] * 300 + ["visits"] * 300,
+            "ts": np.concatenate([ts, ts]),
+            "text": ["milk"] * 300 + [None] * 300,
+            "spend": [np.nan] * 300 + [1.0] * 300,
+            "event_id": [f"b{i % 290:03d}" for i in range(300)] + [f"v{i:03d}" for i in range(300)],
+        }
+    )
+    if not with_ids:
+        events = events.drop(columns="event_id")
+    corpus = build_corpus(events, sources, progress=False)
+    assert corpus.windows["events"].tolist() == [255, 255]
+    assert corpus.windows["text"][0] == "255 events: milk x255"
+    visits = corpus.features["visits"][1]
+    assert visits[0] == pytest.approx(math.log1p(255)) and visits[1] == pytest.approx(math.log1p(255))

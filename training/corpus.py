@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from u2qt.model.runtime import RenderedWindow
 from u2qt.model.sources import SourcesConfig, window_start
-from u2qt.model.windows import render_text_window, tabular_window_features
+from u2qt.model.windows import kept_events, render_text_window, tabular_window_features
 
 
 @dataclass
@@ -40,28 +40,43 @@ class WindowCorpus:
         return keys
 
 
+def _kept_events(sub: pd.DataFrame):
+    """(user, window start, rows of `sub` the window is built from) per window of one source's events, sorted."""
+    # event_id is optional in training: an event without one is an event of its own
+    ids = sub["event_id"].to_numpy(dtype=object).copy() if "event_id" in sub else np.full(len(sub), np.nan, object)
+    missing = np.flatnonzero(pd.isna(ids))
+    ids[missing] = [f"\0row {i}" for i in missing]
+    for (user, start), idx in sub.groupby(["user_id", "window_start"], sort=True).indices.items():
+        yield user, start, idx[kept_events(ids[idx])]
+
+
 def build_corpus(events: pd.DataFrame, sources: SourcesConfig, progress: bool = True) -> WindowCorpus:
-    """`events` must already be normalized (see training.events.normalize_events)."""
+    """`events` must already be normalized (see training.events.normalize_events). A window is built from the
+    events the service would build it from: sorted by (ts, event_id), each id once, at most MAX_WINDOW_EVENTS
+    (model.windows.kept_events)."""
     ev = events.assign(window_start=window_start(events["ts"].to_numpy(), sources.period_s))
     rows, feats = [], {s.name: [] for s in sources.sources if s.kind == "tabular"}
     for spec in sources.sources:
-        sub = ev[ev["source"] == spec.name].sort_values(["user_id", "window_start", "ts"], kind="stable")
+        order = ["user_id", "window_start", "ts", *(["event_id"] if "event_id" in ev else [])]
+        sub = ev[ev["source"] == spec.name].sort_values(order, kind="stable")
         if sub.empty:
             continue
-        groups = sub.groupby(["user_id", "window_start"], sort=True)
+        groups = tqdm(
+            _kept_events(sub),
+            total=sub.groupby(["user_id", "window_start"]).ngroups,
+            desc=f"{'render' if spec.kind == 'text' else 'aggregate'} {spec.name}",
+            disable=not progress,
+            leave=False,
+        )
         if spec.kind == "text":
             amounts = sub["amount"].to_numpy(dtype=np.float64) if "amount" in sub else None
             texts, ts = sub["text"].fillna("").astype(str).to_numpy(), sub["ts"].to_numpy()
-            for (user, start), idx in tqdm(
-                groups.indices.items(), desc=f"render {spec.name}", disable=not progress, leave=False
-            ):
+            for user, start, idx in groups:
                 text = render_text_window(texts[idx], ts[idx], None if amounts is None else amounts[idx], spec.template)
                 rows.append((user, spec.name, start, text, len(idx)))
         else:
             values = sub[spec.attributes].to_numpy(dtype=np.float64)
-            for (user, start), idx in tqdm(
-                groups.indices.items(), desc=f"aggregate {spec.name}", disable=not progress, leave=False
-            ):
+            for user, start, idx in groups:
                 feats[spec.name].append(tabular_window_features(values[idx]))
                 rows.append((user, spec.name, start, "", len(idx)))
     windows = pd.DataFrame(rows, columns=["user_id", "source", "window_start", "text", "events"])
