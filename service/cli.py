@@ -238,6 +238,13 @@ def format_report(r: dict) -> str:
             f"text windows truncated at the encoder's limit: {te['truncated_fraction']:.1%} "
             f"(median {te['median_tokens']:.0f} tokens)"
         )
+    if r.get("window_events"):
+        we = r["window_events"]
+        lines.append(
+            f"windows past the service's cap of {we['cap']} events: {we['windows_past_cap']:,} of {we['windows']:,} "
+            f"({we['events_past_cap']:,} events left out, as the service refuses them); repeated event ids left out: "
+            f"{we['repeated_event_ids']:,}"
+        )
     if r.get("median_windows_per_user"):
         per = ", ".join(f"{s} {n:g}" for s, n in r["median_windows_per_user"].items())
         lines.append(f"windows per user (median, by source): {per}")

@@ -123,3 +123,14 @@ def test_training_builds_a_window_from_the_events_the_service_would_keep(with_id
     assert corpus.windows["text"][0] == "255 events: milk x255"
     visits = corpus.features["visits"][1]
     assert visits[0] == pytest.approx(math.log1p(255)) and visits[1] == pytest.approx(math.log1p(255))
+    if with_ids:  # what `u2qt train` reports: 2 windows past the cap, 35 + 45 events past it, 10 repeated ids
+        from u2qt.training.train import window_event_stats
+
+        stats = window_event_stats(corpus.windows)
+        assert stats == {
+            "windows": 2,
+            "cap": 255,
+            "windows_past_cap": 2,
+            "events_past_cap": 80,
+            "repeated_event_ids": 10,
+        }

@@ -15,7 +15,9 @@ from u2qt.model.windows import kept_events, render_text_window, tabular_window_f
 
 @dataclass
 class WindowCorpus:
-    windows: pd.DataFrame  # user_id, source, source_index, window_start, text ("" for tabular rows), events
+    # user_id, source, source_index, window_start, text ("" for tabular rows), events (what the window is built
+    # from), logged_events (the log's rows for it), distinct_events (their distinct event ids)
+    windows: pd.DataFrame
     features: dict[str, np.ndarray]  # tabular source -> [n_windows, n_features] (zeros on other rows)
 
     def __len__(self) -> int:
@@ -41,13 +43,14 @@ class WindowCorpus:
 
 
 def _kept_events(sub: pd.DataFrame):
-    """(user, window start, rows of `sub` the window is built from) per window of one source's events, sorted."""
+    """(user, window start, rows of `sub` the window is built from, (rows the log has for it, distinct event ids
+    among them)) per window of one source's events, sorted."""
     # event_id is optional in training: an event without one is an event of its own
     ids = sub["event_id"].to_numpy(dtype=object).copy() if "event_id" in sub else np.full(len(sub), np.nan, object)
     missing = np.flatnonzero(pd.isna(ids))
     ids[missing] = [f"\0row {i}" for i in missing]
     for (user, start), idx in sub.groupby(["user_id", "window_start"], sort=True).indices.items():
-        yield user, start, idx[kept_events(ids[idx])]
+        yield user, start, idx[kept_events(ids[idx])], (len(idx), len(set(ids[idx])))
 
 
 def build_corpus(events: pd.DataFrame, sources: SourcesConfig, progress: bool = True) -> WindowCorpus:
@@ -71,15 +74,16 @@ def build_corpus(events: pd.DataFrame, sources: SourcesConfig, progress: bool = 
         if spec.kind == "text":
             amounts = sub["amount"].to_numpy(dtype=np.float64) if "amount" in sub else None
             texts, ts = sub["text"].fillna("").astype(str).to_numpy(), sub["ts"].to_numpy()
-            for user, start, idx in groups:
+            for user, start, idx, logged in groups:
                 text = render_text_window(texts[idx], ts[idx], None if amounts is None else amounts[idx], spec.template)
-                rows.append((user, spec.name, start, text, len(idx)))
+                rows.append((user, spec.name, start, text, len(idx), *logged))
         else:
             values = sub[spec.attributes].to_numpy(dtype=np.float64)
-            for user, start, idx in groups:
+            for user, start, idx, logged in groups:
                 feats[spec.name].append(tabular_window_features(values[idx]))
-                rows.append((user, spec.name, start, "", len(idx)))
-    windows = pd.DataFrame(rows, columns=["user_id", "source", "window_start", "text", "events"])
+                rows.append((user, spec.name, start, "", len(idx), *logged))
+    columns = ["user_id", "source", "window_start", "text", "events", "logged_events", "distinct_events"]
+    windows = pd.DataFrame(rows, columns=columns)
     windows["source_index"] = windows["source"].map({s.name: i for i, s in enumerate(sources.sources)})
     features = {}
     for spec in sources.sources:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from u2qt.model.architecture import ModelConfig, U2QTModel
+from u2qt.model.entries import MAX_WINDOW_EVENTS
 from u2qt.model.manifest import EncoderInfo
 from u2qt.training.config import TrainConfig
 from u2qt.training.corpus import WindowCorpus, build_corpus
@@ -283,6 +284,7 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
             for k, v in corpus.windows.groupby(["source", "user_id"]).size().groupby("source").median().items()
         },
         "text_encoding": text_stats,
+        "window_events": window_event_stats(corpus.windows),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "dead_codes_restarted": restarted,
         "epochs": history,
@@ -293,6 +295,19 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_utilization(report, out / "utilization.png")
     return report
+
+
+def window_event_stats(windows) -> dict:
+    """How many of the log's events the windows leave out, as the service would: repeated event ids, and events
+    past the cap of MAX_WINDOW_EVENTS per window (model.windows.kept_events)."""
+    logged, distinct = windows["logged_events"].to_numpy(), windows["distinct_events"].to_numpy()
+    return {
+        "windows": int(len(windows)),
+        "cap": MAX_WINDOW_EVENTS,
+        "windows_past_cap": int((distinct > MAX_WINDOW_EVENTS).sum()),
+        "events_past_cap": int((distinct - windows["events"].to_numpy()).sum()),
+        "repeated_event_ids": int((logged - distinct).sum()),
+    }
 
 
 def align_stage(cfg: TrainConfig, corpus, codes, events, model: U2QTModel, info, out: Path, progress: bool):
