@@ -73,10 +73,10 @@ def test_onnx_runtime_matches_pytorch_on_real_windows(trained_dir, cj_events):
 
 
 def test_training_and_the_service_render_every_window_of_300_households_alike(trained_dir):
-    """Training renders a window from its events grouped by (user, window, ts), a basket's items in log order;
-    the service from the events its store returns, sorted by (ts, event_id). Every window must come out the same,
-    or the model was trained on inputs the service never produces. 300 households: amounts summed in arrival order
-    rendered 14 of their 8,677 purchase windows differently (benchmarks/render_parity.py counts every household)."""
+    """Training renders a window with build_corpus; the service from the events its store returns, sorted by
+    (ts, event_id). Every window must come out the same, or the model was trained on inputs the service never
+    produces: with a basket's items in log order and amounts summed as they came, 14 of these households' 8,677
+    purchase windows differed (benchmarks/render_parity.py counts every household)."""
     from collections import defaultdict
 
     from u2qt.model.sources import window_index
