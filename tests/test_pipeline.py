@@ -75,8 +75,8 @@ def test_onnx_runtime_matches_pytorch_on_real_windows(trained_dir, cj_events):
 def test_training_and_the_service_render_every_window_of_300_households_alike(trained_dir):
     """Training renders a window with build_corpus; the service from the events its store returns, sorted by
     (ts, event_id). Every window must come out the same, or the model was trained on inputs the service never
-    produces: with a basket's items in log order and amounts summed as they came, 14 of these households' 8,677
-    purchase windows differed (benchmarks/render_parity.py counts every household)."""
+    produces, as some did when a basket's items came in log order and amounts were summed as they came
+    (benchmarks/render_parity.py counts every household)."""
     from collections import defaultdict
 
     from u2qt.model.sources import window_index

@@ -90,8 +90,8 @@ def test_a_window_keeps_each_event_id_once_and_at_most_255_events():
 
 @pytest.mark.parametrize("with_ids", [True, False])
 def test_training_builds_a_window_from_the_events_the_service_would_keep(with_ids):
-    """The service stores an event id once per window and refuses events past 255 (one MovieLens day held 737
-    ratings): training must not learn from windows the service never builds."""
+    """The service stores an event id once per window and refuses events past 255 (`u2qt train` reports 56 of
+    MovieLens 100K's 6,855 windows past it): training must not learn from windows the service never builds."""
     import pandas as pd
 
     from u2qt.training.corpus import build_corpus

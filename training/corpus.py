@@ -42,14 +42,14 @@ class WindowCorpus:
         return keys
 
 
-def _kept_events(sub: pd.DataFrame):
+def _kept_events(sub: pd.DataFrame, windows: dict):
     """(user, window start, rows of `sub` the window is built from, (rows the log has for it, distinct event ids
-    among them)) per window of one source's events, sorted."""
+    among them)) per window of one source's events, sorted; `windows`: sub's groupby(user, window start) indices."""
     # event_id is optional in training: an event without one is an event of its own
     ids = sub["event_id"].to_numpy(dtype=object).copy() if "event_id" in sub else np.full(len(sub), np.nan, object)
     missing = np.flatnonzero(pd.isna(ids))
     ids[missing] = [f"\0row {i}" for i in missing]
-    for (user, start), idx in sub.groupby(["user_id", "window_start"], sort=True).indices.items():
+    for (user, start), idx in windows.items():
         yield user, start, idx[kept_events(ids[idx])], (len(idx), len(set(ids[idx])))
 
 
@@ -64,9 +64,10 @@ def build_corpus(events: pd.DataFrame, sources: SourcesConfig, progress: bool = 
         sub = ev[ev["source"] == spec.name].sort_values(order, kind="stable")
         if sub.empty:
             continue
+        by_window = sub.groupby(["user_id", "window_start"], sort=True).indices
         groups = tqdm(
-            _kept_events(sub),
-            total=sub.groupby(["user_id", "window_start"]).ngroups,
+            _kept_events(sub, by_window),
+            total=len(by_window),
             desc=f"{'render' if spec.kind == 'text' else 'aggregate'} {spec.name}",
             disable=not progress,
             leave=False,
