@@ -387,7 +387,7 @@ def cmd_up(args) -> None:
     todo = [name for name, needed in steps if needed]
     if not trained:
         who = "all 2,469 households" if users is None else f"{users:,} of 2,469 households"
-        minutes = "about half an hour" if users is None or users > 1000 else "about 2 minutes"
+        minutes = "about half an hour" if users is None or users > 1000 else "about 4 minutes"
         print(
             f"[1/{len(todo)}] training a tokenizer and its history model on The Complete Journey ({who}) into {out}: "
             f"{minutes} on a 2-core machine{'' if args.full else '; --full trains on every household'}",
