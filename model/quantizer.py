@@ -121,7 +121,9 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_kmeans(self, z: torch.Tensor, source: torch.Tensor, seed: int) -> None:
-        """Level by level, codebooks become k-means centroids of that level's residuals."""
+        """Level by level, codebooks become k-means centroids of that level's residuals: the start of training,
+        and its end (training/train.py: refit_codebooks), where the trained encoder's z has moved away from the
+        codewords gradient descent left it."""
         residual = z.detach().clone()
         k = self.codebook_size
         for level in range(self.levels):

@@ -155,3 +155,33 @@ def test_latent_norm_fixes_the_scale_of_z_and_keeps_checkpoint_names():
     with torch.no_grad():
         z = normed.encoder(torch.randn(10, 384) * 50)
     torch.testing.assert_close(z.pow(2).mean(1), torch.ones(10), atol=1e-3, rtol=0)
+
+
+def test_codebooks_refitted_to_a_moved_encoder_quantize_its_latent_closer():
+    """After training, the codebooks are refitted to the trained encoder's z (training/train.py: refit_codebooks):
+    an encoder that moved after its codebooks were fitted is quantized with less error, on its windows and on
+    windows it did not see, and every row still gets one code per level."""
+    from u2qt.training.train import refit_codebooks
+
+    torch.manual_seed(0)
+    model = U2QTModel(ModelConfig(sources=["a", "b"], codebook_size=16, code_dim=8, hidden_dim=32, text_dim=24))
+    centers = torch.randn(12, 24) * 3
+    emb = centers[torch.randint(0, 12, (400,))] + 0.1 * torch.randn(400, 24)
+    source = torch.arange(400) % 2
+    seen, unseen = torch.arange(300), torch.arange(300, 400)
+
+    def error(rows):
+        with torch.no_grad():
+            z = model.encoder(model.source_embedding(emb[rows], source[rows], {}))
+        codes, quantized = model.quantizer.encode(z, source[rows])
+        assert codes.shape == (len(rows), 4)
+        return float(((quantized - z) ** 2).sum(-1).mean() / (z**2).sum(-1).mean())
+
+    with torch.no_grad():
+        model.quantizer.init_kmeans(model.encoder(model.source_embedding(emb[seen], source[seen], {})), source[seen], 0)
+        for p in model.encoder.parameters():
+            p.add_(0.2 * torch.randn_like(p))  # the encoder moves on, as it does while the codebooks train
+    before = error(seen), error(unseen)
+    refit_codebooks(model, emb, source, {}, seen, seed=0)
+    after = error(seen), error(unseen)
+    assert after[0] < 0.5 * before[0] and after[1] < before[1], (before, after)

@@ -70,6 +70,10 @@ class OptimConfig(BaseModel):
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr decays to 5% over training
     weight_decay: float = Field(1e-4, ge=0)
     kmeans_sample: int = Field(20000, ge=1)
+    # after training, every codebook refitted by residual k-means to the trained encoder's z over the training
+    # windows (at most refit_sample of them): the codes then keep what z keeps (docs/eval/levers.md)
+    codebook_refit: bool = True
+    refit_sample: int = Field(200_000, ge=1)
     restart_every: int = Field(50, ge=1)  # steps between dead-code restarts
     dead_code_threshold: float = Field(0.1, ge=0)  # x block mean usage
     restart_until: float = Field(0.8, ge=0, le=1)  # fraction of training after which codes are left to settle
