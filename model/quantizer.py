@@ -22,18 +22,45 @@ class QuantizerOutput:
     residuals: list[torch.Tensor]  # residual entering each level (detached), for dead-code restarts
 
 
-def kmeans_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k centroids of x; with fewer distinct points than k, repeats them with small jitter."""
+def kmeans_centroids(x: np.ndarray, k: int, seed: int, park_spares: bool = False) -> np.ndarray:
+    """k centroids of x. With fewer distinct points (or clusters) than k, the spare codewords are either jittered
+    copies of the points, which training moves apart or restarts, or, with `park_spares`, parked far outside the
+    data where no residual ever picks them: near-copies left in a final codebook make the argmin a tie that float
+    noise breaks differently with the batch a window is coded in (tests/test_batch.py)."""
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     rng = np.random.default_rng(seed)
     distinct = np.unique(x, axis=0)
     if len(distinct) <= k:
-        reps = distinct[rng.integers(0, len(distinct), size=k - len(distinct))]
-        jitter = rng.normal(0, 1e-3, size=reps.shape) * (x.std() + 1e-6)
-        return np.concatenate([distinct, reps + jitter]).astype(np.float32)
-    from sklearn.cluster import KMeans
+        centroids = distinct
+    else:
+        with warnings.catch_warnings():
+            # residuals that are fewer than k points apart from float noise: k-means repeats a centroid
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            centroids = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(x).cluster_centers_
+        if not park_spares:
+            return centroids.astype(np.float32)
+    if park_spares:
+        scale = float(np.sqrt((x**2).sum(1).mean()))
+        centroids = centroids[first_of_near_copies(centroids, 1e-4 * scale + 1e-12)]
+        spare = k - len(centroids)
+        direction = rng.normal(size=(spare, x.shape[1]))
+        parked = x.mean(0) + 1e3 * (scale + 1.0) * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+        return np.concatenate([centroids, parked]).astype(np.float32)
+    reps = distinct[rng.integers(0, len(distinct), size=k - len(distinct))]
+    jitter = rng.normal(0, 1e-3, size=reps.shape) * (x.std() + 1e-6)
+    return np.concatenate([distinct, reps + jitter]).astype(np.float32)
 
-    km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(x)
-    return km.cluster_centers_.astype(np.float32)
+
+def first_of_near_copies(points: np.ndarray, tol: float) -> np.ndarray:
+    """Indices of `points` with no earlier point within `tol` of them."""
+    p = points.astype(np.float64)  # in float32 the expansion's cancellation is larger than a near-copy's distance
+    d2 = (p**2).sum(1)[:, None] + (p**2).sum(1)[None, :] - 2.0 * p @ p.T
+    near = np.triu(d2 < tol * tol, k=1)
+    return np.flatnonzero(~near.any(0))
 
 
 class ResidualQuantizer(nn.Module):
@@ -120,7 +147,7 @@ class ResidualQuantizer(nn.Module):
         return out
 
     @torch.no_grad()
-    def init_kmeans(self, z: torch.Tensor, source: torch.Tensor, seed: int) -> None:
+    def init_kmeans(self, z: torch.Tensor, source: torch.Tensor, seed: int, park_spares: bool = False) -> None:
         """Level by level, codebooks become k-means centroids of that level's residuals: the start of training,
         and its end (training/train.py: refit_codebooks), where the trained encoder's z has moved away from the
         codewords gradient descent left it."""
@@ -133,7 +160,7 @@ class ResidualQuantizer(nn.Module):
                 if len(rows) == 0:
                     continue
                 table.data[b * k : (b + 1) * k] = torch.from_numpy(
-                    kmeans_centroids(rows.cpu().numpy(), k, seed + 1000 * level + b)
+                    kmeans_centroids(rows.cpu().numpy(), k, seed + 1000 * level + b, park_spares)
                 ).to(table)
             residual -= table[self._nearest(level, residual, source)]
             self.usage(level).fill_(1.0)

@@ -185,3 +185,20 @@ def test_codebooks_refitted_to_a_moved_encoder_quantize_its_latent_closer():
     refit_codebooks(model, emb, source, {}, seen, seed=0)
     after = error(seen), error(unseen)
     assert after[0] < 0.5 * before[0] and after[1] < before[1], (before, after)
+
+
+def test_refitted_codebooks_hold_no_near_copies_where_residuals_are_fewer_than_codes():
+    """A refit over fewer distinct residuals than codes (a deep level, a source with few windows) parks the spare
+    codewords: a near-copy would make the argmin a tie that float noise breaks differently by batch."""
+    import numpy as np
+
+    from u2qt.model.quantizer import kmeans_centroids
+
+    x = np.repeat(np.random.default_rng(0).normal(size=(5, 8)), 20, axis=0).astype(np.float32)
+    x[::7] += 1e-7  # float noise: distinct rows, the same points
+    cb = kmeans_centroids(x, 16, seed=0, park_spares=True)
+    assert cb.shape == (16, 8)
+    d = np.sqrt(((cb[:, None] - cb[None]) ** 2).sum(-1)) + np.eye(16) * 1e9
+    assert d.min() > 1e-3, "no two codewords are near-copies"
+    nearest = ((x[:, None] - cb[None]) ** 2).sum(-1).argmin(1)
+    assert len(np.unique(nearest)) == 5 and np.abs(cb[nearest] - x).max() < 1e-5

@@ -173,7 +173,7 @@ def refit_codebooks(model: U2QTModel, emb, source, features, rows: torch.Tensor,
             for r in rows.split(8192)
         ]
     )
-    model.quantizer.init_kmeans(z, source[rows], seed)
+    model.quantizer.init_kmeans(z, source[rows], seed, park_spares=True)
 
 
 def set_input_statistics(model: U2QTModel, cfg: TrainConfig, emb, source, features, holdout: np.ndarray) -> None:
