@@ -22,11 +22,12 @@ class QuantizerOutput:
     residuals: list[torch.Tensor]  # residual entering each level (detached), for dead-code restarts
 
 
-def kmeans_centroids(x: np.ndarray, k: int, seed: int, park_spares: bool = False) -> np.ndarray:
+def kmeans_centroids(x: np.ndarray, k: int, seed: int, park_within: float | None = None) -> np.ndarray:
     """k centroids of x. With fewer distinct points (or clusters) than k, the spare codewords are either jittered
-    copies of the points, which training moves apart or restarts, or, with `park_spares`, parked far outside the
-    data where no residual ever picks them: near-copies left in a final codebook make the argmin a tie that float
-    noise breaks differently with the batch a window is coded in (tests/test_batch.py)."""
+    copies of the points, which training moves apart or restarts, or, given `park_within`, parked far outside the
+    data where no residual ever picks them, after merging centroids closer than `park_within`: near-copies left
+    in a final codebook make the argmin a tie that float noise breaks differently by batch and by runtime
+    (tests/test_batch.py, the export's ONNX Runtime vs PyTorch check)."""
     import warnings
 
     from sklearn.cluster import KMeans
@@ -41,14 +42,13 @@ def kmeans_centroids(x: np.ndarray, k: int, seed: int, park_spares: bool = False
             # residuals that are fewer than k points apart from float noise: k-means repeats a centroid
             warnings.simplefilter("ignore", ConvergenceWarning)
             centroids = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(x).cluster_centers_
-        if not park_spares:
+        if park_within is None:
             return centroids.astype(np.float32)
-    if park_spares:
-        scale = float(np.sqrt((x**2).sum(1).mean()))
-        centroids = centroids[first_of_near_copies(centroids, 1e-4 * scale + 1e-12)]
-        spare = k - len(centroids)
-        direction = rng.normal(size=(spare, x.shape[1]))
-        parked = x.mean(0) + 1e3 * (scale + 1.0) * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    if park_within is not None:
+        centroids = centroids[first_of_near_copies(centroids, park_within)]
+        direction = rng.normal(size=(k - len(centroids), x.shape[1]))
+        far = 1e3 * (float(np.abs(x).max()) + park_within + 1.0)
+        parked = x.mean(0) + far * direction / np.linalg.norm(direction, axis=1, keepdims=True)
         return np.concatenate([centroids, parked]).astype(np.float32)
     reps = distinct[rng.integers(0, len(distinct), size=k - len(distinct))]
     jitter = rng.normal(0, 1e-3, size=reps.shape) * (x.std() + 1e-6)
@@ -150,9 +150,12 @@ class ResidualQuantizer(nn.Module):
     def init_kmeans(self, z: torch.Tensor, source: torch.Tensor, seed: int, park_spares: bool = False) -> None:
         """Level by level, codebooks become k-means centroids of that level's residuals: the start of training,
         and its end (training/train.py: refit_codebooks), where the trained encoder's z has moved away from the
-        codewords gradient descent left it."""
+        codewords gradient descent left it. `park_spares` (the refit): codes are final, so spare codewords are
+        parked and centroids closer than 1e-4 of z's scale merged (kmeans_centroids), the same distance at every
+        level: a level whose residuals are float noise (windows an earlier level holds exactly) gets one code."""
         residual = z.detach().clone()
         k = self.codebook_size
+        within = 1e-4 * float((z.detach() ** 2).sum(-1).mean().sqrt()) if park_spares else None
         for level in range(self.levels):
             table = self.codebooks[level]
             for b in range(self.blocks(level)):
@@ -160,7 +163,7 @@ class ResidualQuantizer(nn.Module):
                 if len(rows) == 0:
                     continue
                 table.data[b * k : (b + 1) * k] = torch.from_numpy(
-                    kmeans_centroids(rows.cpu().numpy(), k, seed + 1000 * level + b, park_spares)
+                    kmeans_centroids(rows.cpu().numpy(), k, seed + 1000 * level + b, within)
                 ).to(table)
             residual -= table[self._nearest(level, residual, source)]
             self.usage(level).fill_(1.0)

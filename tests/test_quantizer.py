@@ -196,7 +196,7 @@ def test_refitted_codebooks_hold_no_near_copies_where_residuals_are_fewer_than_c
 
     x = np.repeat(np.random.default_rng(0).normal(size=(5, 8)), 20, axis=0).astype(np.float32)
     x[::7] += 1e-7  # float noise: distinct rows, the same points
-    cb = kmeans_centroids(x, 16, seed=0, park_spares=True)
+    cb = kmeans_centroids(x, 16, seed=0, park_within=1e-4)
     assert cb.shape == (16, 8)
     d = np.sqrt(((cb[:, None] - cb[None]) ** 2).sum(-1)) + np.eye(16) * 1e9
     assert d.min() > 1e-3, "no two codewords are near-copies"
