@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import recorded  # noqa: E402
+from benchmarks.harness import add_eval_data_arguments, eval_data, recorded  # noqa: E402
 
 
 @recorded
@@ -35,34 +35,23 @@ def main() -> None:
     from u2qt.training.evaluation import (
         BASELINE,
         LATENT,
-        EvalConfig,
         Tokenized,
         decoded_tokens,
         fit_variant,
         pooled,
-        prepare,
         probe_all,
         raw_baseline,
         signal_retention,
     )
-    from u2qt.training.events import normalize_events, read_events, read_labels
-    from u2qt.training.train import corpus_tensors, load_checkpoint, refit_codebooks
+    from u2qt.training.train import corpus_tensors, refit_codebooks
 
     p = argparse.ArgumentParser()
-    p.add_argument("--train-dir", default="artifacts/cj300", type=Path)
-    p.add_argument("--data", type=Path, help="events.parquet and labels.csv of `u2qt dataset`")
-    p.add_argument("--cutoff", help="as u2qt eval's (its default without --data)")
+    add_eval_data_arguments(p, "artifacts/cj300")
     p.add_argument("--code-dim", type=int, help="the latent's width (default: the checkpoint's)")
     p.add_argument("--held-out", type=float, default=0.2, help="share of users whose windows the tokenizer never sees")
     args = p.parse_args()
     started = time.perf_counter()
-    events = labels = None
-    cfg = EvalConfig(cutoff=args.cutoff or EvalConfig().cutoff, ablations=False)
-    if args.data:
-        sources = load_checkpoint(args.train_dir).train_config.sources
-        events = normalize_events(read_events(args.data / "events.parquet"), sources)
-        labels = read_labels(args.data / "labels.csv")
-    d = prepare(args.train_dir, cfg, events, labels, progress=False)
+    cfg, d = eval_data(args)
     base = d.ck.train_config
     if args.code_dim:
         base = base.model_copy(update={"quantizer": base.quantizer.model_copy(update={"code_dim": args.code_dim})})

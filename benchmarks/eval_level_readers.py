@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import recorded  # noqa: E402
+from benchmarks.harness import add_eval_data_arguments, eval_data, recorded  # noqa: E402
 
 
 def level_codewords(tok, n_rows: int) -> np.ndarray:
@@ -49,30 +49,18 @@ def main() -> None:
         CONTINUOUS,
         DECODED,
         LATENT,
-        EvalConfig,
         fit_variant,
         pooled,
-        prepare,
         probe_all,
         signal_retention,
         token_representations,
     )
-    from u2qt.training.events import normalize_events, read_events, read_labels
-    from u2qt.training.train import load_checkpoint
 
     p = argparse.ArgumentParser()
-    p.add_argument("--train-dir", default="artifacts/cj300", type=Path)
-    p.add_argument("--data", type=Path, help="events.parquet and labels.csv of `u2qt dataset`")
-    p.add_argument("--cutoff", help="as u2qt eval's (its default without --data)")
+    add_eval_data_arguments(p, "artifacts/cj300")
     args = p.parse_args()
     started = time.perf_counter()
-    events = labels = None
-    cfg = EvalConfig(cutoff=args.cutoff or EvalConfig().cutoff, ablations=False)
-    if args.data:
-        sources = load_checkpoint(args.train_dir).train_config.sources
-        events = normalize_events(read_events(args.data / "events.parquet"), sources)
-        labels = read_labels(args.data / "labels.csv")
-    d = prepare(args.train_dir, cfg, events, labels, progress=False)
+    cfg, d = eval_data(args)
     q = d.ck.train_config.quantizer
     mrq = fit_variant("MRQ-VAE", d.ck.train_config, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
                       q.specific_levels, cfg.tokenizer_epochs, False)  # fmt: skip

@@ -577,3 +577,26 @@ def recorded(main):
             return main(*args, **kwargs)
 
     return run
+
+
+def add_eval_data_arguments(parser, train_dir: str) -> None:
+    """The arguments of a benchmark that reads a data set as `u2qt eval` does (eval_data)."""
+    parser.add_argument("--train-dir", default=train_dir, type=Path)
+    parser.add_argument("--data", type=Path, help="events.parquet and labels.csv of `u2qt dataset`")
+    parser.add_argument("--cutoff", help="as u2qt eval's (its default without --data)")
+
+
+def eval_data(args):
+    """-> (EvalConfig without ablations, the prepared EvalData) for add_eval_data_arguments' arguments: the
+    data set of `--data`, or The Complete Journey without it."""
+    from u2qt.training.evaluation import EvalConfig, prepare
+    from u2qt.training.events import normalize_events, read_events, read_labels
+    from u2qt.training.train import load_checkpoint
+
+    events = labels = None
+    cfg = EvalConfig(cutoff=args.cutoff or EvalConfig().cutoff, ablations=False)
+    if args.data:
+        sources = load_checkpoint(args.train_dir).train_config.sources
+        events = normalize_events(read_events(args.data / "events.parquet"), sources)
+        labels = read_labels(args.data / "labels.csv")
+    return cfg, prepare(args.train_dir, cfg, events, labels, progress=False)
