@@ -4,8 +4,9 @@
 
 Against its own redis-server: `--concurrency` tasks, each standing for a request that sends two small scripts
 (the shape of INGEST or COMMIT for one user-week), either as its own pipeline (what the service did) or through
-service.coalescing.CoalescingPipeline (what it does). Also the cost of one pipeline by its size, one at a time.
-Client CPU time is what matters on the service's loop; wall time is printed beside it.
+service.coalescing.CoalescingPipeline (what it does), whose round trips write a pooled connection directly; beside
+it the same coalescing with a redis-py Pipeline object per round trip. Also the cost of one pipeline by its size,
+one at a time. Client CPU time is what matters on the service's loop; wall time is printed beside it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ async def coalesced(client, n: int, concurrency: int) -> None:
     await run(n, concurrency, lambda i: pipeline.execute(commands(i)))
 
 
+class PipelineObjectCoalescing(CoalescingPipeline):
+    """CoalescingPipeline with a redis-py Pipeline per round trip, as it sent them before."""
+
+    async def _round_trip(self, commands: list[tuple]) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
+
+
+async def coalesced_pipeline_objects(client, n: int, concurrency: int) -> None:
+    pipeline = PipelineObjectCoalescing(client)
+    await run(n, concurrency, lambda i: pipeline.execute(commands(i)))
+
+
 async def run(n: int, concurrency: int, one) -> None:
     it = iter(range(n))
 
@@ -68,10 +84,15 @@ async def main(args) -> None:
         client = aioredis.from_url(store.url, max_connections=args.concurrency + 4)
         await timed(per_request, client, 500, args.concurrency)  # warm-up: connections, script cache
         await timed(coalesced, client, 500, args.concurrency)
-        res = {"per-request pipelines": [], "coalesced": []}
+        variants = {
+            "per-request pipelines": per_request,
+            "coalesced": coalesced,
+            "coalesced, Pipeline objects": coalesced_pipeline_objects,
+        }
+        res = {name: [] for name in variants}
         for _ in range(args.repeat):  # alternated, so drift on a noisy machine hits both alike
-            res["per-request pipelines"].append(await timed(per_request, client, args.requests, args.concurrency))
-            res["coalesced"].append(await timed(coalesced, client, args.requests, args.concurrency))
+            for name, fn in variants.items():
+                res[name].append(await timed(fn, client, args.requests, args.concurrency))
         sizes = {}
         for size in (1, 2, 8, 32, 128):
             t0, m = time.process_time(), max(20, 2000 // size)
@@ -91,8 +112,10 @@ async def main(args) -> None:
     print(f"{args.concurrency} concurrent requests, 2 scripts each; medians of {args.repeat} alternated runs:")
     med = {k: np.median(np.array(v), axis=0) for k, v in res.items()}
     for name, (cpu, wall) in med.items():
-        print(f"  {name:22s} client CPU {cpu:6.1f} us/request   wall {wall:6.1f} us/request")
+        print(f"  {name:28s} client CPU {cpu:6.1f} us/request   wall {wall:6.1f} us/request")
     print(f"  coalesced / per-request client CPU: {med['coalesced'][0] / med['per-request pipelines'][0]:.2f}")
+    ratio = med["coalesced"][0] / med["coalesced, Pipeline objects"][0]
+    print(f"  coalesced, connection written directly / with Pipeline objects, client CPU: {ratio:.2f}")
     print("one pipeline at a time, client CPU by size: " + ", ".join(f"{s}: {v:.0f} us" for s, v in sizes.items()))
 
 
