@@ -105,6 +105,11 @@ class EventTokenizer:
         self.source_index = {s.name: i for i, s in enumerate(manifest.sources.sources)}
         self.source_names = list(self.source_index)
         self._seen = [set() for _ in range(self.vocabulary.levels)]
+        v = self.vocabulary
+        self._codes_possible = [  # at most 65,536 kept per level: the gauge must not cost unbounded memory
+            min(v.codebook_size * (1 if level < v.shared_levels else len(self.source_names)), 1 << 16)
+            for level in range(v.levels)
+        ]
         # label children resolved once per process, not per request
         levels = [str(level + 1) for level in range(self.vocabulary.levels)]
         self._windows_by_source = [metrics.windows.labels(name) for name in self.source_names]
@@ -207,7 +212,7 @@ class EventTokenizer:
         for level in range(codes.shape[1]):
             self._tokens_by_level[level].inc(len(codes))
             seen = self._seen[level]
-            if len(seen) < 1 << 16:
+            if len(seen) < self._codes_possible[level]:  # once every code has been seen, nothing is left to count
                 shared, before = level < self.vocabulary.shared_levels, len(seen)
                 seen.update(
                     ("" if shared else self.source_names[s], int(c)) for s, c in zip(src, codes[:, level], strict=True)

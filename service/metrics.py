@@ -22,6 +22,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ServiceMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._request_series: dict[tuple[str, str, int], tuple] = {}
         self.requests = Counter("u2qt_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
         self.latency = Histogram(
             "u2qt_http_request_duration_seconds",
@@ -99,6 +100,16 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "u2qt_model_info", "Loaded model", ["model_version", "providers"], registry=r, multiprocess_mode="livemax"
         )
+
+    def request_series(self, route: str, method: str, status: int):
+        """-> (count, latency) label children of one (route, method, status), resolved once: every request
+        records both, and resolving label children takes a lock and builds a key each time."""
+        key = (route, method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            labels = (route, method, str(status))
+            series = self._request_series[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        return series
 
     def initialize(self, sources: list[str], levels: int) -> None:
         """Creates every known label set at zero, so dashboards and alerts see a series before the first event

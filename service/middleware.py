@@ -130,8 +130,9 @@ class RequestMetrics:
             if state is not None:
                 route = scope.get("route")
                 path = route.path if route is not None else scope.get("u2qt_route") or plain_route(scope["path"])
-                state.metrics.requests.labels(path, scope["method"], str(status)).inc()
-                state.metrics.latency.labels(path, scope["method"], str(status)).observe(time.perf_counter() - t)
+                count, latency = state.metrics.request_series(path, scope["method"], status)
+                count.inc()
+                latency.observe(time.perf_counter() - t)
 
 
 DOCS_ASSETS = "/static-offline-docs"
