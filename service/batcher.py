@@ -108,6 +108,12 @@ class Reservation:
     def done(self, items: int) -> None:
         self.admission._add(-items)
 
+    def extend(self, items: int) -> None:
+        """Room for `items` more of an admitted request's items (windows it must tokenize a second time): taken
+        without asking admission, which admitted the request whole."""
+        self.left += items
+        self.admission._add(items)
+
     def __enter__(self) -> Reservation:
         return self
 

@@ -1,7 +1,8 @@
 """CoalescingPipeline: the Redis commands that concurrent requests issue in one event-loop turn go out as one
 pipeline (what ioredis calls auto-pipelining; redis-py has none).
 
-Each POST /tokenize needs three round trips (INGEST, COMMIT, fallback re-filing). Sent per request, each is a
+Each POST /tokenize needs two round trips where its windows are new (INGEST_COMMIT, fallback re-filing) and three
+where they held events (INGEST, COMMIT, fallback re-filing). Sent per request, each is a
 redis-py pipeline whose fixed client-side cost is paid once per request and per step; queued here, the requests
 that reach the same step together share it. They often do: the windows of one micro-batch finish in the same
 turn, so their COMMITs travel together. Measured (benchmarks/redis_pipeline_cost.py, 32 concurrent requests

@@ -38,6 +38,9 @@ of a user's windows (a household's week: one per source) costs one script per st
           entry is stored and its event set has expired),
           trims the history to its cap, sets the TTL, and then re-hashes the user's whole history (every
           source) once into the metadata's digest, in the same atomic step, for the collision fallback.
+  INGEST_COMMIT  INGEST, then COMMIT of the windows the caller tokenized from its own events before knowing
+          whether they were new, for those whose event set now holds exactly those events: a new window is
+          ingested and stored in one round trip.
 Concurrent writers therefore converge: the entry built from the most events wins. Commands go out through
 one CoalescingPipeline, so concurrent requests at the same step share a round trip.
 """
@@ -59,7 +62,7 @@ from u2qt.service.coalescing import CoalescingPipeline, evalsha, run_script
 # window index, its number of events m and m (event_id, event) pairs.
 # -> per group {must (re)tokenize, events now stored, per-event statuses, all its events when it must, newest
 # window stored}. Statuses: 0 duplicate, 1 accepted, 2 window closed, 3 window full, 4 window's event set expired.
-INGEST = """
+INGEST_STEPS = """
 local late, ettl, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local meta = KEYS[#KEYS]
 local out, engaged, a = {}, 0, 5
@@ -125,7 +128,7 @@ return out
 # hashed once per call over the user's whole history: users with
 # the same digest share a sorted set scored by -engagement, whose order (engagement desc, then user id, Redis's
 # tie order) is the fallback order.
-COMMIT = """
+COMMIT_STEPS = """
 local cap, ttl, ettl, counting = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
 local writes = (#ARGV - 4) / 4
 local sources = #KEYS - 1 - writes
@@ -184,6 +187,60 @@ local x = tonumber(redis.call('HGET', meta, 'x') or '0')
 return {applied, digest, old, x, redis.call('HEXISTS', meta, 'f')}
 """
 
+
+def lua_function(name: str, steps: str) -> str:
+    """A script's steps as a local Lua function of (KEYS, ARGV), so that one script can run another's steps."""
+    return f"local function {name}(KEYS, ARGV)\n{steps}\nend\n"
+
+
+INGEST = lua_function("ingest", INGEST_STEPS) + "return ingest(KEYS, ARGV)"
+COMMIT = lua_function("commit", COMMIT_STEPS) + "return commit(KEYS, ARGV)"
+
+# INGEST and COMMIT in one call for windows the request's own events may make whole: the frontend tokenized them
+# from the request's events alone, before knowing whether the window held events already (service/ingest.py).
+# A write holds only where that guess was right: INGEST says the window must be tokenized, and the window's event
+# set now holds exactly the request's events (every one accepted, none stored before), so the codes were computed
+# from what the window holds. The other groups come back as INGEST answers them, to be tokenized from their stored
+# events and committed as usual.
+# KEYS = INGEST's keys, then COMMIT's: the metadata, every source's history, and each guessed window's event set.
+# ARGV = the number of INGEST's keys, of its args, and of sources; INGEST's args; COMMIT's 4 leading args; then per
+# guessed window: its group (1-based, in INGEST's order), its number of events in the request, and COMMIT's 4
+# args of its write.
+# -> {INGEST's answer, whose must-tokenize flag is 2 for windows written here, COMMIT's answer}
+INGEST_COMMIT = (
+    lua_function("ingest", INGEST_STEPS)
+    + lua_function("commit", COMMIT_STEPS)
+    + """
+local nk, na, ns = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ik, ia = {}, {}
+for i = 1, nk do ik[i] = KEYS[i] end
+for i = 1, na do ia[i] = ARGV[3 + i] end
+local out = ingest(ik, ia)
+local ck, ca = {}, {}
+for i = 1, ns + 1 do ck[i] = KEYS[nk + i] end
+local at = 3 + na
+for i = 1, 4 do ca[i] = ARGV[at + i] end
+local guess = 0
+for i = at + 5, #ARGV, 6 do
+  guess = guess + 1
+  local r, m = out[tonumber(ARGV[i])], tonumber(ARGV[i + 1])
+  local exact = r[1] == 1 and r[2] == m
+  for _, status in ipairs(r[3]) do
+    if status ~= 1 then exact = false end
+  end
+  if exact then
+    ck[#ck + 1] = KEYS[nk + ns + 1 + guess]
+    for j = 2, 5 do ca[#ca + 1] = ARGV[i + j] end
+    r[1], r[4] = 2, {}
+  end
+end
+local committed = {0, '', '', 0, 0}
+if #ca > 4 then committed = commit(ck, ca) end
+return {out, committed}
+"""
+)
+
+
 # One command per user instead of one LRANGE per source: the read path is the hot one, and a client-side
 # pipeline object costs more than the reads themselves.
 READ = """
@@ -222,6 +279,7 @@ class IngestResult:
     event_count: int  # events now stored for the window
     events: list[dict] | None  # all of the window's events when it must be (re)tokenized, else None
     newest: int  # the newest window index stored for the user and source (-1: none)
+    committed: bool = False  # its entry was written by the same script, from the codes guessed for it
 
 
 class TokenHistoryStore:
@@ -316,8 +374,35 @@ class TokenHistoryStore:
     async def ingest(self, groups: list[tuple[str, str, int, list[tuple[str, dict]]]]) -> list[IngestResult]:
         """groups: (user, source, window index, [(event_id, event)]) -> one result per group, in order. One
         script per user, however many of the user's windows the call touches."""
+        return (await self.ingest_guessed(groups, {}, []))[0]
+
+    async def ingest_guessed(
+        self,
+        groups: list[tuple[str, str, int, list[tuple[str, dict]]]],
+        guesses: dict[int, np.ndarray],
+        sources: list[str],
+    ) -> tuple[list[IngestResult], dict[str, tuple[str, str, int, bool]]]:
+        """ingest(), and for the groups in `guesses` (group position -> codes [levels] tokenized from the group's
+        own events in this call) their entries written in the same script where the guess holds: the window held
+        none of its events before (INGEST_COMMIT). -> (results, where `committed` says which were written;
+        commit()'s moves of the users whose history those writes changed). `sources`: every source name."""
         by_user = _positions_by_user(groups)
-        commands = []
+        packed = None
+        if guesses:
+            at = list(guesses)
+            packed = dict(
+                zip(
+                    at,
+                    self.entries.pack(
+                        np.array([groups[i][2] for i in at]),
+                        np.stack([guesses[i] for i in at]),
+                        np.array([len(groups[i][3]) for i in at]),
+                    ),
+                    strict=True,
+                )
+            )
+        position = {s: i + 1 for i, s in enumerate(sources)}
+        commands, guessing = [], []
         for user, members in by_user.items():
             keys, args = [], [self.late_windows, self.events_ttl_s, self.ttl_s, self.max_events_per_window]
             for i in members:
@@ -326,19 +411,43 @@ class TokenHistoryStore:
                 args += [window, len(events)]
                 for event_id, event in events:
                     args += [event_id, orjson.dumps(event)]
-            commands.append(evalsha(INGEST, [*keys, self.meta_key(user)], args))
+            keys.append(self.meta_key(user))
+            guessed = [(g, i) for g, i in enumerate(members, 1) if i in guesses]
+            guessing.append(bool(guessed))
+            if not guessed:
+                commands.append(evalsha(INGEST, keys, args))
+                continue
+            commit_keys = [self.meta_key(user)] + [self.history_key(user, s) for s in sources]
+            commit_args = [self.max_entries, self.ttl_s, self.events_ttl_s, 0]
+            for g, i in guessed:
+                _, source, window, events = groups[i]
+                commit_keys.append(self.events_key(user, source, window))
+                commit_args += [g, len(events), position[source], window, len(events), packed[i]]
+            commands.append(
+                evalsha(
+                    INGEST_COMMIT,
+                    keys + commit_keys,
+                    [len(keys), len(args), len(sources), *args, *commit_args],
+                )
+            )
         results: list[IngestResult | None] = [None] * len(groups)
-        for members, reply in zip(by_user.values(), await self.pipeline.execute(commands), strict=True):
+        moves = {}
+        replies = await self.pipeline.execute(commands)
+        for (user, members), reply, guessed in zip(by_user.items(), replies, guessing, strict=True):
+            if guessed:
+                reply, (applied, digest, old, engaged, ranked) = reply
+                if applied:
+                    moves[user] = (_text(digest), _text(old), int(engaged), bool(ranked))
             for i, (need, n, statuses, flat, newest) in zip(members, reply, strict=True):
                 events = None
-                if need:
+                if need == 1:
                     pairs = sorted((k, v) for k, v in zip(flat[0::2], flat[1::2], strict=True) if k)
                     events = sorted(
                         (orjson.loads(v) | {"event_id": k.decode()} for k, v in pairs),
                         key=lambda e: (e["ts"], e["event_id"]),
                     )
-                results[i] = IngestResult([int(s) for s in statuses], int(n), events, int(newest))
-        return results
+                results[i] = IngestResult([int(s) for s in statuses], int(n), events, int(newest), need == 2)
+        return results, moves
 
     async def commit(
         self, writes: list[tuple[str, str, int, int, np.ndarray]], sources: list[str]

@@ -159,15 +159,15 @@ def test_backfill_builds_a_new_versions_histories_beside_the_old(
     trained_dir, slice_events, redis_server, monkeypatch, tmp_path
 ):
     _, path = slice_events
-    batch(trained_dir[0], path, redis_server.url, monkeypatch, "upgrade")
-    old = dump([redis_server.port], "upgrade")
+    batch(trained_dir[0], path, redis_server.url, monkeypatch, "backfill-upgrade")
+    old = dump([redis_server.port], "backfill-upgrade")
     v2 = tmp_path / "v2"
     shutil.copytree(trained_dir[0], v2, ignore=shutil.ignore_patterns("cache", "checkpoint"))
     manifest = json.loads((v2 / "manifest.json").read_text())
     manifest["model_version"] = "backfill2"
     (v2 / "manifest.json").write_text(json.dumps(manifest))
-    batch(v2, path, redis_server.url, monkeypatch, "upgrade")
-    both = dump([redis_server.port], "upgrade")
+    batch(v2, path, redis_server.url, monkeypatch, "backfill-upgrade")
+    both = dump([redis_server.port], "backfill-upgrade")
     new = {k: v for k, v in both.items() if "backfill2" in k}
     assert {k: v for k, v in both.items() if k not in new} == old  # the serving version's keys untouched
     assert len(new) == len(old) and all(":backfill2" in k for k in new)

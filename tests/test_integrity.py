@@ -115,29 +115,32 @@ def test_non_finite_read_parameters_get_422(serve):
 
 
 def test_a_request_refused_with_429_stored_nothing(services):
-    """Admission comes before anything is stored. B is admitted and held in its Redis step while C fills the queue
-    and is held in inference; whichever the queue refuses, sending it again gets every event accepted."""
+    """Admission comes before anything is stored. B is admitted, tokenized (its windows are new) and held in its
+    Redis step, still holding room for the windows it may have to tokenize again, while C asks for room (and, were
+    it admitted, would be held in inference); whichever the queue refuses, sending it again gets every event
+    accepted."""
     if services.frontends:
         pytest.skip("holds the in-process batcher's steps; with frontends, overload: test_faults.py")
     base, _ = services.start(max_queue_windows=3)
     state = services.apps[base].state.u2qt
     b_in_ingest, release_ingest, release_inference = threading.Event(), threading.Event(), threading.Event()
     inference_calls = []
-    ingest, infer = state.store.ingest, state.batcher._run
+    ingest, infer = state.store.ingest_guessed, state.batcher._run
 
-    async def held_ingest(groups):
+    async def held_ingest(groups, guesses, sources):
         if groups[0][0] == "held-b":
             b_in_ingest.set()
             while not release_ingest.is_set():
                 await asyncio.sleep(0.01)
-        return await ingest(groups)
+        return await ingest(groups, guesses, sources)
 
     def held_infer(prepared):
-        inference_calls.append(release_ingest.is_set())
-        release_inference.wait(30)
+        if b_in_ingest.is_set():  # B's own windows went before it reached Redis
+            inference_calls.append(release_ingest.is_set())
+            release_inference.wait(30)
         return infer(prepared)
 
-    state.store.ingest, state.batcher._run = held_ingest, held_infer
+    state.store.ingest_guessed, state.batcher._run = held_ingest, held_infer
     two_windows = [milk("b1", ts=TS), milk("b2", ts=TS + 7 * 86400)]  # two weeks
     b = [dict(e, user_id="held-b") for e in two_windows]
     c = [dict(e, user_id="held-c", event_id=e["event_id"].replace("b", "c")) for e in two_windows]

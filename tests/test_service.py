@@ -117,6 +117,66 @@ def test_a_late_arrival_in_an_open_window_replaces_its_tokens(serve, one_user):
     assert first["windows"]
 
 
+def busiest_purchase_window(df, period_s: int) -> list[dict]:
+    """The API events of the user's purchase window that holds the most of them."""
+    from u2qt.model.sources import window_start
+
+    purchases = [e for e in api_events(df) if e["source"] == "purchases"]
+    starts = window_start(np.array([e["ts"] for e in purchases]), period_s).tolist()
+    busiest = max(set(starts), key=starts.count)
+    return [e for e, start in zip(purchases, starts, strict=True) if start == busiest]
+
+
+def test_a_new_window_is_one_script_with_the_tokens_of_the_usual_path(serve, one_user, trained_dir, redis_server):
+    """A window the frontend has not seen lately is tokenized from the request's own events, and its codes are
+    written by the script that ingests them: one Redis script per user for a new window, where INGEST and COMMIT
+    were two. The tokens are those of the window tokenized from its stored events."""
+    base, _ = serve()
+    df, _ = one_user
+    window = busiest_purchase_window(df, Manifest.load(trained_dir[0]).sources.period_s)
+    assert len(window) >= 2
+
+    def scripts_run() -> int:
+        stats = redis.Redis(port=redis_server.port).info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("eval", "evalsha"))
+
+    post(base, [dict(window[0], user_id="warm-up", event_id="warm-up")])  # the scripts' first EVAL (NOSCRIPT)
+    before = scripts_run()
+    guessed = post(base, window).json()
+    assert scripts_run() - before == 1, "a new window: INGEST and COMMIT in one script"
+    # the same window again, under another user, as one event and then the rest: the usual path (INGEST, then
+    # the window's stored events tokenized, then COMMIT) builds its tokens from all of them
+    other = [dict(e, user_id=e["user_id"] + "-b") for e in window]
+    post(base, other[:1])
+    usual = post(base, other[1:]).json()
+    assert guessed["windows"][0]["event_count"] == usual["windows"][0]["event_count"] == len(window)
+    assert guessed["windows"][0]["tokens"] == usual["windows"][0]["tokens"]
+    user = window[0]["user_id"]
+    stored = httpx.get(f"{base}/users/{user}/tokens", params={"sources": "purchases"}).json()["windows"]
+    assert [w["tokens"] for w in stored] == [guessed["windows"][0]["tokens"]]
+
+
+def test_a_window_another_frontend_opened_is_tokenized_from_all_of_its_events(serve, one_user, trained_dir):
+    """A frontend that has not seen a window guesses it is new; where another frontend (or this one before a
+    restart) already stored events of it, the guess is wrong, and the window is tokenized from all of its stored
+    events, as one frontend that had received them all would tokenize it."""
+    base_a, settings = serve()
+    base_b, _ = serve(key_prefix=settings.key_prefix)  # a second frontend on the same store
+    df, _ = one_user
+    window = busiest_purchase_window(df, Manifest.load(trained_dir[0]).sources.period_s)
+    half = len(window) // 2
+    assert post(base_a, window[:half]).status_code == 200
+    split = post(base_b, window[half:]).json()
+    whole = post(base_a, [dict(e, user_id=e["user_id"] + "-whole") for e in window]).json()
+    assert split["accepted"] == len(window) - half
+    assert split["windows"][0]["event_count"] == whole["windows"][0]["event_count"] == len(window)
+    assert split["windows"][0]["tokens"] == whole["windows"][0]["tokens"]
+    user = window[0]["user_id"]
+    for base in (base_a, base_b):
+        stored = httpx.get(f"{base}/users/{user}/tokens", params={"sources": "purchases"}).json()["windows"]
+        assert [w["tokens"] for w in stored] == [whole["windows"][0]["tokens"]]
+
+
 def test_concurrent_writers_converge_to_the_serial_history(serve_both, cj_events):
     base, _ = serve_both(max_batch_size=16)
     events, _ = cj_events

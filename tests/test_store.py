@@ -123,6 +123,62 @@ def test_one_script_per_user_per_step_and_each_window_gets_its_own_result(any_re
     assert histories["a"]["promotions"]["codes"].tolist() == [[9, 10, 11, 12]]
 
 
+def test_a_guessed_new_window_is_ingested_and_committed_by_one_script_and_a_wrong_guess_writes_nothing(any_redis):
+    """POST /tokenize guesses that a window it has not seen lately is new and tokenizes it from the request's
+    events first: INGEST_COMMIT then writes those codes in the one script that ingests the events, where the
+    window held none of them. A window that held events, a replay and a late window are answered as INGEST
+    answers them, and their guessed codes are never stored."""
+    import asyncio
+
+    from u2qt.service.store import ACCEPTED, CLOSED, DUPLICATE, TokenHistoryStore
+
+    sources = ["purchases", "visits"]
+
+    async def scenario():
+        client = any_redis.client()
+        store = TokenHistoryStore(client, "guess", "m1", 4, 1024, 7 * 86400, 180, 180, 1)
+
+        def group(user, source, window, *ids):
+            return (user, source, window, [(i, {"ts": window * 7 * 86400.0, "text": i}) for i in ids])
+
+        guessed, other = np.array([1, 2, 3, 4]), np.array([9, 9, 9, 9])
+        before = any_redis.eval_calls()
+        new, moves = await store.ingest_guessed(
+            [group("a", "purchases", 10, "p-1", "p-2"), group("a", "visits", 10, "v-1")], {0: guessed}, sources
+        )
+        one_call = any_redis.eval_calls() - before
+        stored_first = (await store.read(["a"], sources))[0]["a"]
+        await store.commit([("a", "visits", 10, 1, other)], sources)  # the unguessed window, as the service does
+        # then: one more event for the same window, a replay, and a window too late, each with a guess
+        more, more_moves = await store.ingest_guessed(
+            [group("a", "purchases", 10, "p-3"), group("a", "visits", 10, "v-1")], {0: other, 1: other}, sources
+        )
+        await store.commit([("a", "purchases", 12, 1, guessed)], sources)
+        late, _ = await store.ingest_guessed([group("a", "purchases", 10, "p-4")], {0: other}, sources)
+        stored_after = (await store.read(["a"], sources))[0]["a"]
+        await client.aclose()
+        return new, moves, one_call, stored_first, more, more_moves, late, stored_after
+
+    new, moves, one_call, stored_first, more, more_moves, late, stored_after = asyncio.run(scenario())
+    assert one_call == 1, "a user's new windows: INGEST and COMMIT in one script"
+    assert new[0].committed and new[0].events is None and new[0].statuses == [ACCEPTED, ACCEPTED]
+    assert new[0].event_count == 2
+    assert not new[1].committed and [e["event_id"] for e in new[1].events] == ["v-1"], "not guessed: as INGEST"
+    assert stored_first["purchases"]["codes"].tolist() == [[1, 2, 3, 4]]
+    assert stored_first["purchases"]["count"].tolist() == [2]
+    assert stored_first["visits"]["window"].tolist() == [], "the unguessed window waits for its own COMMIT"
+    assert "a" in moves and moves["a"][2] == 3  # the digest to re-file under; engagement: 3 events accepted
+    # the window held two events: the guess from the request's one event is wrong, and nothing is written
+    assert not more[0].committed and [e["event_id"] for e in more[0].events] == ["p-1", "p-2", "p-3"]
+    assert not more[1].committed and more[1].statuses == [DUPLICATE] and more[1].events is None
+    assert more_moves == {}
+    assert late[0].statuses == [CLOSED] and not late[0].committed
+    assert stored_after["purchases"]["codes"].tolist() == [[1, 2, 3, 4], [1, 2, 3, 4]]
+    assert stored_after["purchases"]["window"].tolist() == [10, 12]
+    assert stored_after["purchases"]["count"].tolist() == [2, 1]
+    assert stored_after["visits"]["codes"].tolist() == [[9, 9, 9, 9]]
+
+
 def test_scripts_go_by_sha1_and_a_redis_that_lost_them_is_sent_their_bodies(any_redis):
     """Writes and reads send EVALSHA; after SCRIPT FLUSH (or a restart, or a new node) each command that meets
     NOSCRIPT goes again with its script's body, in a pipeline and on the single-read path alike."""
