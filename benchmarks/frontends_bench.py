@@ -17,6 +17,14 @@ says so: those add no window, so windows/s would be capped by `--users`.
 `--baseline REV` also runs, before each row's, the same load against the service as it was at git revision REV
 (its model/ and service/ first on PYTHONPATH): old and new code alternated in one sitting, with the ratio of their
 event loops' CPU per window.
+
+    python3 benchmarks/frontends_bench.py --artifacts artifacts/cj300 --frontend-only 5 --seconds 10 [--baseline REV]
+
+instead measures one frontend alone: `--frontend-only N` loads of the frontend as U2QT_FRONTENDS=1 runs it
+(uvicorn, create_app) against an echo engine that answers codes hashed from each window without running a model,
+each after the baseline's when `--baseline` is given, and prints the medians of its event loop's CPU per window.
+With the model beside it on 2 cores, a row's event-loop figure moves by a tenth or more between loads of the same
+code; without it, the frontend is the bottleneck and a change of a few percent shows.
 """
 
 from __future__ import annotations
@@ -34,11 +42,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import ROOT, RedisProcess, ServiceProcess, cpu_by_thread, cpu_seconds, recorded  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    ROOT,
+    RedisProcess,
+    ServiceProcess,
+    cpu_by_thread,
+    cpu_seconds,
+    free_port,
+    recorded,
+    wait_until,
+)
 from benchmarks.service_bench import (  # noqa: E402
     Replicas,
     batch_totals,
@@ -106,10 +124,11 @@ def run_load(args, url: str, payloads, frontends: int, max_batch: int, clients: 
 
 class EchoEngine:
     """The engine's side of a request without inference: its socket server (FrontendLink), a task per request,
-    unpacking into the batcher's jobs, and an answer of zero codes."""
+    unpacking into the batcher's jobs, and an answer of codes hashed from each window's input (windows that differ
+    get codes that differ, so users' histories do not all collide)."""
 
-    def __init__(self, levels: int):
-        self.levels, self.tasks = levels, set()
+    def __init__(self, levels: int, codebook_size: int = 256):
+        self.levels, self.codebook_size, self.tasks = levels, codebook_size, set()
 
     def receive(self, link: FrontendLink, kind: bytes, rid: int, body: bytes) -> None:
         task = asyncio.create_task(self.answer(link, kind, rid, body))
@@ -121,14 +140,31 @@ class EchoEngine:
             link.send(rid, wire.OK, wire.encoder.encode(wire.EngineInfo(os.getpid(), "echo", [], wire.Load())))
             return
         jobs = engine_jobs(body)
-        codes = np.zeros((len(jobs), self.levels), dtype=np.int64)
+        codes = np.array(
+            [
+                [
+                    hash(
+                        (
+                            level,
+                            j.source_index,
+                            *(c.tobytes() for c in j.chunks or []),
+                            j.features is not None and j.features.tobytes(),
+                        )
+                    )
+                    % self.codebook_size
+                    for level in range(self.levels)
+                ]
+                for j in jobs
+            ],
+            dtype=np.int64,
+        ).reshape(len(jobs), self.levels)
         reply = wire.Codes(codes.tobytes(), self.levels, wire.Load(len(jobs), 1.0))
         link.send(rid, wire.OK, wire.encoder.encode(reply))
 
 
-def echo_engine(path: str, levels: int) -> None:
+def echo_engine(path: str, levels: int, codebook_size: int = 256) -> None:
     async def serve():
-        echo = EchoEngine(levels)
+        echo = EchoEngine(levels, codebook_size)
         await asyncio.get_running_loop().create_unix_server(lambda: FrontendLink(echo, set()), path)
         await asyncio.Event().wait()
 
@@ -177,6 +213,89 @@ def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 
         "bytes": len(body),
         "tokens": tokens,
     }
+
+
+def frontend_only_load(args, url: str, payloads) -> dict:
+    """One frontend as `u2qt serve` runs it with U2QT_FRONTENDS=1 (uvicorn, create_app), against an EchoEngine
+    instead of the model: the frontend's own cost per window without the encoder's CPU beside it on the machine's
+    cores, the noise that hides a frontend's change of a tenth in the rows with the model."""
+    manifest = Manifest.load(args.artifacts)
+    vocabulary = manifest.token_vocabulary()
+    tag = f"{os.getpid()}-{time.time_ns()}"
+    path = f"/tmp/u2qt-echo-{tag}.sock"
+    peer = multiprocessing.get_context("spawn").Process(
+        target=echo_engine, args=(path, vocabulary.levels, vocabulary.codebook_size), daemon=True
+    )
+    peer.start()
+    metrics_dir = Path(tempfile.mkdtemp(prefix="u2qt-echo-metrics-"))
+    port = free_port()
+    env = dict(
+        os.environ,
+        REDIS_URL=url,
+        U2QT_ARTIFACTS=str(args.artifacts),
+        U2QT_FRONTENDS="1",
+        U2QT_ENGINE_SOCKET=path,
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        U2QT_KEY_PREFIX=f"echo-{tag}",
+        U2QT_MAX_QUEUE_WINDOWS="100000",
+        U2QT_MAX_QUEUE_DELAY_MS="0",
+    )
+    command = [sys.executable, "-m", "uvicorn", "--factory", "u2qt.service.app:create_app", "--port", str(port)]
+    frontend = subprocess.Popen(
+        [*command, "--log-level", "warning", "--no-access-log"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: frontend.poll() is None and ready(base), 120, "frontend readiness")
+        loop0, all0 = cpu_by_thread(frontend.pid).get(frontend.pid, 0.0), cpu_seconds(frontend.pid)
+        r = post_load_wrk([base], payloads, args.clients_frontend_only, args.seconds)
+        loop1, all1 = cpu_by_thread(frontend.pid).get(frontend.pid, 0.0), cpu_seconds(frontend.pid)
+    finally:
+        frontend.terminate()
+        frontend.wait(60)
+        peer.kill()
+        peer.join(10)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    windows = max(r["windows_s"] * args.seconds, 1)
+    return r | {"loop_ms": (loop1 - loop0) * 1e3 / windows, "frontend_ms": (all1 - all0) * 1e3 / windows}
+
+
+def ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def frontend_only(args, url: str, payloads, old: Path | None) -> None:
+    """`--frontend-only N`: N loads of one frontend against the echo engine, alternated with the baseline's."""
+    runs: dict[str, list[dict]] = {"this checkout": [], f"baseline {args.baseline}": []}
+    for _ in range(args.frontend_only):
+        if old is not None:
+            with service_code(old):
+                runs[f"baseline {args.baseline}"].append(frontend_only_load(args, url, payloads))
+        runs["this checkout"].append(frontend_only_load(args, url, payloads))
+    print(
+        f"one frontend (uvicorn, U2QT_FRONTENDS=1) against an echo engine (no model: codes hashed from each window), "
+        f"{args.clients_frontend_only} wrk connections, {args.seconds:g} s per load, {args.frontend_only} loads each"
+        + (", alternated with the baseline's" if old is not None else "")
+        + "; medians:"
+    )
+    print("code | windows/s | p50 ms | event loop ms/window (each load) | frontend process ms/window")
+    medians = {}
+    for name, loads in runs.items():
+        if not loads:
+            continue
+        loop = [x["loop_ms"] for x in loads]
+        medians[name] = statistics.median(loop)
+        print(
+            f"{name} | {statistics.median([x['windows_s'] for x in loads]):9.1f} | "
+            f"{statistics.median([x['p50'] for x in loads]) * 1e3:6.1f} | {medians[name]:.3f} "
+            f"({', '.join(f'{v:.3f}' for v in loop)}) | {statistics.median([x['frontend_ms'] for x in loads]):.3f}"
+        )
+    if len(medians) == 2:
+        now, before = medians.values()
+        print(f"event loop per window, this checkout / baseline: {now / before:.2f}")
 
 
 @contextlib.contextmanager
@@ -228,7 +347,33 @@ def main() -> None:
         default="on,off",
         help="'on': skip the unbatched run of each row (half the time, for a short GPU lease)",
     )
+    p.add_argument(
+        "--frontend-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the rows: N loads of one frontend against an echo engine (no model), each alternated with "
+        "the baseline's when --baseline is given",
+    )
+    p.add_argument("--clients-frontend-only", type=int, default=32, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.frontend_only:
+        payloads = requests_by_user_week(args.users)
+        store = RedisProcess().start()
+        scratch = Path(tempfile.mkdtemp(prefix="u2qt-frontends-bench-"))
+        try:
+            old = baseline_tree(args.baseline, scratch) if args.baseline else None
+            print(
+                f"command: python3 benchmarks/frontends_bench.py --artifacts {args.artifacts} --frontend-only "
+                f"{args.frontend_only} --seconds {args.seconds:g} --users {args.users}"
+                + (f" --baseline {args.baseline}" if args.baseline else "")
+            )
+            print(f"machine: {os.cpu_count()} cores; redis-server and wrk on the same machine")
+            frontend_only(args, store.url, payloads, old)
+        finally:
+            store.kill()
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     counts = [int(x) for x in args.frontends.split(",")]
     client_counts = [int(x) for x in args.clients.split(",")]
     payloads = requests_by_user_week(args.users)
