@@ -32,8 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 POST_PARTS = {
     "/tokenize handler (the route function and EventTokenizer)": ("tokenize", "write_routes.py"),
     "  body decoded (msgspec: schemas.tokenize_events)": ("tokenize_events", "schemas.py"),
-    "  INGEST prepared, sent and its reply read (TokenHistoryStore.ingest)": ("TokenHistoryStore.ingest", "store.py"),
-    "  COMMIT prepared, sent and its reply read (TokenHistoryStore.commit)": ("TokenHistoryStore.commit", "store.py"),
+    "  INGEST or INGEST_COMMIT prepared, sent and its reply read (TokenHistoryStore.ingest_guessed)": (
+        "TokenHistoryStore.ingest_guessed",
+        "store.py",
+    ),
+    "  COMMIT of windows that held events (TokenHistoryStore.commit)": ("TokenHistoryStore.commit", "store.py"),
     "  windows rendered (EventTokenizer._job)": ("EventTokenizer._job", "ingest.py"),
     "  token metrics (EventTokenizer._observe)": ("EventTokenizer._observe", "ingest.py"),
     "Redis pipelines coalesced across requests (own task)": ("CoalescingPipeline._send", "coalescing.py"),
