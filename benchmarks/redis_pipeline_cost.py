@@ -4,9 +4,10 @@
 
 Against its own redis-server: `--concurrency` tasks, each standing for a request that sends two small scripts
 (the shape of INGEST or COMMIT for one user-week), either as its own pipeline (what the service did) or through
-service.coalescing.CoalescingPipeline (what it does), whose round trips write a pooled connection directly; beside
-it the same coalescing with a redis-py Pipeline object per round trip. Also the cost of one pipeline by its size,
-one at a time. Client CPU time is what matters on the service's loop; wall time is printed beside it.
+service.coalescing.CoalescingPipeline (what it does), whose round trips are packed by hiredis and written to a
+pooled connection directly; beside it the same coalescing with a redis-py Pipeline object per round trip. Also the
+cost of one pipeline by its size, one at a time. Client CPU time is what matters on the service's loop; wall time
+is printed beside it.
 """
 
 from __future__ import annotations
