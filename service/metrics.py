@@ -52,6 +52,13 @@ class ServiceMetrics:
         self.events = Counter("u2qt_events_total", "Events received, by outcome", ["outcome"], registry=r)
         self.windows = Counter("u2qt_windows_tokenized_total", "Windows tokenized", ["source"], registry=r)
         self.tokens = Counter("u2qt_tokens_emitted_total", "Tokens emitted", ["level"], registry=r)
+        self.window_guesses = Counter(
+            "u2qt_window_guesses_total",
+            "Windows tokenized from a request's events before knowing they were new: stored, or wasted (the window "
+            "held events; it was tokenized again)",
+            ["outcome"],
+            registry=r,
+        )
         self.rejected = Counter("u2qt_requests_rejected_total", "Requests refused before work", ["reason"], registry=r)
         self.redis_latency = Histogram(
             "u2qt_redis_command_duration_seconds",
@@ -118,6 +125,8 @@ class ServiceMetrics:
             self.events.labels(outcome)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        for outcome in ("stored", "wasted"):
+            self.window_guesses.labels(outcome)
         for source in sources:
             self.windows.labels(source)
         for level in range(1, levels + 1):

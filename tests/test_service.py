@@ -154,6 +154,9 @@ def test_a_new_window_is_one_script_with_the_tokens_of_the_usual_path(serve, one
     user = window[0]["user_id"]
     stored = httpx.get(f"{base}/users/{user}/tokens", params={"sources": "purchases"}).json()["windows"]
     assert [w["tokens"] for w in stored] == [guessed["windows"][0]["tokens"]]
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'u2qt_window_guesses_total{outcome="stored"} 3.0' in metrics  # warm-up, the window, the first of other
+    assert 'u2qt_window_guesses_total{outcome="wasted"} 0.0' in metrics
 
 
 def test_a_window_another_frontend_opened_is_tokenized_from_all_of_its_events(serve, one_user, trained_dir):
@@ -175,6 +178,7 @@ def test_a_window_another_frontend_opened_is_tokenized_from_all_of_its_events(se
     for base in (base_a, base_b):
         stored = httpx.get(f"{base}/users/{user}/tokens", params={"sources": "purchases"}).json()["windows"]
         assert [w["tokens"] for w in stored] == [whole["windows"][0]["tokens"]]
+    assert 'u2qt_window_guesses_total{outcome="wasted"} 1.0' in httpx.get(f"{base_b}/metrics").text
 
 
 def test_concurrent_writers_converge_to_the_serial_history(serve_both, cj_events):

@@ -295,3 +295,22 @@ def test_a_cluster_spreads_users_over_every_master_and_each_users_scripts_stay_l
     assert sorted(fallback.values()) == list(range(1, 61))  # 60 identical histories: ranks 1..60
     spread = redis_cluster.keys_per_master()
     assert len(spread) == 3 and min(spread) > 20, spread
+
+
+def test_guessing_stops_after_wrong_guesses_and_resumes_when_probes_are_right():
+    """A wrong guess costs a window's inference: POST /tokenize stops guessing that unseen windows are new after
+    two requests of wrong guesses (a stream of events into open windows), then guesses in one request of 100 only,
+    and guesses again once those probes have been right long enough."""
+    from u2qt.service.ingest import GuessPolicy
+
+    policy = GuessPolicy()
+    assert all(policy.guess() for _ in range(10))
+    policy.observe(right=2, wrong=0)
+    assert policy.guess()
+    policy.observe(right=0, wrong=2)
+    policy.observe(right=0, wrong=1)
+    decisions = [policy.guess() for _ in range(1000)]
+    assert sum(decisions) == 10, "off: one request in 100 probes"
+    for _ in range(200):  # the probes are right again (new windows again): guessing comes back
+        policy.observe(right=3, wrong=0)
+    assert policy.guess() and all(policy.guess() for _ in range(10))
