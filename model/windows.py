@@ -95,7 +95,7 @@ def tabular_window_features(values: np.ndarray) -> np.ndarray:
     if values.ndim != 2 or values.shape[0] == 0:
         raise ValueError("a tabular window needs at least one event row")
     out = [math.log1p(values.shape[0])]
-    # per column in plain floats: a window holds a few rows, where numpy's per-call cost was 3x the arithmetic
+    # per column in plain floats: a window holds a few rows, where numpy's cost per call dwarfs the arithmetic
     # (the service renders every window it tokenizes on its event loop)
     for col in values.T.tolist():
         col = [x for x in col if x == x]  # NaN != NaN: missing
