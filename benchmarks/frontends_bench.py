@@ -246,7 +246,11 @@ def frontend_only_load(args, url: str, payloads) -> dict:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: frontend.poll() is None and ready(base), 120, "frontend readiness")
+        wait_until(
+            lambda: frontend.poll() is None and httpx.get(f"{base}/readyz").status_code == 200,
+            120,
+            "frontend readiness",
+        )
         loop0, all0 = cpu_by_thread(frontend.pid).get(frontend.pid, 0.0), cpu_seconds(frontend.pid)
         r = post_load_wrk([base], payloads, args.clients_frontend_only, args.seconds)
         loop1, all1 = cpu_by_thread(frontend.pid).get(frontend.pid, 0.0), cpu_seconds(frontend.pid)
@@ -258,13 +262,6 @@ def frontend_only_load(args, url: str, payloads) -> dict:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     windows = max(r["windows_s"] * args.seconds, 1)
     return r | {"loop_ms": (loop1 - loop0) * 1e3 / windows, "frontend_ms": (all1 - all0) * 1e3 / windows}
-
-
-def ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def frontend_only(args, url: str, payloads, old: Path | None) -> None:

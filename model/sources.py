@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -135,7 +136,12 @@ class SourcesConfig(BaseModel):
         raise KeyError(name)
 
     def get(self, name: str) -> SourceSpec | None:
-        return next((s for s in self.sources if s.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, SourceSpec]:
+        # the service looks a source up per event it validates and per window it renders
+        return {s.name: s for s in self.sources}
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SourcesConfig:

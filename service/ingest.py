@@ -39,7 +39,6 @@ def validation_errors(events: list[EventIn], manifest: Manifest, latest_ts: floa
     def error(i: int, field: str, msg: str, kind: str = "value_error") -> None:
         errors.append({"loc": ["body", "events", i, field], "msg": msg, "type": kind})
 
-    specs = {s.name: s for s in sources.sources}  # a dict lookup per event, not a scan of the sources
     for i, e in enumerate(events):
         if e.ts >= latest:
             error(
@@ -48,7 +47,7 @@ def validation_errors(events: list[EventIn], manifest: Manifest, latest_ts: floa
                 f"ts {iso(int(e.ts))} is ahead of the server's clock by more than the allowed skew "
                 f"(U2QT_MAX_FUTURE_SKEW); events are refused until they could have happened",
             )
-        spec = specs.get(e.source)
+        spec = sources.get(e.source)
         if spec is None:
             known = [s.name for s in sources.sources]
             error(i, "source", f"unknown source {e.source!r}; this model has {known}")
@@ -133,7 +132,6 @@ class EventTokenizer:
         self.period = manifest.sources.period_s
         self.source_index = {s.name: i for i, s in enumerate(manifest.sources.sources)}
         self.source_names = list(self.source_index)
-        self._specs = {s.name: s for s in manifest.sources.sources}
         self._seen = [set() for _ in range(self.vocabulary.levels)]
         self._recent: dict[tuple[str, str, int], None] = {}  # insertion-ordered: the oldest is forgotten first
         self.guessing = GuessPolicy()
@@ -302,7 +300,7 @@ class EventTokenizer:
         return d
 
     def _job(self, source: str, events: list[dict]) -> WindowJob:
-        spec = self._specs[source]
+        spec = self.manifest.sources.get(source)
         idx = self.source_index[source]
         if spec.kind == "text":
             text = render_text_window(

@@ -401,7 +401,6 @@ class TokenHistoryStore:
                     strict=True,
                 )
             )
-        position = {s: i + 1 for i, s in enumerate(sources)}
         commands, guessing = [], []
         for user, members in by_user.items():
             keys, args = [], [self.late_windows, self.events_ttl_s, self.ttl_s, self.max_events_per_window]
@@ -417,12 +416,11 @@ class TokenHistoryStore:
             if not guessed:
                 commands.append(evalsha(INGEST, keys, args))
                 continue
-            commit_keys = [self.meta_key(user)] + [self.history_key(user, s) for s in sources]
-            commit_args = [self.max_entries, self.ttl_s, self.events_ttl_s, 0]
-            for g, i in guessed:
-                _, source, window, events = groups[i]
-                commit_keys.append(self.events_key(user, source, window))
-                commit_args += [g, len(events), position[source], window, len(events), packed[i]]
+            commit_keys, commit_args, each = self._commit_call(
+                user, [(*groups[i][1:3], len(groups[i][3]), packed[i]) for _, i in guessed], sources
+            )
+            for (g, i), write in zip(guessed, each, strict=True):
+                commit_args += [g, len(groups[i][3]), *write]
             commands.append(
                 evalsha(
                     INGEST_COMMIT,
@@ -435,9 +433,9 @@ class TokenHistoryStore:
         replies = await self.pipeline.execute(commands)
         for (user, members), reply, guessed in zip(by_user.items(), replies, guessing, strict=True):
             if guessed:
-                reply, (applied, digest, old, engaged, ranked) = reply
-                if applied:
-                    moves[user] = (_text(digest), _text(old), int(engaged), bool(ranked))
+                reply, committed = reply
+                if committed[0]:
+                    moves[user] = _move(committed)
             for i, (need, n, statuses, flat, newest) in zip(members, reply, strict=True):
                 events = None
                 if need == 1:
@@ -468,24 +466,24 @@ class TokenHistoryStore:
         packed = self.entries.pack(
             np.array([w[2] for w in writes]), np.stack([w[4] for w in writes]), np.array([w[3] for w in writes])
         )
-        position = {s: i + 1 for i, s in enumerate(sources)}
         by_user = _positions_by_user(writes)
         commands = []
         for user, members in by_user.items():
-            keys = [self.meta_key(user)] + [self.history_key(user, s) for s in sources]
-            args = [self.max_entries, self.ttl_s, self.events_ttl_s, int(engagement)]
-            for i in members:
-                _, source, window, n, _ = writes[i]
-                keys.append(self.events_key(user, source, window))
-                args += [position[source], window, n, packed[i]]
-            commands.append(evalsha(COMMIT, keys, args))
+            keys, args, each = self._commit_call(user, [(*writes[i][1:4], packed[i]) for i in members], sources)
+            args[3] = int(engagement)
+            commands.append(evalsha(COMMIT, keys, args + [a for write in each for a in write]))
         replies = await self.pipeline.execute(commands)
-        moves = {
-            user: (_text(digest), _text(old), int(engaged), bool(ranked))
-            for user, (applied, digest, old, engaged, ranked) in zip(by_user, replies, strict=True)
-            if applied
-        }
+        moves = {user: _move(reply) for user, reply in zip(by_user, replies, strict=True) if reply[0]}
         return moves, sum(int(r[0]) for r in replies)
+
+    def _commit_call(self, user: str, writes: list[tuple[str, int, int, bytes]], sources: list[str]):
+        """COMMIT's layout for one user's writes (source, window index, event count, packed entry), one place for
+        COMMIT and INGEST_COMMIT: -> (keys, its 4 leading args with engagement 0 as the online path writes, each
+        write's 4 args)."""
+        keys = [self.meta_key(user)] + [self.history_key(user, s) for s in sources]
+        keys += [self.events_key(user, source, window) for source, window, _, _ in writes]
+        each = [[sources.index(source) + 1, window, n, entry] for source, window, n, entry in writes]
+        return keys, [self.max_entries, self.ttl_s, self.events_ttl_s, 0], each
 
     async def stored_counts(self, windows: list[tuple[str, str, int]]) -> list[int]:
         """(user, source, window index) -> the event count its stored entry was built from, or -1 (none). One
@@ -530,6 +528,13 @@ def _positions_by_user(rows: list[tuple]) -> dict[str, list[int]]:
     for i, row in enumerate(rows):
         by_user.setdefault(row[0], []).append(i)
     return by_user
+
+
+def _move(reply) -> tuple[str, str, int, bool]:
+    """COMMIT's answer {applied, digest, digest before, engagement, has a fallback index} -> a move for
+    refresh_fallback."""
+    _, digest, old, engaged, ranked = reply
+    return _text(digest), _text(old), int(engaged), bool(ranked)
 
 
 def _text(value) -> str:

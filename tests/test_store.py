@@ -314,3 +314,23 @@ def test_guessing_stops_after_wrong_guesses_and_resumes_when_probes_are_right():
     for _ in range(200):  # the probes are right again (new windows again): guessing comes back
         policy.observe(right=3, wrong=0)
     assert policy.guess() and all(policy.guess() for _ in range(10))
+
+
+def test_round_trips_go_on_the_wire_as_redis_py_would_pack_them():
+    """CoalescingPipeline packs commands with hiredis instead of redis-py's packer: the same bytes for every kind of
+    argument the store sends (strings, ints, negative floats, JSON bytes)."""
+    import orjson
+    import redis.asyncio as aioredis
+    from hiredis import pack_command
+
+    connection = aioredis.Redis().connection_pool.make_connection()
+    event = orjson.dumps({"ts": 1_500_000_000.25, "text": "milk x3", "amount": 3.25})
+    commands = [
+        ("EVALSHA", "a" * 40, 2, "u2qt:{u}:c:v:purchases", "u2qt:{u}:m:v", 1, 86400, "e-1", event, b"\x99\t\x00"),
+        ("ZADD", "u2qt:fb:v:0123", -12.0, "u"),
+        ("ZADD", "u2qt:fb:v:0123", -0.1, "u"),
+        ("EXPIRE", "u2qt:fb:v:0123", 15552000),
+        ("HDEL", "u2qt:{u}:m:v", "f"),
+    ]
+    for command in commands:
+        assert pack_command(command) == b"".join(connection.pack_command(*command)), command
