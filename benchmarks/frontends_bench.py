@@ -6,7 +6,7 @@
 1. raw limit: the service's batch stages alone (tokenize + ONNX Runtime, `--max-batch` per batch), no HTTP/Redis;
 2. IPC: one frontend's request of 64 real windows to the engine and back (pack the subword ids, the frontend's
    EngineConnection over the Unix socket to the engine's server, unpack into the engine's jobs, answer codes,
-   decode), without inference: its median round trip;
+   decode), without inference (the peer answers codes all 0): its median round trip;
 3. for each count in `--frontends` (0: one process, models in-process, the default deployment), `u2qt serve`
    under `--clients` wrk connections posting one (household, week) request each at a time: windows/s, e2e/raw,
    the same with batching off (max_batch_size 1) and batching on/off, latency, the engine's mean batch, and CPU per
@@ -25,6 +25,11 @@ instead measures one frontend alone: `--frontend-only N` loads of the frontend a
 each after the baseline's when `--baseline` is given, and prints the medians of its event loop's CPU per window.
 With the model beside it on 2 cores, a row's event-loop figure moves by a tenth or more between loads of the same
 code; without it, the frontend is the bottleneck and a change of a few percent shows.
+
+    python3 benchmarks/frontends_bench.py --artifacts artifacts/cj300 --ipc-only 7
+
+measures only the IPC round trip (2 above), N times in one sitting, and prints each and their median: on 2 cores
+one measurement moves by 2x between runs.
 """
 
 from __future__ import annotations
@@ -124,47 +129,50 @@ def run_load(args, url: str, payloads, frontends: int, max_batch: int, clients: 
 
 class EchoEngine:
     """The engine's side of a request without inference: its socket server (FrontendLink), a task per request,
-    unpacking into the batcher's jobs, and an answer of codes hashed from each window's input (windows that differ
-    get codes that differ, so users' histories do not all collide)."""
+    unpacking into the batcher's jobs, and an answer of codes. With `distinct`, each window's codes come from one
+    hash of its input (windows that differ get codes that differ, so users' histories do not all collide);
+    without, every code is 0, so that a round trip measures the IPC and nothing that stands in for a model."""
 
-    def __init__(self, levels: int, codebook_size: int = 256):
-        self.levels, self.codebook_size, self.tasks = levels, codebook_size, set()
+    def __init__(self, levels: int, codebook_size: int = 256, distinct: bool = True):
+        self.levels, self.codebook_size, self.distinct, self.tasks = levels, codebook_size, distinct, set()
+        self.shifts = np.arange(levels, dtype=np.uint64) * np.uint64(64 // max(levels, 1))
 
     def receive(self, link: FrontendLink, kind: bytes, rid: int, body: bytes) -> None:
         task = asyncio.create_task(self.answer(link, kind, rid, body))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def codes(self, jobs) -> np.ndarray:
+        if not self.distinct:
+            return np.zeros((len(jobs), self.levels), np.int64)
+        digest = np.array(
+            [
+                hash(
+                    (
+                        j.source_index,
+                        *(c.tobytes() for c in j.chunks or []),
+                        j.features is not None and j.features.tobytes(),
+                    )
+                )
+                & 0xFFFFFFFFFFFFFFFF
+                for j in jobs
+            ],
+            dtype=np.uint64,
+        )
+        return ((digest[:, None] >> self.shifts) % np.uint64(self.codebook_size)).astype(np.int64)
+
     async def answer(self, link: FrontendLink, kind: bytes, rid: int, body: bytes) -> None:
         if kind == wire.PING:
             link.send(rid, wire.OK, wire.encoder.encode(wire.EngineInfo(os.getpid(), "echo", [], wire.Load())))
             return
         jobs = engine_jobs(body)
-        codes = np.array(
-            [
-                [
-                    hash(
-                        (
-                            level,
-                            j.source_index,
-                            *(c.tobytes() for c in j.chunks or []),
-                            j.features is not None and j.features.tobytes(),
-                        )
-                    )
-                    % self.codebook_size
-                    for level in range(self.levels)
-                ]
-                for j in jobs
-            ],
-            dtype=np.int64,
-        ).reshape(len(jobs), self.levels)
-        reply = wire.Codes(codes.tobytes(), self.levels, wire.Load(len(jobs), 1.0))
+        reply = wire.Codes(self.codes(jobs).tobytes(), self.levels, wire.Load(len(jobs), 1.0))
         link.send(rid, wire.OK, wire.encoder.encode(reply))
 
 
-def echo_engine(path: str, levels: int, codebook_size: int = 256) -> None:
+def echo_engine(path: str, levels: int, codebook_size: int = 256, distinct: bool = True) -> None:
     async def serve():
-        echo = EchoEngine(levels, codebook_size)
+        echo = EchoEngine(levels, codebook_size, distinct)
         await asyncio.get_running_loop().create_unix_server(lambda: FrontendLink(echo, set()), path)
         await asyncio.Event().wait()
 
@@ -180,7 +188,9 @@ def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 
     chunks = tokenizer.encode_windows(jobs)
     levels = manifest.token_vocabulary().levels
     path = f"/tmp/u2qt-ipc-bench-{os.getpid()}.sock"
-    peer = multiprocessing.get_context("spawn").Process(target=echo_engine, args=(path, levels), daemon=True)
+    peer = multiprocessing.get_context("spawn").Process(
+        target=echo_engine, args=(path, levels, 256, False), daemon=True
+    )
     peer.start()
 
     async def measure() -> tuple[list[float], list[float], bytes]:
@@ -353,7 +363,28 @@ def main() -> None:
         "the baseline's when --baseline is given",
     )
     p.add_argument("--clients-frontend-only", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--ipc-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the rows: N IPC measurements (each the median of 2,000 round trips) and their median",
+    )
     args = p.parse_args()
+    if args.ipc_only:
+        payloads = requests_by_user_week(args.users)
+        runs = [ipc_round_trip(args.artifacts, payloads) for _ in range(args.ipc_only)]
+        print(f"command: python3 benchmarks/frontends_bench.py --artifacts {args.artifacts} --ipc-only {args.ipc_only}")
+        print(
+            f"IPC, one request of 64 windows ({runs[0]['tokens']} subword ids, {runs[0]['bytes']:,} bytes) to an "
+            f"engine's server and back, no inference, codes all 0; each run the median of 2,000 round trips:"
+        )
+        print("run | round trip ms | of which packing ms")
+        for i, r in enumerate(runs, 1):
+            print(f"{i:3d} | {r['ms']:13.3f} | {r['pack_ms']:.3f}")
+        ms = statistics.median(r["ms"] for r in runs)
+        print(f"median of {len(runs)} runs: {ms:.3f} ms round trip")
+        return
     if args.frontend_only:
         payloads = requests_by_user_week(args.users)
         store = RedisProcess().start()

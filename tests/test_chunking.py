@@ -27,6 +27,17 @@ def test_a_long_window_is_cut_into_chunks_that_keep_every_token(trained_dir):
     assert enc.tokenizer.chunks_needed([text])[0] == len(chunks)
 
 
+def test_chunks_are_the_ids_of_the_tokenizers_full_encoding(trained_dir):
+    """TextTokenizer uses encode_batch_fast (no character offsets): its chunks must be the ids that the tokenizer's
+    offset-tracking encode gives, first chunk and overflow alike."""
+    out, _, _ = trained_dir
+    enc = _encoder(out, max_chunks=64)
+    texts = [long_window(), long_window(7), "3 events, $4.50: milk x2, bread", "crème brûlée, 日本茶 x3"]
+    for text, chunks in zip(texts, enc.tokenizer.encode(texts), strict=True):
+        full = enc.tokenizer.tokenizer.encode(enc.tokenizer.prefix + text)
+        assert chunks == [full.ids, *(o.ids for o in full.overflowing)]
+
+
 def test_a_long_window_embeds_as_the_length_weighted_mean_of_its_chunks(trained_dir):
     out, _, _ = trained_dir
     enc = _encoder(out, max_chunks=64)
