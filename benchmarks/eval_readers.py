@@ -11,7 +11,10 @@ tokenizers fitted as it fits its MRQ-VAE, on the pre-cut-off windows). Prints me
 2. the continuous window embeddings and the decoded tokens pooled as `GET /users/{id}/embedding?kind=tokens`
    pools them (model.decoded.pool_user), and the same with a volume-scaled copy of each source's mean beside it
    (the mean x log1p(the source's events));
-3. a text window encoded as the mean of its events' text embeddings (each distinct event text embedded alone,
+3. the pooled means beside a count of the user's windows per cluster (log1p, as the baseline counts items): the
+   decoded tokens beside the bag of MRQ-VAE tokens (each level's code is a cluster of windows), the continuous
+   embeddings beside their k-means clusters (256 per source, fitted on the pre-cut-off windows);
+4. a text window encoded as the mean of its events' text embeddings (each distinct event text embedded alone,
    weighted by log1p of its count in the window, unit norm) instead of one embedding of the rendered window, an
    MRQ-VAE fitted on those, and its continuous and decoded readings.
 
@@ -31,6 +34,25 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import recorded  # noqa: E402
+
+
+def cluster_counts(values: np.ndarray, d, k: int = 256) -> np.ndarray:
+    """Each user's windows in the span counted per k-means cluster of `values` (every corpus row; k clusters per
+    source, fitted on its pre-cut-off windows), log1p, the clusters no user has left out."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    source = d.corpus.windows["source_index"].to_numpy()
+    cluster = np.zeros(len(source), np.int64)
+    for s in range(len(d.names)):
+        fit = d.pre_rows[source[d.pre_rows] == s]
+        rows = np.flatnonzero(source == s)
+        kmeans = MiniBatchKMeans(k, random_state=0, n_init=3, batch_size=4096).fit(values[fit])
+        cluster[rows] = s * k + kmeans.predict(values[rows])
+    x = np.zeros((len(d.users), len(d.names) * k), np.float32)
+    for i, user in enumerate(d.users):
+        np.add.at(x[i], cluster[d.by_user[user]], 1.0)
+    x = np.log1p(x)
+    return x[:, x.sum(0) > 0]
 
 
 def volume_scaled(pooled: np.ndarray, n_sources: int, activity: tuple[str, ...]) -> np.ndarray:
@@ -69,14 +91,23 @@ def main() -> None:
     q = base.quantizer
     n_sources = len(d.names)
 
-    def readings(label: str) -> dict[str, np.ndarray]:
+    def readings(label: str, beside: bool = True) -> dict[str, np.ndarray]:
+        """The continuous embeddings and the decoded tokens, pooled, and (`beside`) the same with more beside."""
         mrq = fit_variant("MRQ-VAE", base, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
                           q.specific_levels, cfg.tokenizer_epochs, False)  # fmt: skip
-        reps, _ = token_representations(d, {"MRQ-VAE": mrq})
+        reps, src_emb = token_representations(d, {"MRQ-VAE": mrq})
         out = {}
         for key, name in ((CONTINUOUS, "continuous"), (DECODED, "decoded tokens")):
             out[f"{label}: {name}, pooled"] = reps[key]
-            out[f"{label}: {name}, pooled + volume-scaled mean"] = volume_scaled(reps[key], n_sources, ACTIVITY)
+            if beside:
+                out[f"{label}: {name}, pooled + volume-scaled mean"] = volume_scaled(reps[key], n_sources, ACTIVITY)
+        if not beside:
+            return out
+        bag = reps["bag of tokens: MRQ-VAE"]
+        out[f"{label}: decoded tokens, pooled + bag of tokens"] = np.hstack([reps[DECODED], bag[:, bag.sum(0) > 0]])
+        out[f"{label}: continuous, pooled + k-means cluster counts"] = np.hstack(
+            [reps[CONTINUOUS], cluster_counts(src_emb, d)]
+        )
         return out
 
     reps = {BASELINE: raw_baseline(d.events, d.sources, d.users, d.lo, d.hi)}
@@ -112,7 +143,7 @@ def main() -> None:
     has = np.bincount(pair // len(texts), weights=weight, minlength=len(w)) > 0
     d.text_emb = d.text_emb.copy()
     d.text_emb[has] = x[has] / np.linalg.norm(x[has], axis=1, keepdims=True)
-    reps.update({k: v for k, v in readings("mean of event embeddings").items() if "volume" not in k})
+    reps.update({k: v for k, v in readings("mean of event embeddings").items() if "volume" not in k and " + " not in k})
 
     results = probe_all(d, reps, cfg, progress=True)
     retention = signal_retention(results, BASELINE)

@@ -6,7 +6,7 @@
 1. raw limit: the service's batch stages alone (tokenize + ONNX Runtime, `--max-batch` per batch), no HTTP/Redis;
 2. IPC: one frontend's request of 64 real windows to the engine and back (pack the subword ids, the frontend's
    EngineConnection over the Unix socket to the engine's server, unpack into the engine's jobs, answer codes,
-   decode), without inference (the peer answers codes all 0): its median round trip;
+   decode), without inference (the peer answers codes all 0), both pinned to one core: its median round trip;
 3. for each count in `--frontends` (0: one process, models in-process, the default deployment), `u2qt serve`
    under `--clients` wrk connections posting one (household, week) request each at a time: windows/s, e2e/raw,
    the same with batching off (max_batch_size 1) and batching on/off, latency, the engine's mean batch, and CPU per
@@ -26,10 +26,11 @@ each after the baseline's when `--baseline` is given, and prints the medians of 
 With the model beside it on 2 cores, a row's event-loop figure moves by a tenth or more between loads of the same
 code; without it, the frontend is the bottleneck and a change of a few percent shows.
 
-    python3 benchmarks/frontends_bench.py --artifacts artifacts/cj300 --ipc-only 7
+    python3 benchmarks/frontends_bench.py --artifacts artifacts/cj300 --ipc-only 7 [--baseline REV]
 
-measures only the IPC round trip (2 above), N times in one sitting, and prints each and their median: on 2 cores
-one measurement moves by 2x between runs.
+measures only the IPC round trip (2 above), N times in one sitting, each in a process of its own (after the
+baseline's, with `--baseline`), with the frontend side and the engine on one core and on two, and prints each and
+their medians.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -50,16 +52,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import uvloop
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import (  # noqa: E402
     ROOT,
+    RecordedOutput,
     RedisProcess,
     ServiceProcess,
     cpu_by_thread,
     cpu_seconds,
     free_port,
-    recorded,
     wait_until,
 )
 from benchmarks.service_bench import (  # noqa: E402
@@ -170,7 +173,12 @@ class EchoEngine:
         link.send(rid, wire.OK, wire.encoder.encode(reply))
 
 
-def echo_engine(path: str, levels: int, codebook_size: int = 256, distinct: bool = True) -> None:
+def echo_engine(
+    path: str, levels: int, codebook_size: int = 256, distinct: bool = True, cpu: int | None = None
+) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
     async def serve():
         echo = EchoEngine(levels, codebook_size, distinct)
         await asyncio.get_running_loop().create_unix_server(lambda: FrontendLink(echo, set()), path)
@@ -179,19 +187,26 @@ def echo_engine(path: str, levels: int, codebook_size: int = 256, distinct: bool
     uvloop.run(serve())
 
 
-def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 2000) -> dict:
+def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 2000, cores: int = 0) -> dict:
     """Median ms of one request of `windows` real windows from a frontend's EngineConnection to an engine and
-    back, without inference."""
+    back, without inference. `cores` 1: the frontend side and the engine pinned to one CPU (the round trip is then
+    both sides' CPU and two context switches: stable between runs); 2: to two (a wake-up crosses cores: on this
+    VM, waking an idle vCPU adds tens of microseconds, and as much noise); 0: wherever the scheduler puts them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = cores and len(cpus) >= cores
     manifest = Manifest.load(artifacts)
     jobs = window_jobs(manifest, payloads)[:windows]
     tokenizer = TextTokenizer(artifacts / manifest.encoder.tokenizer_file, manifest.encoder)
     chunks = tokenizer.encode_windows(jobs)
     levels = manifest.token_vocabulary().levels
-    path = f"/tmp/u2qt-ipc-bench-{os.getpid()}.sock"
+    path = f"/tmp/u2qt-ipc-bench-{os.getpid()}-{cores}.sock"
     peer = multiprocessing.get_context("spawn").Process(
-        target=echo_engine, args=(path, levels, 256, False), daemon=True
+        target=echo_engine, args=(path, levels, 256, False, cpus[cores - 1] if pinned else None), daemon=True
     )
     peer.start()
+    before = os.sched_getaffinity(0)
+    if pinned:
+        os.sched_setaffinity(0, {cpus[0]})
 
     async def measure() -> tuple[list[float], list[float], bytes]:
         connection = EngineConnection(path)
@@ -216,6 +231,7 @@ def ipc_round_trip(artifacts: Path, payloads, windows: int = 64, repeats: int = 
     finally:
         peer.kill()
         peer.join(10)
+        os.sched_setaffinity(0, before)  # what runs after (the rows' services) inherits this process's CPUs
     tokens = sum(len(c) for cs in chunks if cs for c in cs)
     return {
         "ms": statistics.median(times) * 1e3,
@@ -331,7 +347,58 @@ def baseline_tree(rev: str, into: Path) -> Path:
     return into
 
 
-@recorded
+def ipc_only(args) -> None:
+    """--ipc-only N: N IPC measurements, each in a fresh process, alternated with the baseline's (its model/ and
+    service/ first on PYTHONPATH) when --baseline is given; each and their medians."""
+    scratch = Path(tempfile.mkdtemp(prefix="u2qt-ipc-bench-"))
+    try:
+        old = baseline_tree(args.baseline, scratch) if args.baseline else None
+        once = [sys.executable, __file__, "--ipc-once", "--artifacts", str(args.artifacts), "--users", str(args.users)]
+
+        def measure(tree: Path | None) -> dict:
+            with service_code(tree):
+                done = subprocess.run(once, capture_output=True, text=True, check=True, env=dict(os.environ))
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        runs = []
+        for _ in tqdm(range(args.ipc_only), desc="IPC runs"):
+            runs.append((measure(old) if old else None, measure(None)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    first = runs[0][1]["1"]
+    print(
+        f"command: python3 benchmarks/frontends_bench.py --artifacts {args.artifacts} --ipc-only {args.ipc_only} "
+        f"--users {args.users}" + (f" --baseline {args.baseline}" if args.baseline else "")
+    )
+    print(
+        f"IPC, one request of 64 windows ({first['tokens']} subword ids, {first['bytes']:,} bytes) to an engine's "
+        "server and back, no inference (codes all 0); each run the median of 2,000 round trips, in a process of "
+        "its own" + (f", {args.baseline}'s run just before" if args.baseline else "")
+    )
+    print(
+        "one core: the frontend side and the engine pinned to one CPU (both sides' CPU + two context switches); "
+        "two cores: pinned to two (each answer wakes the other, idle, vCPU)"
+    )
+    for cores in ("1", "2"):
+        print(f"{'one' if cores == '1' else 'two'} core{'s' if cores == '2' else ''}:")
+        print(
+            "run | round trip ms | of which packing ms"
+            + (f" | {args.baseline} round trip ms | now / baseline" if args.baseline else "")
+        )
+        for i, (b, r) in enumerate(runs, 1):
+            line = f"{i:3d} | {r[cores]['ms']:13.3f} | {r[cores]['pack_ms']:19.3f}"
+            if b:
+                line += f" | {b[cores]['ms']:{len(args.baseline) + 14}.3f} | {r[cores]['ms'] / b[cores]['ms']:.2f}"
+            print(line)
+        ms = statistics.median(r[cores]["ms"] for _, r in runs)
+        summary = f"median of {len(runs)} runs: {ms:.3f} ms round trip"
+        if args.baseline:
+            base = statistics.median(b[cores]["ms"] for b, _ in runs)
+            ratio = statistics.median(r[cores]["ms"] / b[cores]["ms"] for b, r in runs)
+            summary += f"; {args.baseline}: {base:.3f} ms; median of the runs' ratios {ratio:.2f}"
+        print(summary)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--artifacts", default="artifacts/cj", type=Path)
@@ -368,22 +435,24 @@ def main() -> None:
         type=int,
         default=0,
         metavar="N",
-        help="instead of the rows: N IPC measurements (each the median of 2,000 round trips) and their median",
+        help="instead of the rows: N IPC measurements (each the median of 2,000 round trips) and their median, "
+        "each after the baseline's when --baseline is given",
     )
+    p.add_argument("--ipc-once", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.ipc_only:
+    if args.ipc_once:  # one IPC measurement for --ipc-only, in a process of its own (the baseline's code or ours)
         payloads = requests_by_user_week(args.users)
-        runs = [ipc_round_trip(args.artifacts, payloads) for _ in range(args.ipc_only)]
-        print(f"command: python3 benchmarks/frontends_bench.py --artifacts {args.artifacts} --ipc-only {args.ipc_only}")
-        print(
-            f"IPC, one request of 64 windows ({runs[0]['tokens']} subword ids, {runs[0]['bytes']:,} bytes) to an "
-            f"engine's server and back, no inference, codes all 0; each run the median of 2,000 round trips:"
-        )
-        print("run | round trip ms | of which packing ms")
-        for i, r in enumerate(runs, 1):
-            print(f"{i:3d} | {r['ms']:13.3f} | {r['pack_ms']:.3f}")
-        ms = statistics.median(r["ms"] for r in runs)
-        print(f"median of {len(runs)} runs: {ms:.3f} ms round trip")
+        print(json.dumps({cores: ipc_round_trip(args.artifacts, payloads, cores=cores) for cores in (1, 2)}))
+        return
+    # each mode keeps its own current result: benchmarks/results/frontends_bench[_frontend_only|_ipc].txt
+    mode = "_ipc" if args.ipc_only else "_frontend_only" if args.frontend_only else ""
+    with RecordedOutput(f"frontends_bench{mode}"):
+        run(args)
+
+
+def run(args) -> None:
+    if args.ipc_only:
+        ipc_only(args)
         return
     if args.frontend_only:
         payloads = requests_by_user_week(args.users)
@@ -405,7 +474,7 @@ def main() -> None:
     counts = [int(x) for x in args.frontends.split(",")]
     client_counts = [int(x) for x in args.clients.split(",")]
     payloads = requests_by_user_week(args.users)
-    ipc = ipc_round_trip(args.artifacts, payloads)
+    ipc = ipc_round_trip(args.artifacts, payloads, cores=1)
     store = RedisProcess().start()
     scratch = Path(tempfile.mkdtemp(prefix="u2qt-frontends-bench-"))
     try:
@@ -438,7 +507,7 @@ def main() -> None:
     print(f"raw batch stages, {args.max_batch} per batch (no HTTP, no Redis): {raw.windows_s:.1f} windows/s")
     print(
         f"IPC, one request of 64 windows ({ipc['tokens']} subword ids, {ipc['bytes']:,} bytes) to the engine and "
-        f"back, no inference: {ipc['ms']:.3f} ms median round trip (packing {ipc['pack_ms']:.3f} ms)"
+        f"back, no inference, both on one core: {ipc['ms']:.3f} ms median round trip (packing {ipc['pack_ms']:.3f} ms)"
     )
     several = len(client_counts) > 1  # a clients column only then: one count prints as it always has
 

@@ -42,13 +42,14 @@ class EngineConnection(asyncio.Protocol):
         self._load_listeners: list[Callable[[wire.Load], None]] = []
         self._info_listeners: list[Callable[[wire.EngineInfo], None]] = []
         self._ids = itertools.count(1)
-        self._waiting: dict[int, tuple[bytes, asyncio.Future]] = {}
+        self._waiting: dict[int, tuple[bytes, asyncio.Future, float]] = {}  # rid -> kind, answer, deadline
         self._frames = wire.Frames(wire.ANSWER)
         self._transport: asyncio.Transport | None = None
         self._introduced = asyncio.Event()  # set once an engine has answered a ping on this connection
         self._lost = asyncio.Event()
         self._connector: asyncio.Task | None = None
         self._introduction: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self._stopping = False
 
     async def start(self, timeout_s: float) -> bool:
@@ -56,6 +57,7 @@ class EngineConnection(asyncio.Protocol):
         that uvicorn restarts while the engine is down (or hung) must not fail its start, which would make uvicorn
         stop every frontend. It serves reads meanwhile, and writes get 503 until the engine answers."""
         self._connector = asyncio.create_task(self._connect())
+        self._sweeper = asyncio.create_task(self._expire())
         try:
             async with asyncio.timeout(timeout_s):
                 await self._introduced.wait()
@@ -107,13 +109,13 @@ class EngineConnection(asyncio.Protocol):
         self._set_load(wire.Load())
         self._lost.set()
         waiting, self._waiting = self._waiting, {}
-        for _, future in waiting.values():
+        for _, future, _ in waiting.values():
             if not future.done():
                 future.set_exception(EngineUnavailable())
 
     def data_received(self, data: bytes) -> None:
         for rid, status, body in self._frames.feed(data):
-            kind, future = self._waiting.pop(rid, (None, None))
+            kind, future, _ = self._waiting.pop(rid, (None, None, None))
             if future is None or future.done():
                 continue
             answer = wire.decode_answer(kind, status, body)
@@ -149,19 +151,29 @@ class EngineConnection(asyncio.Protocol):
         if not self.up:
             raise EngineUnavailable
         rid = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = (kind, future)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting[rid] = (kind, future, loop.time() + self.request_timeout_s)
         self._transport.write(wire.frame(wire.REQUEST, kind, rid, body))
-        try:
-            async with asyncio.timeout(self.request_timeout_s):
-                return await future
-        except TimeoutError:
-            self._waiting.pop(rid, None)  # a late answer finds no one waiting and is dropped
-            raise EngineUnavailable(f"no answer within {self.request_timeout_s:g} s") from None
+        return await future
+
+    async def _expire(self) -> None:
+        """Fails the requests whose deadline has passed (a late answer then finds no one waiting and is dropped).
+        One sweep every quarter of the timeout (at most 1 s) instead of a timer per request: a request's timer
+        cost as much as the rest of its IPC on the frontend's side."""
+        loop, every = asyncio.get_running_loop(), min(1.0, self.request_timeout_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            late = [rid for rid, (_, _, deadline) in self._waiting.items() if deadline <= now]
+            for rid in late:
+                _, future, _ = self._waiting.pop(rid)
+                if not future.done():
+                    future.set_exception(EngineUnavailable(f"no answer within {self.request_timeout_s:g} s"))
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in (self._connector, self._introduction):
+        for task in (self._connector, self._introduction, self._sweeper):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -148,6 +148,20 @@ def test_engine_frames_survive_any_split_of_the_stream():
         assert out == expected and not reader.buffer
 
 
+def test_windows_reach_the_engine_as_the_frontend_tokenized_them():
+    """pack_windows -> unpack_windows: text windows of one and several chunks and tabular windows, in order."""
+    from u2qt.service import engine_protocol as wire
+
+    chunks = [[[101, 7, 102]], None, [[101, *range(2, 98), 102], [101, 30000, 102]], [[101, 102]]]
+    features = [None, np.array([1.5, -2.0, 0.0], np.float32), None, None]
+    windows = list(wire.unpack_windows(wire.pack_windows([0, 2, 0, 1], chunks, features)))
+    sources, got_chunks, got_features = (list(x) for x in zip(*windows, strict=True))
+    assert sources == [0, 2, 0, 1]
+    assert [None if c is None else [x.tolist() for x in c] for c in got_chunks] == chunks
+    assert got_features[0] is None and got_features[2] is None and got_features[3] is None
+    np.testing.assert_array_equal(got_features[1], features[1])
+
+
 def test_a_request_to_a_hung_engine_gets_engine_unavailable_not_a_hang(tmp_path):
     """An engine that is alive (connected, answering pings) but never answers a batch: the request fails with
     EngineUnavailable (503) after request_timeout_s, and the connection stays usable."""
