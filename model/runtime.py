@@ -88,8 +88,8 @@ class TextTokenizer:
 
     def all_chunks(self, texts: Sequence[str]) -> list[Chunks]:
         """Every chunk of each text, uncut: encode() keeps the first max_chunks."""
-        # _fast: the same ids without each token's character offsets, which nothing here reads (a quarter less
-        # CPU per text; tests/test_chunking.py holds the ids equal)
+        # _fast: the same ids without each token's character offsets, which nothing here reads
+        # (tests/test_chunking.py holds the ids equal)
         encoded = self.tokenizer.encode_batch_fast([self.prefix + t for t in texts])
         return [[e.ids, *(o.ids for o in e.overflowing)] for e in encoded]
 

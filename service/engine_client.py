@@ -159,8 +159,7 @@ class EngineConnection(asyncio.Protocol):
 
     async def _expire(self) -> None:
         """Fails the requests whose deadline has passed (a late answer then finds no one waiting and is dropped).
-        One sweep every quarter of the timeout (at most 1 s) instead of a timer per request: a request's timer
-        cost as much as the rest of its IPC on the frontend's side."""
+        One sweep every quarter of the timeout (at most 1 s) instead of a timer armed and cancelled per request."""
         loop, every = asyncio.get_running_loop(), min(1.0, self.request_timeout_s / 4)
         while True:
             await asyncio.sleep(every)

@@ -148,7 +148,7 @@ def pack_windows(source_index: list[int], chunks: list[Chunks | None], features:
     ids: list[int] = []
     for cs in chunks:
         for c in cs or ():
-            ids += c  # one flat list, packed by one struct call: 0.7x the time of a call per chunk
+            ids += c  # one flat list, packed by one struct call instead of a call per chunk
     return encoder.encode(
         WindowBatch(
             source_index,
