@@ -105,8 +105,8 @@ class GuessPolicy:
     replay) costs a window's inference, the most expensive step (~12 ms of CPU per window on a 2-core machine,
     ~0.1 ms of a GPU). So guessing stays on only while nearly every guess is right (new windows: a backfill, a
     producer that sends whole windows); a stream of single events into open windows across many frontends, or more
-    open windows than a frontend remembers, turns it off after two requests, and one request in `probe_every` then
-    guesses to notice when guesses pay again."""
+    open windows than a frontend remembers, turns it off after two requests, and one request in `probe_every` of those
+    with an unseen window then guesses to notice when guesses pay again."""
 
     def __init__(self, min_hit_rate: float = 0.95, probe_every: int = 100, weight: float = 0.05):
         self.min_hit_rate, self.probe_every, self.weight = min_hit_rate, probe_every, weight
@@ -167,7 +167,9 @@ class EventTokenizer:
         # Windows this frontend has not seen lately are most likely new: tokenized from the request's own events
         # first, their codes are written by the same script that ingests the events (one Redis round trip less)
         # wherever the window indeed held none of them; a wrong guess costs its inference and nothing else.
-        guessed = [j for j, k in enumerate(keys) if k not in self._recent] if self.guessing.guess() else []
+        guessed = [j for j, k in enumerate(keys) if k not in self._recent]
+        if guessed and not self.guessing.guess():  # asked only where there is a window to guess: probes count these
+            guessed = []
         guesses = {}
         if guessed:
             jobs = [self._job(keys[j][1], [event for _, event in payload[j]]) for j in guessed]

@@ -613,3 +613,25 @@ def test_serve_prints_a_try_it_event_that_the_served_model_accepts(trained_dir):
         events = tokenize_events(json.dumps({"events": [event]}).encode())
         assert event["source"] == first.name
         assert validation_errors(events, model, time.time() + 60) == []
+
+
+def test_while_guessing_is_off_one_request_in_100_with_unseen_windows_probes(services):
+    """With guessing off, one request in 100 probes whether guesses pay again. Only requests that have a window to
+    guess count: a frontend whose every other request goes to windows it has seen must still probe its new ones,
+    or guessing could never come back."""
+    if services.frontends:
+        pytest.skip("reaches into the in-process tokenizer's policy; both modes run the same EventTokenizer")
+    base, _ = services.start()
+    ts = 1489060406  # 2017-03-09, inside The Complete Journey
+    policy = services.apps[base].state.u2qt.tokenizer.guessing
+
+    def event(user: str, n: int) -> dict:
+        return {"event_id": f"{user}-{n}", "user_id": user, "source": "purchases", "ts": ts, "text": "milk"}
+
+    assert post(base, [event("seen", 0)]).status_code == 200
+    policy.hit_rate = 0.0  # as after two requests of wrong guesses
+    for n in range(1, 101):  # a new user's window, then one more event into a window this frontend has seen
+        assert post(base, [event(f"new-{n}", 0)]).status_code == 200
+        assert post(base, [event("seen", n)]).status_code == 200
+    stored = 'u2qt_window_guesses_total{outcome="stored"} 2.0'  # the first window, then the one probe
+    assert stored in httpx.get(f"{base}/metrics").text
