@@ -82,26 +82,25 @@ class AdmissionGate:
     def __init__(self, app):
         self.app = app
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/tokenize":
-            state = getattr(scope["app"].state, "u2qt", None)
-            if state is not None and not state.batcher.has_room(1):
-                state.metrics.rejected.labels("queue_full").inc()
-                scope["u2qt_route"] = "/tokenize"
-                body = orjson.dumps(QUEUE_FULL)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 429,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", QUEUE_FULL_RETRY_AFTER.encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
+    async def __call__(self, scope, receive, send):  # in the write chain only: every request is a POST /tokenize
+        state = getattr(scope["app"].state, "u2qt", None)
+        if state is not None and not state.batcher.has_room(1):
+            state.metrics.rejected.labels("queue_full").inc()
+            scope["u2qt_route"] = "/tokenize"
+            body = orjson.dumps(QUEUE_FULL)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", QUEUE_FULL_RETRY_AFTER.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
         await self.app(scope, receive, send)
 
 

@@ -1,9 +1,8 @@
 """The write route, POST /tokenize (the use case itself is service/ingest.py), served as plain ASGI ahead of
-FastAPI's routing: the hottest route skips the layers between the middlewares and an endpoint (exception
-wrappers, router matching, dependency solving): the samples between the metrics middleware and the handler fell
-from 18% to 11% of a frontend's event loop (docs/performance.md, benchmarks/profile_service.py). Its errors go
-through the app's own exception handlers, so every status and body is what any route gives; document_routes puts
-it in the OpenAPI schema."""
+FastAPI's whole stack (service/app.py: ServiceApp): the hottest route skips what lies between the server and an
+endpoint (FastAPI's telemetry check and exception wrappers, router matching, dependency solving) and goes through
+its own chain of the service's middlewares. Its errors go through the app's own exception handlers, so every
+status and body is what any route gives; document_routes puts it in the OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -40,14 +39,9 @@ async def tokenize(request: Request) -> OrjsonResponse:
 
 
 class TokenizeRoute:
-    """POST /tokenize -> tokenize(); everything else goes on to the app."""
-
-    def __init__(self, app):
-        self.app = app
+    """POST /tokenize -> tokenize(), as an ASGI app: the end of the write chain (ServiceApp.write_chain)."""
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/tokenize" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
         scope["u2qt_route"] = "/tokenize"
         request = Request(scope, receive)
         try:
@@ -55,7 +49,7 @@ class TokenizeRoute:
         except Exception as exc:
             handler = exception_handler(scope["app"], exc)
             if handler is None:
-                raise  # a 500 from the app's ServerErrorMiddleware, as for any route
+                raise  # the server's 500
             response = await handler(request, exc)
         await response(scope, receive, send)
 

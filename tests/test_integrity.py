@@ -368,3 +368,25 @@ def test_an_event_id_sent_twice_in_one_request_is_stored_once_and_later_events_s
     assert later["windows"][0]["event_count"] == 2
     history = httpx.get(f"{base}/users/dup/tokens").json()
     assert [w["event_count"] for w in history["windows"]] == [2], history
+
+
+def test_an_unexpected_error_in_tokenize_is_a_counted_500_and_the_next_request_is_served(services):
+    """POST /tokenize is served ahead of FastAPI's stack (service/app.py: ServiceApp): what no exception handler
+    takes must still be a 500 with a body, counted by the request metrics, and must not take the service down."""
+    if services.frontends:
+        pytest.skip("reaches into the in-process tokenizer; both modes serve POST /tokenize through the same chain")
+    base, _ = services.start()
+    tokenizer = services.apps[base].state.u2qt.tokenizer
+    tokenize = tokenizer.tokenize
+
+    async def broken(events):
+        raise RuntimeError("a bug")
+
+    tokenizer.tokenize = broken
+    r = post(base, [milk("boom")])
+    assert r.status_code == 500 and r.text == "Internal Server Error", r.text
+    tokenizer.tokenize = tokenize
+    assert post(base, [milk("fine")]).status_code == 200
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'u2qt_http_requests_total{method="POST",route="/tokenize",status="500"} 1.0' in metrics
+    assert 'u2qt_http_requests_total{method="POST",route="/tokenize",status="200"} 1.0' in metrics
