@@ -37,7 +37,8 @@ class EncoderConfig(BaseModel):
 # pools a user's windows, so where users have few windows each window's code must say more: on MovieLens 100K
 # (median 1 active window per user) 4 + 4 levels of 1,024 kept 0.97 of the raw signal against 0.89 for the paper's
 # 4 + 2 (the decoded tokens); on The Complete Journey (median 30) 2 + 2 levels of 256 kept 1.07 against 1.01 for
-# the paper's (docs/eval/levers.md).
+# the paper's, and with the tuned probes as much in the decoded tokens and more in the bag of tokens than 4 + 2 or
+# 4 + 4 of 1,024 (docs/eval/levers.md, benchmarks/eval_capacity.py).
 COMPACT_CAPACITY = (2, 2, 256)
 LARGE_CAPACITY = (4, 4, 1024)
 FEW_WINDOWS_PER_USER = 8  # median active windows per user below which the large capacity is chosen
