@@ -16,7 +16,6 @@ households gives the same configuration as the full one: the eval refits its tok
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,14 +32,9 @@ CAPACITIES = {  # name -> (shared levels, specific levels, codes per level)
 }
 
 
-def entry_bytes(levels: int, codebook_size: int) -> int:
-    """Bytes of one stored window: a 3-byte window index, the bit-packed codes, a 1-byte event count
-    (model/entries.py)."""
-    return 3 + math.ceil(levels * math.log2(codebook_size) / 8) + 1
-
-
 @recorded
 def main() -> None:
+    from u2qt.model.entries import PackedEntries
     from u2qt.training.evaluation import (
         BASELINE,
         CONTINUOUS,
@@ -79,7 +73,7 @@ def main() -> None:
             reps[f"{name}, fit {fit}: latent z"] = got[LATENT]
             reps[f"{name}, fit {fit}: decoded tokens"] = got[DECODED]
             reps[f"{name}, fit {fit}: bag of tokens"] = got["bag of tokens: MRQ-VAE"]
-        storage[name] = f"{4 * width / entry_bytes(shared + specific, size):.0f}x"
+        storage[name] = f"{4 * width / PackedEntries(shared + specific, size).size:.0f}x"
 
     results = probe_all(d, reps, cfg, progress=True)
     retention = signal_retention(results, BASELINE)
