@@ -84,6 +84,7 @@ class ServiceApp:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/tokenize" and scope["method"] == "POST":
             scope["app"] = self.api  # as Starlette sets it: the chain reads the state and exception handlers there
+            scope["u2qt_route"] = "/tokenize"  # the metrics label, also of what the gate or the body limit refuses
             return await self.write_chain(scope, receive, send)
         await self.api(scope, receive, send)
 

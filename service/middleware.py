@@ -86,7 +86,6 @@ class AdmissionGate:
         state = getattr(scope["app"].state, "u2qt", None)
         if state is not None and not state.batcher.has_room(1):
             state.metrics.rejected.labels("queue_full").inc()
-            scope["u2qt_route"] = "/tokenize"
             body = orjson.dumps(QUEUE_FULL)
             await send(
                 {

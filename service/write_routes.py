@@ -42,7 +42,6 @@ class TokenizeRoute:
     """POST /tokenize -> tokenize(), as an ASGI app: the end of the write chain (ServiceApp.write_chain)."""
 
     async def __call__(self, scope, receive, send):
-        scope["u2qt_route"] = "/tokenize"
         request = Request(scope, receive)
         try:
             response = await tokenize(request)
