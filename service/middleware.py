@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import orjson
+from starlette.routing import Match
 
 from u2qt.service.http import QUEUE_FULL, QUEUE_FULL_RETRY_AFTER
 
@@ -114,6 +115,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t, status = time.perf_counter(), 500
+        root_path = scope.get("root_path", "")  # as it came: a mount that served the request has extended it
 
         async def observed_send(message):
             nonlocal status
@@ -127,15 +129,22 @@ class RequestMetrics:
             state = getattr(scope["app"].state, "u2qt", None)
             if state is not None:
                 route = scope.get("route")
-                path = route.path if route is not None else scope.get("u2qt_route") or plain_route(scope["path"])
+                path = route.path if route is not None else scope.get("u2qt_route") or route_template(scope, root_path)
                 count, latency = state.metrics.request_series(path, scope["method"], status)
                 count.inc()
                 latency.observe(time.perf_counter() - t)
 
 
-DOCS_ASSETS = "/static-offline-docs"
+def route_template(scope, root_path: str) -> str:
+    """The metrics label of a request that reached no FastAPI route: the template of the route (or mount, as the
+    docs' static files) its path and method match, when a middleware refused it first (a 413 or a 408 from the
+    body limit), or "unmatched" (a 404). A template, never the raw path: labels must stay few."""
+    return _matching_template(scope["app"].router.routes, {**scope, "root_path": root_path}) or "unmatched"
 
 
-def plain_route(path: str) -> str:
-    """The metrics label of a request no FastAPI route took: the docs' static files, or "unmatched" (a 404)."""
-    return DOCS_ASSETS if path.startswith(DOCS_ASSETS + "/") else "unmatched"
+def _matching_template(routes, scope) -> str | None:
+    for route in routes:
+        if route.matches(scope)[0] is Match.FULL:
+            included = getattr(route, "original_router", None)  # FastAPI keeps an included router as one entry
+            return _matching_template(included.routes, scope) if included is not None else route.path
+    return None

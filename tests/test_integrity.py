@@ -392,11 +392,15 @@ def test_an_unexpected_error_in_tokenize_is_a_counted_500_and_the_next_request_i
     assert 'u2qt_http_requests_total{method="POST",route="/tokenize",status="200"} 1.0' in metrics
 
 
-def test_a_post_tokenize_refused_by_the_body_limit_is_counted_under_its_route(serve):
-    """A 413 from the body limit comes before the route reads its body: it must still count as POST /tokenize, or
-    a dashboard's error rate for the write route misses every oversized batch."""
+def test_a_request_refused_by_the_body_limit_is_counted_under_its_route(serve):
+    """A 413 from the body limit comes before any route reads the body: it must still count under the route it was
+    sent to, or a dashboard's error rate for that route misses every oversized request."""
     base, _ = serve(max_body_bytes=4096)
     big = [milk(f"b{i}", text="x" * 500) for i in range(20)]
     assert post(base, big).status_code == 413
+    assert httpx.post(f"{base}/users/tokens", json={"user_ids": ["u" * 100] * 100}).status_code == 413
+    assert httpx.get(f"{base}/no/such/route").status_code == 404
     metrics = httpx.get(f"{base}/metrics").text
-    assert 'u2qt_http_requests_total{method="POST",route="/tokenize",status="413"} 1.0' in metrics, metrics
+    for route, status in (("/tokenize", 413), ("/users/tokens", 413)):
+        assert f'u2qt_http_requests_total{{method="POST",route="{route}",status="{status}"}} 1.0' in metrics, metrics
+    assert 'u2qt_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in metrics, metrics
