@@ -101,3 +101,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert field in err and "greater than or equal to" in err and "Traceback" not in err
+    args = ["train", "--dataset", "completejourney", "--out", str(tmp_path / "o"), "--window", "30m"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "sources.window" in err and "shorter than an hour" in err and "Traceback" not in err

@@ -1,0 +1,99 @@
+"""A user's window vectors pooled by more than their mean: does a nonlinear pooling read what the raw logs' log
+counts give a linear probe?
+
+    python3 benchmarks/eval_pooling.py --train-dir artifacts/cj300
+    python3 benchmarks/eval_pooling.py --train-dir artifacts/ml-100k --data data/ml-100k --cutoff 1998-03-01
+
+The raw baseline's edge on The Complete Journey is its per-item log counts, a nonlinearity no mean of window
+vectors carries (docs/eval/levers.md, "Where the raw baseline's edge is"). A ranker could be served more than the
+mean: per source, beside the mean the served reader gives (model.decoded.pool_user), the max of each dimension
+over the user's windows (did any window go far along it), their standard deviation, or log1p of the sum of 256
+random ReLU features of each window (standardized, a fixed Gaussian projection: a soft count of the user's windows
+per region of the space, as the baseline counts items). Prints mean AUC and signal retention of each, for the
+continuous window embeddings and the decoded tokens, with the same users, span, tasks and probes as `u2qt eval`
+(training/evaluation.py: prepare, fit_variant, token_representations, probe_all).
+
+`--data` takes a data set of `u2qt dataset` (events.parquet, labels.csv); without it, The Complete Journey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import add_eval_data_arguments, eval_data, recorded  # noqa: E402
+
+FEATURES = 256
+
+
+def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
+    """[users, sources x dim]: `reduce` over each source's windows of the user in the span (zeros: none)."""
+    source = d.corpus.windows["source_index"].to_numpy()
+    dim = values.shape[1]
+    out = np.zeros((len(d.users), len(d.names) * dim), np.float32)
+    for i, user in enumerate(d.users):
+        rows = np.asarray(d.by_user[user])
+        for s in range(len(d.names)):
+            mine = rows[source[rows] == s]
+            if len(mine):
+                out[i, s * dim : (s + 1) * dim] = reduce(values[mine])
+    return out
+
+
+def random_relu(values: np.ndarray, fit_rows: np.ndarray, seed: int = 0) -> np.ndarray:
+    """FEATURES random ReLU features of each row, standardized on `fit_rows` (the pre-cut-off windows)."""
+    mu, sd = values[fit_rows].mean(0), values[fit_rows].std(0) + 1e-6
+    w = np.random.default_rng(seed).standard_normal((values.shape[1], FEATURES)) / np.sqrt(values.shape[1])
+    return np.maximum((values - mu) / sd @ w, 0.0).astype(np.float32)
+
+
+@recorded
+def main() -> None:
+    from u2qt.training.evaluation import (
+        BASELINE,
+        CONTINUOUS,
+        DECODED,
+        decoded_tokens,
+        fit_variant,
+        probe_all,
+        signal_retention,
+        token_representations,
+    )
+
+    p = argparse.ArgumentParser()
+    add_eval_data_arguments(p, "artifacts/cj300")
+    args = p.parse_args()
+    started = time.perf_counter()
+    cfg, d = eval_data(args)
+    q = d.ck.train_config.quantizer
+    mrq = fit_variant("MRQ-VAE", d.ck.train_config, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
+                      q.specific_levels, cfg.tokenizer_epochs, False)  # fmt: skip
+    every, src_emb = token_representations(d, {"MRQ-VAE": mrq})
+    reps = {BASELINE: every[BASELINE]}
+    readings = (("continuous", src_emb, CONTINUOUS), ("decoded tokens", decoded_tokens(mrq, len(d.corpus)), DECODED))
+    for label, values, key in readings:
+        mean = every[key]
+        reps[f"{label}: mean (as served)"] = mean
+        reps[f"{label}: mean + max"] = np.hstack([mean, per_source(values, d, lambda x: x.max(0))])
+        reps[f"{label}: mean + standard deviation"] = np.hstack([mean, per_source(values, d, lambda x: x.std(0))])
+        features = random_relu(values, d.pre_rows)
+        soft_counts = np.log1p(per_source(features, d, lambda x: x.sum(0)))
+        reps[f"{label}: mean + log1p sum of {FEATURES} random ReLU features"] = np.hstack([mean, soft_counts])
+    results = probe_all(d, reps, cfg, progress=True)
+    retention = signal_retention(results, BASELINE)
+    print(f"command: python3 {' '.join(sys.argv)}")
+    print(f"{len(d.users)} users, {len(results)} tasks; probes as u2qt eval ({len(cfg.seeds)} seeds, C by 3-fold CV)")
+    print(f"{'representation':62s} {'width':>6}  {'AUC':>6}  retention")
+    for name, x in reps.items():
+        auc = float(np.mean([results[t][name]["auc"] for t in results]))
+        print(f"{name:62s} {x.shape[1]:>6}  {auc:.4f}  {retention[name]:.3f}")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
