@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import add_eval_data_arguments, eval_data, recorded  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    add_eval_data_arguments,
+    eval_data,
+    fit_eval_mrq_vae,
+    print_retention_table,
+    recorded,
+)
 
 
 def level_codewords(tok, n_rows: int) -> np.ndarray:
@@ -49,10 +55,8 @@ def main() -> None:
         CONTINUOUS,
         DECODED,
         LATENT,
-        fit_variant,
         pooled,
         probe_all,
-        signal_retention,
         token_representations,
     )
 
@@ -62,8 +66,7 @@ def main() -> None:
     started = time.perf_counter()
     cfg, d = eval_data(args)
     q = d.ck.train_config.quantizer
-    mrq = fit_variant("MRQ-VAE", d.ck.train_config, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
-                      q.specific_levels, cfg.tokenizer_epochs, False)  # fmt: skip
+    mrq = fit_eval_mrq_vae(cfg, d)
     every, _ = token_representations(d, {"MRQ-VAE": mrq})
     per_level = level_codewords(mrq, len(d.corpus))
     n, levels, dim = per_level.shape
@@ -74,13 +77,9 @@ def main() -> None:
     reps["shared levels' sum beside specific levels' sum, pooled"] = pooled(halves, d)
     reps["running sums after each level, pooled, side by side"] = pooled(np.cumsum(per_level, 1).reshape(n, -1), d)
     results = probe_all(d, reps, cfg, progress=False)
-    retention = signal_retention(results, BASELINE)
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"{len(d.users)} users, {len(results)} tasks, {levels} levels ({shared} shared) of {q.codebook_size} codes")
-    print(f"{'representation':62s} {'width':>6}  {'AUC':>6}  retention")
-    for name, x in reps.items():
-        auc = float(np.mean([results[t][name]["auc"] for t in results]))
-        print(f"{name:62s} {x.shape[1]:>6}  {auc:.4f}  {retention[name]:.3f}")
+    print_retention_table(reps, results, BASELINE)
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 

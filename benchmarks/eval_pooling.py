@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import add_eval_data_arguments, eval_data, recorded  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    add_eval_data_arguments,
+    eval_data,
+    fit_eval_mrq_vae,
+    print_retention_table,
+    recorded,
+)
 
 FEATURES = 256
 
@@ -59,9 +65,7 @@ def main() -> None:
         CONTINUOUS,
         DECODED,
         decoded_tokens,
-        fit_variant,
         probe_all,
-        signal_retention,
         token_representations,
     )
 
@@ -70,9 +74,7 @@ def main() -> None:
     args = p.parse_args()
     started = time.perf_counter()
     cfg, d = eval_data(args)
-    q = d.ck.train_config.quantizer
-    mrq = fit_variant("MRQ-VAE", d.ck.train_config, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
-                      q.specific_levels, cfg.tokenizer_epochs, False)  # fmt: skip
+    mrq = fit_eval_mrq_vae(cfg, d)
     every, src_emb = token_representations(d, {"MRQ-VAE": mrq})
     reps = {BASELINE: every[BASELINE]}
     readings = (("continuous", src_emb, CONTINUOUS), ("decoded tokens", decoded_tokens(mrq, len(d.corpus)), DECODED))
@@ -85,13 +87,9 @@ def main() -> None:
         soft_counts = np.log1p(per_source(features, d, lambda x: x.sum(0)))
         reps[f"{label}: mean + log1p sum of {FEATURES} random ReLU features"] = np.hstack([mean, soft_counts])
     results = probe_all(d, reps, cfg, progress=True)
-    retention = signal_retention(results, BASELINE)
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"{len(d.users)} users, {len(results)} tasks; probes as u2qt eval ({len(cfg.seeds)} seeds, C by 3-fold CV)")
-    print(f"{'representation':62s} {'width':>6}  {'AUC':>6}  retention")
-    for name, x in reps.items():
-        auc = float(np.mean([results[t][name]["auc"] for t in results]))
-        print(f"{name:62s} {x.shape[1]:>6}  {auc:.4f}  {retention[name]:.3f}")
+    print_retention_table(reps, results, BASELINE)
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 

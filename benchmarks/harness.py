@@ -600,3 +600,25 @@ def eval_data(args):
         events = normalize_events(read_events(args.data / "events.parquet"), sources)
         labels = read_labels(args.data / "labels.csv")
     return cfg, prepare(args.train_dir, cfg, events, labels, progress=False)
+
+
+def fit_eval_mrq_vae(cfg, d):
+    """The MRQ-VAE `u2qt eval` fits from eval_data's (cfg, d): the checkpoint's levels, on the pre-cut-off windows."""
+    from u2qt.training.evaluation import fit_variant
+
+    q = d.ck.train_config.quantizer
+    return fit_variant("MRQ-VAE", d.ck.train_config, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
+                       q.specific_levels, cfg.tokenizer_epochs, False)  # fmt: skip
+
+
+def print_retention_table(reps: dict, results: dict, baseline: str) -> None:
+    """One line per representation: its width, mean AUC over the tasks and signal retention against `baseline`."""
+    import numpy as np
+
+    from u2qt.training.evaluation import signal_retention
+
+    retention = signal_retention(results, baseline)
+    print(f"{'representation':62s} {'width':>6}  {'AUC':>6}  retention")
+    for name, x in reps.items():
+        auc = float(np.mean([results[t][name]["auc"] for t in results]))
+        print(f"{name:62s} {x.shape[1]:>6}  {auc:.4f}  {retention[name]:.3f}")
