@@ -6,10 +6,11 @@ counts give a linear probe?
 
 The raw baseline's edge on The Complete Journey is its per-item log counts, a nonlinearity no mean of window
 vectors carries (docs/eval/levers.md, "Where the raw baseline's edge is"). A ranker could be served more than the
-mean: per source, beside the mean the served reader gives (model.decoded.pool_user), the max of each dimension
+mean: per source, beside the mean and activity (model.decoded.pool_user without soft counts), the max of each dimension
 over the user's windows (did any window go far along it), their standard deviation, or log1p of the sum of 256
-random ReLU features of each window (standardized, a fixed Gaussian projection: a soft count of the user's windows
-per region of the space, as the baseline counts items). Prints mean AUC and signal retention of each, for the
+random ReLU features of each window (model.decoded.SoftCounts: standardized, a fixed Gaussian projection, a soft
+count of the user's windows per region of the space, as the baseline counts items; what `u2qt train` serves where
+users have many windows). Prints mean AUC and signal retention of each, for the
 continuous window embeddings and the decoded tokens, with the same users, span, tasks and probes as `u2qt eval`
 (training/evaluation.py: prepare, fit_variant, token_representations, probe_all).
 
@@ -51,23 +52,9 @@ def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
     return out
 
 
-def random_relu(values: np.ndarray, fit_rows: np.ndarray, seed: int = 0) -> np.ndarray:
-    """FEATURES random ReLU features of each row, standardized on `fit_rows` (the pre-cut-off windows)."""
-    mu, sd = values[fit_rows].mean(0), values[fit_rows].std(0) + 1e-6
-    w = np.random.default_rng(seed).standard_normal((values.shape[1], FEATURES)) / np.sqrt(values.shape[1])
-    return np.maximum((values - mu) / sd @ w, 0.0).astype(np.float32)
-
-
 @recorded
 def main() -> None:
-    from u2qt.training.evaluation import (
-        BASELINE,
-        CONTINUOUS,
-        DECODED,
-        decoded_tokens,
-        probe_all,
-        token_representations,
-    )
+    from u2qt.training.evaluation import BASELINE, decoded_tokens, pooled, probe_all, token_representations
 
     p = argparse.ArgumentParser()
     add_eval_data_arguments(p, "artifacts/cj300")
@@ -77,15 +64,16 @@ def main() -> None:
     mrq = fit_eval_mrq_vae(cfg, d)
     every, src_emb = token_representations(d, {"MRQ-VAE": mrq})
     reps = {BASELINE: every[BASELINE]}
-    readings = (("continuous", src_emb, CONTINUOUS), ("decoded tokens", decoded_tokens(mrq, len(d.corpus)), DECODED))
-    for label, values, key in readings:
-        mean = every[key]
-        reps[f"{label}: mean (as served)"] = mean
+    readings = (("continuous", src_emb), ("decoded tokens", decoded_tokens(mrq, len(d.corpus))))
+    for label, values in readings:
+        mean = pooled(values, d, soft_counts=0)
+        reps[f"{label}: mean (served where users have few windows)"] = mean
         reps[f"{label}: mean + max"] = np.hstack([mean, per_source(values, d, lambda x: x.max(0))])
         reps[f"{label}: mean + standard deviation"] = np.hstack([mean, per_source(values, d, lambda x: x.std(0))])
-        features = random_relu(values, d.pre_rows)
-        soft_counts = np.log1p(per_source(features, d, lambda x: x.sum(0)))
-        reps[f"{label}: mean + log1p sum of {FEATURES} random ReLU features"] = np.hstack([mean, soft_counts])
+        # model.decoded.SoftCounts, as pool_user serves them where users have many windows
+        reps[f"{label}: mean + log1p sum of {FEATURES} random ReLU features (served where users have many windows)"] = (
+            pooled(values, d, soft_counts=FEATURES)
+        )
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"{len(d.users)} users, {len(results)} tasks; probes as u2qt eval ({len(cfg.seeds)} seeds, C by 3-fold CV)")

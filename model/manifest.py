@@ -65,7 +65,9 @@ class DecodedInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     file: str
-    dim: int  # of the pooled user vector: sources x (code_dim + its activity), model.decoded.pool_user
+    # of the pooled user vector: sources x (code_dim + its activity + soft_counts), model.decoded.pool_user
+    dim: int
+    soft_counts: int = 0  # features per source (model.decoded.SoftCounts, kept in `file`); 0: the mean only
 
 
 class Manifest(BaseModel):

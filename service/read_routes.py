@@ -201,7 +201,7 @@ async def decoded_embeddings(s: ServiceState, users: list[str]) -> dict[str, dic
         e = np.concatenate([x[1] for x in found])
         src_idx = np.concatenate([np.full(len(x[1]), x[0]) for x in found])
         z = codeword_sums(s.codebooks, q.shared_levels, q.codebook_size, e["codes"], src_idx)
-        v = pool_user(z, src_idx, e["count"], e["window"], n_sources, now, s.store.max_entries)
+        v = pool_user(z, src_idx, e["count"], e["window"], n_sources, now, s.store.max_entries, s.soft_counts)
         out[user] = {"windows": len(src_idx), "embedding": v.tolist()}
     return out
 

@@ -57,6 +57,8 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
     assert set(report["retention"]) == set(reps) and "signal retention" in md
     assert report["retention"][BASELINE] == pytest.approx(1.0)
     assert DECODED in reps and "best token-based representation" in md
+    # the decoded tokens are pooled with the reader the service serves for these weekly shoppers
+    assert report["reader"]["soft_counts"] == 256 and "256 random ReLU features" in md
 
 
 def test_signal_retention_is_the_share_of_the_baselines_signal_above_chance():

@@ -155,6 +155,37 @@ def test_model_version_does_not_depend_on_where_the_code_is_checked_out(trained_
         assert str(repo).encode() not in (out / f).read_bytes(), f"{f} names this checkout's path"
 
 
+def test_the_decoded_reader_counts_windows_where_users_have_many(trained_dir):
+    """The kind=tokens reader's soft counts are chosen from the corpus as the capacity is (256 features per source
+    where the median user has 8 or more active windows, none where fewer), a set value is kept, and export writes
+    them standardized by the training windows' decoded tokens, with the width the manifest promises."""
+    from safetensors.numpy import load_file
+
+    from u2qt.model.decoded import CODEBOOKS_FILE, codeword_sums, load_codebooks, load_soft_counts
+    from u2qt.training.config import ReaderConfig
+
+    assert ReaderConfig().for_corpus(1.0).soft_counts == 0 and ReaderConfig().for_corpus(29.0).soft_counts == 256
+    assert ReaderConfig(soft_counts=16).for_corpus(1.0).soft_counts == 16
+
+    out, cfg, report = trained_dir  # 40 households of The Complete Journey: weekly shoppers
+    assert cfg.reader.soft_counts is None and report["median_active_windows_per_user"] >= 8
+    assert load_checkpoint(out).train_config.reader.soft_counts == 256
+    m = Manifest.load(out)
+    q = m.quantizer
+    assert m.decoded.soft_counts == 256
+    assert m.decoded.dim == len(m.sources.sources) * (q.code_dim + 3 + 256)
+    counts = load_soft_counts(out)
+    assert counts.projection.shape == (q.code_dim, 256)
+    w = np.load(out / "windows.npz")
+    fit = ~w["holdout"]
+    codebooks = load_codebooks(out, q.shared_levels + q.specific_levels)
+    z = codeword_sums(codebooks, q.shared_levels, q.codebook_size, w["codes"][fit], w["source_index"][fit])
+    np.testing.assert_allclose(counts.mean, z.mean(0), atol=1e-5)
+    np.testing.assert_allclose(counts.scale, z.std(0), rtol=1e-4)
+    assert w["holdout"].any(), "the held-out users' windows must be there to be left out"
+    assert set(load_file(str(out / CODEBOOKS_FILE))) >= {"soft_counts_projection", "level_0"}
+
+
 def test_unset_codebook_capacity_is_chosen_from_how_many_windows_users_have(trained_dir):
     """Levels and codebook size left unset are filled in from the corpus (4 shared + 4 specific levels of 1,024 where
     users have few windows, 2 + 2 of 256 where they have many), those set are kept, and the checkpoint holds what

@@ -403,9 +403,11 @@ def test_embedding_endpoint_round_trip_matches_the_history_model_offline(serve, 
 def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_user, trained_dir):
     """kind=tokens: each stored window's codes decoded to their codeword sum by the checkpoint's own quantizer
     (PyTorch), averaged per source weighted by the windows' event counts and followed by the source's activity
-    (log1p of windows, events, windows since the newest), the sources side by side: eval's "decoded tokens" for
-    this user's history."""
+    (log1p of windows, events, windows since the newest) and its soft counts (log1p of the sum over its windows of
+    ReLU((z - mean) / scale @ projection), with the exported standardization and projection), the sources side by
+    side: eval's "decoded tokens" for this user's history."""
     import torch
+    from safetensors.numpy import load_file
 
     from u2qt.training.train import load_checkpoint
 
@@ -429,6 +431,9 @@ def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_u
     )
     horizon = -(-180 * 86400 // period)  # U2QT_HISTORY_DAYS' default, in windows
     now = (time.time() - WINDOW_ORIGIN) // period
+    exported = load_file(str(trained_dir[0] / "codebooks.safetensors"))
+    scaled = (z - exported["soft_counts_mean"]) / exported["soft_counts_scale"]
+    features = np.maximum(scaled @ exported["soft_counts_projection"], 0)
     expected = []
     for i in range(len(names)):
         mine = src.numpy() == i
@@ -437,10 +442,12 @@ def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_u
             activity = [mine.sum(), events[mine].sum(), min(now - index[mine].max(), horizon)]
         else:
             mean, activity = np.zeros(q.dim), [0, 0, horizon]
-        expected += [mean, np.log1p(activity)]
+        expected += [mean, np.log1p(activity), np.log1p(features[mine].sum(0))]
     expected = np.concatenate(expected)
     assert events.min() >= 1 and len(set(events)) > 1, "the weights must matter for this check"
-    assert got["kind"] == "tokens" and got["windows"] == len(hist) and len(got["embedding"]) == len(names) * (q.dim + 3)
+    assert features.shape[1] == 256 and features.any(), "the soft counts must be served for this check"
+    width = len(names) * (q.dim + 3 + 256)
+    assert got["kind"] == "tokens" and got["windows"] == len(hist) and len(got["embedding"]) == width
     assert len(got["embedding"]) == Manifest.load(trained_dir[0]).decoded.dim, "the width the manifest promises"
     np.testing.assert_allclose(got["embedding"], expected, atol=1e-5)
     many = httpx.post(f"{base}/users/embeddings", json={"user_ids": [user, "nobody"], "kind": "tokens"}).json()

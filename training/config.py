@@ -63,6 +63,28 @@ class QuantizerConfig(BaseModel):
         return self.model_copy(update={k: v for k, v in chosen.items() if getattr(self, k) is None})
 
 
+# The decoded-token reader's soft counts (model.decoded.SoftCounts), chosen from the data as the capacity is: they
+# help where users have many windows to count and cost where they have one (docs/eval/levers.md).
+SOFT_COUNT_FEATURES = 256
+
+
+class ReaderConfig(BaseModel):
+    """What GET /users/{id}/embedding?kind=tokens serves (model.decoded.pool_user), fixed at training so that the
+    manifest promises one width."""
+
+    model_config = ConfigDict(extra="forbid")
+    # random ReLU features per source, summed over its windows; 0: the mean and the activity only; None: chosen
+    # from the corpus (for_corpus), and what was chosen is written in the checkpoint's config
+    soft_counts: int | None = Field(None, ge=0)
+    seed: int = 0  # of the features' projection
+
+    def for_corpus(self, windows_per_user: float) -> ReaderConfig:
+        if self.soft_counts is not None:
+            return self
+        many = windows_per_user >= FEW_WINDOWS_PER_USER
+        return self.model_copy(update={"soft_counts": SOFT_COUNT_FEATURES if many else 0})
+
+
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(30, ge=1)
@@ -113,6 +135,7 @@ class TrainConfig(BaseModel):
     sources: SourcesConfig
     encoder: EncoderConfig = EncoderConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
+    reader: ReaderConfig = ReaderConfig()
     optim: OptimConfig = OptimConfig()
     align: AlignConfig = AlignConfig()
     max_users: int | None = None

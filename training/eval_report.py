@@ -98,6 +98,16 @@ def plot_levels(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def soft_counts_clause(report: dict) -> str:
+    features = (report.get("reader") or {}).get("soft_counts") or 0
+    if not features:
+        return " (the reader `u2qt train` chooses where users have few windows: no soft counts)"
+    return (
+        f", then log1p of the sum of {features} random ReLU features of its windows (soft counts, standardized by "
+        "the windows before the cut-off; the reader `u2qt train` chooses where users have many windows)"
+    )
+
+
 def write_report(report: dict, out: Path, src_emb: np.ndarray, src_names: np.ndarray, toks: dict) -> None:
     """report.md and its two plots into `out`."""
     plot_levels(report, out)
@@ -153,7 +163,8 @@ def markdown(report: dict) -> str:
         "Signal retention = (AUC − 0.5) / (raw-data baseline AUC − 0.5), averaged over tasks: the share of the "
         "raw data's signal a representation keeps. Window vectors (the continuous embeddings, the decoded tokens) "
         "are pooled as GET /users/{id}/embedding?kind=tokens pools them: per source, the mean weighted by each "
-        "window's event count, then log1p of the source's windows, events and windows since its newest.",
+        "window's event count, then log1p of the source's windows, events and windows since its newest"
+        f"{soft_counts_clause(report)}.",
         "",
         "## Targets from the paper",
         "",

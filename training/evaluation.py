@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from u2qt.model.decoded import ACTIVITY, codeword_sums, pool_user
+from u2qt.model.decoded import ACTIVITY, SoftCounts, codeword_sums, pool_user
 from u2qt.model.entries import MAX_WINDOW_EVENTS, PackedEntries
 from u2qt.model.fallback import assign_fallback, collision_rate, history_digest
 from u2qt.model.history import HistoryConfig
@@ -96,18 +96,23 @@ def bag_of_tokens(tok: Tokenized, corpus: WindowCorpus, span: np.ndarray, users:
     return np.log1p(x)
 
 
-def pooled(values: np.ndarray, d: EvalData) -> np.ndarray:
+def pooled(values: np.ndarray, d: EvalData, soft_counts: int | None = None) -> np.ndarray:
     """`values` of every corpus row -> [users, ...]: each user's windows in the span pooled as the service pools
     their decoded tokens (model.decoded.pool_user, read at the cut-off, event counts as the history store keeps
-    them)."""
+    them), with the soft counts of the checkpoint's reader (`soft_counts` features instead, where given; 0: the
+    mean and the activity only), standardized by the windows before the cut-off as export standardizes them by
+    the training windows."""
+    reader = d.ck.train_config.reader
+    features = (reader.soft_counts or 0) if soft_counts is None else soft_counts
+    counter = SoftCounts.fit(values[d.pre_rows], features, reader.seed) if features else None
     period = d.sources.period_s
     now, horizon = window_index(d.cut_s, period), round((d.hi - d.lo) / period)  # the span: whole windows
     counts = np.minimum(d.corpus.windows["events"].to_numpy(), MAX_WINDOW_EVENTS)
     src = d.corpus.windows["source_index"].to_numpy()
-    out = np.zeros((len(d.users), len(d.names) * (values.shape[1] + len(ACTIVITY))), np.float32)
+    out = np.zeros((len(d.users), len(d.names) * (values.shape[1] + len(ACTIVITY) + features)), np.float32)
     for i, user in enumerate(d.users):
         rows = d.by_user[user]
-        out[i] = pool_user(values[rows], src[rows], counts[rows], d.w_idx[rows], len(d.names), now, horizon)
+        out[i] = pool_user(values[rows], src[rows], counts[rows], d.w_idx[rows], len(d.names), now, horizon, counter)
     return out
 
 
@@ -241,6 +246,7 @@ def run_eval(
     report = {
         "config": cfg.model_dump(),
         "train_dir": str(train_dir),
+        "reader": d.ck.train_config.reader.model_dump(),  # how window vectors are pooled (pooled)
         "users": len(d.users),
         "windows in span": int(d.span.sum()),
         "tasks": {

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from u2qt.model.architecture import QuantizerGraph, U2QTModel
-from u2qt.model.decoded import CODEBOOKS_FILE, pooled_width, save_codebooks
+from u2qt.model.decoded import CODEBOOKS_FILE, SoftCounts, codeword_sums, pooled_width, save_codebooks
 from u2qt.model.manifest import DecodedInfo, HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
 from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
 from u2qt.model.windows import tabular_feature_names
@@ -43,10 +43,25 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
                 shutil.copy2(src, out / "encoder" / src.name)
     tabular = export_tokenizer_graphs(ck, out)
     history = export_history_graph(train_dir, out)
-    save_codebooks(out / CODEBOOKS_FILE, [cb.detach().numpy() for cb in ck.model.quantizer.codebooks])
+    codebooks = [cb.detach().numpy() for cb in ck.model.quantizer.codebooks]
+    save_codebooks(out / CODEBOOKS_FILE, codebooks, fit_soft_counts(ck, train_dir, codebooks))
     manifest = build_manifest(ck, out, tabular, history)
     manifest.save(out)
     return manifest
+
+
+def fit_soft_counts(ck, train_dir: Path, codebooks: list[np.ndarray]) -> SoftCounts | None:
+    """The decoded-token reader's soft counts (ck.train_config.reader), standardized by the training windows'
+    decoded tokens (windows.npz, the held-out users left out), as u2qt eval standardizes them by the windows
+    before its cut-off; None where the reader is the mean alone."""
+    reader = ck.train_config.reader
+    if not reader.soft_counts:
+        return None
+    w = np.load(train_dir / "windows.npz")
+    fit = ~w["holdout"]
+    q = ck.model.quantizer
+    z = codeword_sums(codebooks, q.shared_levels, q.codebook_size, w["codes"][fit], w["source_index"][fit])
+    return SoftCounts.fit(z, reader.soft_counts, reader.seed)
 
 
 def export_tokenizer_graphs(ck, out: Path) -> dict[str, TabularInfo]:
@@ -116,7 +131,11 @@ def build_manifest(ck, out: Path, tabular: dict[str, TabularInfo], history: Hist
         tabular=tabular,
         vocabulary=_layout(c),
         history=history,
-        decoded=DecodedInfo(file=CODEBOOKS_FILE, dim=pooled_width(len(c.sources), c.code_dim)),
+        decoded=DecodedInfo(
+            file=CODEBOOKS_FILE,
+            dim=pooled_width(len(c.sources), c.code_dim, ck.train_config.reader.soft_counts or 0),
+            soft_counts=ck.train_config.reader.soft_counts or 0,
+        ),
         files=files,
     )
 

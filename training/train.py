@@ -255,7 +255,12 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
         raise ValueError("no windows: the events are empty after filtering")
     timings["windows_s"] = time.perf_counter() - t
     windows_per_user = float(corpus.windows.groupby("user_id")["window_start"].nunique().median())
-    cfg = cfg.model_copy(update={"quantizer": cfg.quantizer.with_capacity_for(windows_per_user)})
+    cfg = cfg.model_copy(
+        update={
+            "quantizer": cfg.quantizer.with_capacity_for(windows_per_user),
+            "reader": cfg.reader.for_corpus(windows_per_user),
+        }
+    )
 
     t = time.perf_counter()
     info, text_emb, text_stats = embed_corpus(corpus, cfg, out, progress)
