@@ -41,6 +41,7 @@ def _train_config(args):
         ("quantizer", "specific_levels"): args.specific_levels,
         ("quantizer", "codebook_size"): args.codebook_size,
         ("quantizer", "code_dim"): args.code_dim,
+        ("reader", "soft_counts"): args.soft_counts,
         ("encoder", "model"): args.text_model,
         ("encoder", "pooling"): args.pooling,
         ("encoder", "precision"): args.precision,
@@ -256,6 +257,12 @@ def format_report(r: dict) -> str:
             f"{q['codebook_size']:,} codes (median {r['median_active_windows_per_user']:g} active windows per user; "
             "unset levels and sizes are chosen from it: docs/training.md)"
         )
+        features = r["config"].get("reader", {}).get("soft_counts") or 0
+        lines.append(
+            "kind=tokens reader: the mean and activity per source"
+            + (f", and soft counts of {features} features" if features else ", no soft counts")
+            + " (chosen from the same median: docs/training.md)"
+        )
     return "\n".join(lines)
 
 
@@ -426,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--specific-levels", type=int, help="codebook levels of each source (default: from the data)")
     t.add_argument("--codebook-size", type=int, help="codes per level (default: from the data)")
     t.add_argument("--code-dim", type=int, help="width of the quantized latent (None: 64)")
+    t.add_argument(
+        "--soft-counts",
+        type=int,
+        help="kind=tokens reader: random ReLU features counted per source beside the mean (0: none; default: "
+        "from the data, 256 where users have many windows)",
+    )
     t.add_argument("--text-model", help="'all-MiniLM-L6-v2' (bundled) or a local Hugging Face model dir")
     t.add_argument("--pooling", choices=["mean", "last_token"], help="text-model pooling (None: mean)")
     t.add_argument(

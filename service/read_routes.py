@@ -210,9 +210,9 @@ async def decoded_embeddings(s: ServiceState, users: list[str]) -> dict[str, dic
 async def user_embedding(user_id: UserId, kind: EmbeddingKind = "history", s: ServiceState = Depends(current)):
     """The user's dense embedding from their stored token history: `kind=history` (default) by the history model
     (a 64-d vector); `kind=tokens` the tokens decoded to their codewords' sums, per source their mean weighted by
-    the windows' event counts followed by the source's activity, the sources side by side (sources x (code_dim +
-    3); what docs/eval recommends for rankers). A user without history is no error, as for the token routes:
-    `windows` 0 and `embedding` null."""
+    the windows' event counts followed by the source's activity and, where the model has them, its soft counts, the
+    sources side by side (the manifest's decoded.dim floats; what docs/eval recommends for rankers). A user
+    without history is no error, as for the token routes: `windows` 0 and `embedding` null."""
     e = (await user_embeddings(s, [user_id], kind))[user_id] or {"windows": 0, "embedding": None}
     return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, "kind": kind, **e})
 

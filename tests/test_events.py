@@ -96,7 +96,11 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     # settings out of range are refused before any data is read, with the setting's name
-    for flag, field in (("--code-dim", "quantizer.code_dim"), ("--bag-buckets", "encoder.bag_buckets")):
+    for flag, field in (
+        ("--code-dim", "quantizer.code_dim"),
+        ("--bag-buckets", "encoder.bag_buckets"),
+        ("--soft-counts", "reader.soft_counts"),
+    ):
         args = ["train", "--events", str(events), "--sources", str(sources), "--out", str(tmp_path / "o"), flag, "-1"]
         assert main(args) == 2
         err = capsys.readouterr().err
