@@ -71,8 +71,8 @@ def main() -> None:
         reps[f"{label}: mean + max"] = np.hstack([mean, per_source(values, d, lambda x: x.max(0))])
         reps[f"{label}: mean + standard deviation"] = np.hstack([mean, per_source(values, d, lambda x: x.std(0))])
         # model.decoded.SoftCounts, as pool_user serves them where users have many windows
-        reps[f"{label}: mean + log1p sum of {FEATURES} random ReLU features (served where users have many windows)"] = (
-            pooled(values, d, soft_counts=FEATURES)
+        reps[f"{label}: mean + soft counts, {FEATURES} features (served where users have many windows)"] = pooled(
+            values, d, soft_counts=FEATURES
         )
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")

@@ -618,7 +618,8 @@ def print_retention_table(reps: dict, results: dict, baseline: str) -> None:
     from u2qt.training.evaluation import signal_retention
 
     retention = signal_retention(results, baseline)
-    print(f"{'representation':62s} {'width':>6}  {'AUC':>6}  retention")
+    w = max(62, *(len(name) for name in reps))
+    print(f"{'representation':{w}s} {'width':>6}  {'AUC':>6}  retention")
     for name, x in reps.items():
         auc = float(np.mean([results[t][name]["auc"] for t in results]))
-        print(f"{name:62s} {x.shape[1]:>6}  {auc:.4f}  {retention[name]:.3f}")
+        print(f"{name:{w}s} {x.shape[1]:>6}  {auc:.4f}  {retention[name]:.3f}")

@@ -228,4 +228,5 @@ def test_inspect_prints_figures_and_saves_a_plot(trained_dir, tmp_path, capsys):
     per_user = next(line for line in printed.splitlines() if line.startswith("windows per user (median, by source):"))
     assert "purchases " in per_user and "visits " in per_user
     assert "codebooks: 2 shared + 2 specific levels of 64 codes (median " in printed
+    assert "kind=tokens reader: the mean and activity per source, and soft counts of 256 features" in printed
     assert png.stat().st_size > 10_000
