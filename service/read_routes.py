@@ -106,6 +106,8 @@ reader_check = key_check("reader_keys")
 
 async def user_tokens(request: Request) -> OrjsonResponse:
     """A user's token history in time order, from the model version this service serves."""
+    # the metrics label: a plain Starlette route sets no scope["route"], and RequestMetrics' walk of the route
+    # table (route_template) is for refused requests, not for every read of the hottest route
     request.scope["u2qt_route"] = "/users/{user_id}/tokens"
     await reader_check(request)
     s: ServiceState = request.app.state.u2qt
