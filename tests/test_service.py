@@ -542,6 +542,8 @@ def test_the_model_route_describes_what_a_ranker_consumes(serve, one_user):
     assert m["model_version"] == httpx.get(f"{base}/readyz").json()["model_version"]
     assert [x["name"] for x in m["sources"]] == ["purchases", "promotions", "visits"] and m["window"] == "7d"
     assert len(m["tokens"]) == m["vocabulary"]["size"]
+    # the kind=tokens width, as the embedding route answers it: 3 x (32 + 3 + 256) for this model
+    assert m["tokens_embedding"] == {"dim": 3 * (32 + 3 + 256), "soft_counts": 256}
     df, _ = one_user
     r = post(base, api_events(df.head(5))).json()
     for w in r["windows"]:  # a token id indexes the token strings
