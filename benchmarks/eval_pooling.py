@@ -3,6 +3,7 @@ counts give a linear probe?
 
     python3 benchmarks/eval_pooling.py --train-dir artifacts/cj300
     python3 benchmarks/eval_pooling.py --train-dir artifacts/ml-100k --data data/ml-100k --cutoff 1998-03-01
+    python3 benchmarks/eval_pooling.py --train-dir artifacts/cj300-1d --readers soft --soft-counts 256 1024
 
 The raw baseline's edge on The Complete Journey is its per-item log counts, a nonlinearity no mean of window
 vectors carries (docs/eval/levers.md, "Where the raw baseline's edge is"). A ranker could be served more than the
@@ -10,9 +11,10 @@ mean: per source, beside the mean and activity (model.decoded.pool_user without 
 over the user's windows (did any window go far along it), their standard deviation, or log1p of the sum of 256
 random ReLU features of each window (model.decoded.SoftCounts: standardized, a fixed Gaussian projection, a soft
 count of the user's windows per region of the space, as the baseline counts items; what `u2qt train` serves where
-users have many windows). Prints mean AUC and signal retention of each, for the
-continuous window embeddings and the decoded tokens, with the same users, span, tasks and probes as `u2qt eval`
-(training/evaluation.py: prepare, fit_variant, token_representations, probe_all).
+users have many windows). Prints mean AUC and signal retention of each, for the continuous window embeddings and
+the decoded tokens, with the same users, span, tasks and probes as `u2qt eval` (training/evaluation.py: prepare,
+fit_variant, token_representations, probe_all). `--readers` picks which of the three join the mean; `--soft-counts`
+how many random features the soft counts have (a row for each number).
 
 `--data` takes a data set of `u2qt dataset` (events.parquet, labels.csv); without it, The Complete Journey.
 """
@@ -35,7 +37,7 @@ from benchmarks.harness import (  # noqa: E402
     recorded,
 )
 
-FEATURES = 256
+READERS = ("max", "std", "soft")
 
 
 def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
@@ -58,6 +60,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     add_eval_data_arguments(p, "artifacts/cj300")
+    p.add_argument("--readers", nargs="+", choices=READERS, default=list(READERS), help="besides the mean")
+    p.add_argument("--soft-counts", nargs="+", type=int, default=[256], help="random features of each soft reader")
     args = p.parse_args()
     started = time.perf_counter()
     cfg, d = eval_data(args)
@@ -68,12 +72,13 @@ def main() -> None:
     for label, values in readings:
         mean = pooled(values, d, soft_counts=0)
         reps[f"{label}: mean (served where users have few windows)"] = mean
-        reps[f"{label}: mean + max"] = np.hstack([mean, per_source(values, d, lambda x: x.max(0))])
-        reps[f"{label}: mean + standard deviation"] = np.hstack([mean, per_source(values, d, lambda x: x.std(0))])
-        # model.decoded.SoftCounts, as pool_user serves them where users have many windows
-        reps[f"{label}: mean + soft counts, {FEATURES} features (served where users have many windows)"] = pooled(
-            values, d, soft_counts=FEATURES
-        )
+        if "max" in args.readers:
+            reps[f"{label}: mean + max"] = np.hstack([mean, per_source(values, d, lambda x: x.max(0))])
+        if "std" in args.readers:
+            reps[f"{label}: mean + standard deviation"] = np.hstack([mean, per_source(values, d, lambda x: x.std(0))])
+        for features in args.soft_counts if "soft" in args.readers else ():
+            # model.decoded.SoftCounts, as pool_user serves them where users have many windows (u2qt train: 256)
+            reps[f"{label}: mean + soft counts, {features} features"] = pooled(values, d, soft_counts=features)
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"{len(d.users)} users, {len(results)} tasks; probes as u2qt eval ({len(cfg.seeds)} seeds, C by 3-fold CV)")

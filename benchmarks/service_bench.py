@@ -68,16 +68,20 @@ def requests_by_user_week(max_users: int) -> list[list[dict]]:
 
 
 def window_jobs(manifest: Manifest, payloads: list[list[dict]]) -> list[WindowJob]:
-    """The windows of `payloads` rendered as the service renders them (events as stored in Redis)."""
+    """The windows of `payloads` rendered as the service renders them (events as stored in Redis): a request's
+    events of each source and window of the model's period."""
+    from u2qt.model.sources import window_start
     from u2qt.service.schemas import EventIn
 
     tok = EventTokenizer(manifest, None, None, ServiceMetrics())  # renders windows into jobs; no store, no queue
+    period = manifest.sources.period_s
     jobs: list[WindowJob] = []
     for p in payloads:
         groups: dict = {}
         for e in p:
-            groups.setdefault(e["source"], []).append(tok._stored(EventIn(**e)))
-        jobs += [tok._job(src, evs) for src, evs in groups.items()]
+            stored = tok._stored(EventIn(**e))
+            groups.setdefault((e["source"], int(window_start(stored["ts"], period))), []).append(stored)
+        jobs += [tok._job(src, evs) for (src, _), evs in groups.items()]
     return jobs
 
 
