@@ -30,7 +30,7 @@ def main() -> None:
     from benchmarks.harness import batch_stage_throughput as throughput
     from u2qt.model.runtime import TokenizerRuntime
     from u2qt.service.batcher import WindowJob
-    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.completejourney import load_events
     from u2qt.training.corpus import build_corpus
     from u2qt.training.events import keep_users, normalize_events
 
@@ -54,7 +54,7 @@ def main() -> None:
     cpu = TokenizerRuntime(args.artifacts, providers="cpu")
     print(f"session providers: CUDA run {gpu.text.session.get_providers()}, CPU run {cpu.text.session.get_providers()}")
 
-    sources = sources_config()
+    sources = gpu.manifest.sources  # the windows the model was trained on (its period)
     corpus = build_corpus(keep_users(normalize_events(load_events(), sources), 120, seed=5), sources, progress=False)
     w = corpus.windows[corpus.windows["text"] != ""].head(args.windows)
     texts, src = w["text"].tolist(), w["source_index"].to_numpy()

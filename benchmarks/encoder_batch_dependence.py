@@ -23,7 +23,7 @@ from benchmarks.harness import recorded  # noqa: E402
 @recorded
 def main() -> None:
     from u2qt.model.runtime import OnnxTextEncoder, TokenizerRuntime
-    from u2qt.training.completejourney import load_events, sources_config
+    from u2qt.training.completejourney import load_events
     from u2qt.training.config import EncoderConfig
     from u2qt.training.corpus import build_corpus
     from u2qt.training.events import keep_users, normalize_events
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=400)
     args = p.parse_args()
     rt = TokenizerRuntime(args.artifacts, providers="cpu")
-    sources = sources_config()
+    sources = rt.manifest.sources  # the windows the model was trained on (its period)
     corpus = build_corpus(keep_users(normalize_events(load_events(), sources), 30, seed=3), sources, progress=False)
     w = corpus.windows[corpus.windows["text"] != ""].head(args.windows)
     print(f"command: python3 benchmarks/encoder_batch_dependence.py --artifacts {args.artifacts} --windows {len(w)}")

@@ -42,9 +42,10 @@ class SoftCounts:
     """Random ReLU features of a window vector: standardized, through a fixed Gaussian projection, negatives cut.
     Summed over a source's windows they count the user's windows per region of the space, softly, the way the
     raw logs' per-item counts do, which no mean of window vectors carries: on The Complete Journey (a median of 30
-    windows a household) log1p of those sums beside the mean lift the decoded tokens from 0.85 to 0.88 of the raw
-    signal with weekly windows and from 0.86 to 0.91 with daily ones; on MovieLens (a median of one window) they
-    cost 0.06, so `u2qt train` chooses them from the data (docs/eval/levers.md, "Pooling beyond the mean")."""
+    weekly or 42 daily windows a household) log1p of those sums beside the mean lift the decoded tokens from 0.85
+    to 0.88 of the raw signal with weekly windows and from 0.86 to 0.91 with daily ones; on MovieLens (a median of
+    one window) they cost 0.06, so `u2qt train` chooses them from the data (docs/eval/levers.md, "Pooling beyond
+    the mean")."""
 
     mean: np.ndarray  # [dim]
     scale: np.ndarray  # [dim]

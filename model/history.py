@@ -22,7 +22,7 @@ class HistoryConfig(BaseModel):
     d_model: int = 64
     layers: int = 2
     heads: int = 4
-    max_tokens: int = 320  # 26 weekly windows x 3 sources x 4 levels = 312
+    max_tokens: int = 320  # 80 windows of 4 levels: 26 weekly windows x 3 sources (312); the newest 80 daily ones
     max_age: int = 64
 
 

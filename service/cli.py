@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sources", help="sources.yaml (window, sources; optional encoder/quantizer/optim)")
     t.add_argument("--out", required=True, help="training directory to write")
     t.add_argument("--max-users", type=int, help="keep only N users (a deterministic sample)")
-    t.add_argument("--window", help="window period, e.g. 1d, 7d, 12h (None: the sources config's; 7d for --dataset)")
+    t.add_argument("--window", help="window period, e.g. 1d, 7d, 12h (None: the sources config's; 1d for --dataset)")
     t.add_argument("--epochs", type=int, help="MRQ-VAE epochs (None: the config's, 30)")
     t.add_argument("--seed", type=int, help="random seed (None: the config's, 0)")
     t.add_argument("--shared-levels", type=int, help="codebook levels shared by all sources (default: from the data)")

