@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job in one command: install u2qt (skipped when this checkout's install files have not changed since
 # the last install), train a first tokenizer on 300 Complete Journey households if none is built (about 4
-# minutes on 2 cores; --full: every household, about 40 minutes), export it, and serve it on http://127.0.0.1:8000
+# minutes on 2 cores; --full: every household, over half an hour), export it, and serve it on http://127.0.0.1:8000
 # with an embedded Redis. Arguments go to `u2qt up` (`u2qt up --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -395,7 +395,7 @@ def cmd_up(args) -> None:
     todo = [name for name, needed in steps if needed]
     if not trained:
         who = "all 2,469 households" if users is None else f"{users:,} of 2,469 households"
-        minutes = "about 40 minutes" if users is None or users > 1000 else "about 4 minutes"
+        minutes = "over half an hour" if users is None or users > 1000 else "about 4 minutes"
         print(
             f"[1/{len(todo)}] training a tokenizer and its history model on The Complete Journey ({who}) into {out}: "
             f"{minutes} on a 2-core machine{'' if args.full else '; --full trains on every household'}",
@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--full",
         action="store_true",
-        help="train on all 2,469 households (into artifacts/cj, about 40 minutes on 2 cores)",
+        help="train on all 2,469 households (into artifacts/cj, over half an hour on 2 cores)",
     )
     up.add_argument(
         "--out", help="training and artifact directory (None: artifacts/cj-300, or artifacts/cj with --full)"
