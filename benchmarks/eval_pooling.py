@@ -14,7 +14,8 @@ count of the user's windows per region of the space, as the baseline counts item
 users have many windows). Prints mean AUC and signal retention of each, for the continuous window embeddings and
 the decoded tokens, with the same users, span, tasks and probes as `u2qt eval` (training/evaluation.py: prepare,
 fit_variant, token_representations, probe_all). `--readers` picks which of the three join the mean; `--soft-counts`
-how many random features the soft counts have (a row for each number).
+how many random features the soft counts have (a row for each number); `--fire-rates` adds, for each number, soft
+counts whose features are offset to fire on that share of the training windows (0.5 is about the default's).
 
 `--data` takes a data set of `u2qt dataset` (events.parquet, labels.csv); without it, The Complete Journey.
 """
@@ -62,6 +63,13 @@ def main() -> None:
     add_eval_data_arguments(p, "artifacts/cj300")
     p.add_argument("--readers", nargs="+", choices=READERS, default=list(READERS), help="besides the mean")
     p.add_argument("--soft-counts", nargs="+", type=int, default=[256], help="random features of each soft reader")
+    p.add_argument(
+        "--fire-rates",
+        nargs="+",
+        type=float,
+        default=[],
+        help="also soft readers whose features each fire on this share of the training windows (SoftCounts.fit)",
+    )
     args = p.parse_args()
     started = time.perf_counter()
     cfg, d = eval_data(args)
@@ -79,6 +87,10 @@ def main() -> None:
         for features in args.soft_counts if "soft" in args.readers else ():
             # model.decoded.SoftCounts, as pool_user serves them where users have many windows (u2qt train: 256)
             reps[f"{label}: mean + soft counts, {features} features"] = pooled(values, d, soft_counts=features)
+            for rate in args.fire_rates:
+                reps[f"{label}: mean + soft counts, {features} features firing on {rate:g}"] = pooled(
+                    values, d, soft_counts=features, fire_rate=rate
+                )
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"{len(d.users)} users, {len(results)} tasks; probes as u2qt eval ({len(cfg.seeds)} seeds, C by 3-fold CV)")

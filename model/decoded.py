@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 CODEBOOKS_FILE = "codebooks.safetensors"
-SOFT_COUNTS_TENSORS = ("soft_counts_mean", "soft_counts_scale", "soft_counts_projection")
+SOFT_COUNTS_TENSORS = ("soft_counts_mean", "soft_counts_scale", "soft_counts_projection", "soft_counts_offset")
 
 
 def codeword_sums(
@@ -50,18 +50,21 @@ class SoftCounts:
     mean: np.ndarray  # [dim]
     scale: np.ndarray  # [dim]
     projection: np.ndarray  # [dim, features]
+    offset: np.ndarray | None = None  # [features], cut before the ReLU; None: 0, each fires on about half the windows
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, features: int, seed: int = 0) -> SoftCounts:
-        """Standardized by `vectors` (the training windows'); the projection drawn from `seed`."""
+    def fit(cls, vectors: np.ndarray, features: int, seed: int = 0, fire_rate: float | None = None) -> SoftCounts:
+        """Standardized by `vectors` (the training windows'); the projection drawn from `seed`. With `fire_rate`,
+        each feature's offset is the quantile of the training windows' projections above which that share of them
+        lies: a rarer feature counts windows of a smaller region, closer to what a count of one item is."""
         vectors = np.asarray(vectors, dtype=np.float64)
         dim = vectors.shape[1]
         projection = np.random.default_rng(seed).standard_normal((dim, features)) / np.sqrt(dim)
-        return cls(
-            vectors.mean(0).astype(np.float32),
-            (vectors.std(0) + 1e-6).astype(np.float32),
-            projection.astype(np.float32),
-        )
+        mean, scale = vectors.mean(0), vectors.std(0) + 1e-6
+        offset = None
+        if fire_rate is not None:
+            offset = np.quantile(((vectors - mean) / scale) @ projection, 1.0 - fire_rate, axis=0).astype(np.float32)
+        return cls(mean.astype(np.float32), scale.astype(np.float32), projection.astype(np.float32), offset)
 
     @property
     def features(self) -> int:
@@ -69,10 +72,12 @@ class SoftCounts:
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         """[N, dim] -> [N, features]"""
-        return np.maximum(((np.asarray(vectors, dtype=np.float32) - self.mean) / self.scale) @ self.projection, 0.0)
+        projected = ((np.asarray(vectors, dtype=np.float32) - self.mean) / self.scale) @ self.projection
+        return np.maximum(projected if self.offset is None else projected - self.offset, 0.0)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return dict(zip(SOFT_COUNTS_TENSORS, (self.mean, self.scale, self.projection), strict=True))
+        offset = np.zeros(self.features, np.float32) if self.offset is None else self.offset
+        return dict(zip(SOFT_COUNTS_TENSORS, (self.mean, self.scale, self.projection, offset), strict=True))
 
 
 def pool_user(
@@ -122,7 +127,7 @@ def load_soft_counts(directory: Path) -> SoftCounts:
     from safetensors.numpy import load_file
 
     tables = load_file(str(Path(directory) / CODEBOOKS_FILE))
-    return SoftCounts(*(tables[name] for name in SOFT_COUNTS_TENSORS))
+    return SoftCounts(*(tables.get(name) for name in SOFT_COUNTS_TENSORS))  # no offset: exported before it
 
 
 def save_codebooks(path: Path, codebooks: list[np.ndarray], soft_counts: SoftCounts | None = None) -> None:

@@ -95,3 +95,26 @@ def test_probe_chooses_c_by_cross_validated_auc_on_the_training_users_alone():
     assert c == max(cv_auc, key=cv_auc.get)
     assert probe(x, y, seed=3, cs=(0.5,))[2] == 0.5, "one C is used as given"
     assert 0.5 < auc <= 1.0
+
+
+def test_soft_counts_with_a_fire_rate_count_each_feature_on_that_share_of_the_training_windows(tmp_path):
+    """SoftCounts.fit(fire_rate=r) offsets every feature so that it is positive on a share r of the windows it was
+    fitted on (a smaller region of the space for a smaller r); without it the offset is 0, as exported before the
+    offset existed, and codebooks written before then (no offset tensor) load as that reader."""
+    from safetensors.numpy import save_file
+
+    from u2qt.model.decoded import CODEBOOKS_FILE, SoftCounts, load_soft_counts, save_codebooks
+
+    x = np.random.default_rng(0).normal(size=(4000, 16)) * np.linspace(0.5, 3, 16) + 2.0
+    for rate in (0.5, 0.1, 0.02):
+        fired = (SoftCounts.fit(x, 32, fire_rate=rate)(x) > 0).mean(0)
+        np.testing.assert_allclose(fired, rate, atol=1.5 / len(x))
+    plain = SoftCounts.fit(x, 32)
+    assert plain.offset is None and 0.4 < (plain(x) > 0).mean() < 0.6
+
+    rare = SoftCounts.fit(x, 32, fire_rate=0.1)
+    save_codebooks(tmp_path / CODEBOOKS_FILE, [np.zeros((4, 16), np.float32)], rare)
+    np.testing.assert_array_equal(load_soft_counts(tmp_path)(x), rare(x))
+    old = {k: v for k, v in plain.tensors().items() if k != "soft_counts_offset"}
+    save_file(old | {"level_0": np.zeros((4, 16), np.float32)}, str(tmp_path / CODEBOOKS_FILE))
+    np.testing.assert_array_equal(load_soft_counts(tmp_path)(x), plain(x))
