@@ -15,7 +15,8 @@ users have many windows). Prints mean AUC and signal retention of each, for the 
 the decoded tokens, with the same users, span, tasks and probes as `u2qt eval` (training/evaluation.py: prepare,
 fit_variant, token_representations, probe_all). `--readers` picks which of the three join the mean; `--soft-counts`
 how many random features the soft counts have (a row for each number); `--fire-rates` adds, for each number, soft
-counts whose features are offset to fire on that share of the training windows (0.5 is about the default's).
+counts whose features are offset to fire on that share of the training windows (0.5 is about the default's);
+`--whiten λ …` soft counts whose projection is drawn in the whitened space (SoftCounts.fit).
 
 `--data` takes a data set of `u2qt dataset` (events.parquet, labels.csv); without it, The Complete Journey.
 """
@@ -70,6 +71,13 @@ def main() -> None:
         default=[],
         help="also soft readers whose features each fire on this share of the training windows (SoftCounts.fit)",
     )
+    p.add_argument(
+        "--whiten",
+        nargs="+",
+        type=float,
+        default=[],
+        help="also soft readers whose projection is drawn in the whitened space, variances shrunk by this",
+    )
     args = p.parse_args()
     started = time.perf_counter()
     cfg, d = eval_data(args)
@@ -90,6 +98,10 @@ def main() -> None:
             for rate in args.fire_rates:
                 reps[f"{label}: mean + soft counts, {features} features firing on {rate:g}"] = pooled(
                     values, d, soft_counts=features, fire_rate=rate
+                )
+            for shrink in args.whiten:
+                reps[f"{label}: mean + soft counts, {features} features, whitened (λ {shrink:g})"] = pooled(
+                    values, d, soft_counts=features, whiten=shrink
                 )
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")

@@ -53,17 +53,32 @@ class SoftCounts:
     offset: np.ndarray | None = None  # [features], cut before the ReLU; None: 0, each fires on about half the windows
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, features: int, seed: int = 0, fire_rate: float | None = None) -> SoftCounts:
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        features: int,
+        seed: int = 0,
+        fire_rate: float | None = None,
+        whiten: float | None = None,
+    ) -> SoftCounts:
         """Standardized by `vectors` (the training windows'); the projection drawn from `seed`. With `fire_rate`,
         each feature's offset is the quantile of the training windows' projections above which that share of them
-        lies: a rarer feature counts windows of a smaller region, closer to what a count of one item is."""
+        lies: a rarer feature counts windows of a smaller region, closer to what a count of one item is. With
+        `whiten` (λ), the projection is drawn in the whitened space, every principal direction of the standardized
+        windows at equal weight, their variances shrunk by λ (x (s + λ)^-1/2): a direction few windows take, as
+        few baskets hold one item, is then as likely to be counted as the dominant ones (folded into `projection`,
+        so the exported reader is the same three tensors)."""
         vectors = np.asarray(vectors, dtype=np.float64)
         dim = vectors.shape[1]
         projection = np.random.default_rng(seed).standard_normal((dim, features)) / np.sqrt(dim)
         mean, scale = vectors.mean(0), vectors.std(0) + 1e-6
+        standardized = (vectors - mean) / scale
+        if whiten is not None:
+            variances, axes = np.linalg.eigh(np.cov(standardized, rowvar=False))
+            projection = (axes / np.sqrt(np.maximum(variances, 0.0) + whiten)) @ axes.T @ projection
         offset = None
         if fire_rate is not None:
-            offset = np.quantile(((vectors - mean) / scale) @ projection, 1.0 - fire_rate, axis=0).astype(np.float32)
+            offset = np.quantile(standardized @ projection, 1.0 - fire_rate, axis=0).astype(np.float32)
         return cls(mean.astype(np.float32), scale.astype(np.float32), projection.astype(np.float32), offset)
 
     @property
@@ -76,8 +91,8 @@ class SoftCounts:
         return np.maximum(projected if self.offset is None else projected - self.offset, 0.0)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        offset = np.zeros(self.features, np.float32) if self.offset is None else self.offset
-        return dict(zip(SOFT_COUNTS_TENSORS, (self.mean, self.scale, self.projection, offset), strict=True))
+        tensors = dict(zip(SOFT_COUNTS_TENSORS, (self.mean, self.scale, self.projection, self.offset), strict=True))
+        return {name: t for name, t in tensors.items() if t is not None}
 
 
 def pool_user(

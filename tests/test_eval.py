@@ -99,10 +99,8 @@ def test_probe_chooses_c_by_cross_validated_auc_on_the_training_users_alone():
 
 def test_soft_counts_with_a_fire_rate_count_each_feature_on_that_share_of_the_training_windows(tmp_path):
     """SoftCounts.fit(fire_rate=r) offsets every feature so that it is positive on a share r of the windows it was
-    fitted on (a smaller region of the space for a smaller r); without it the offset is 0, as exported before the
-    offset existed, and codebooks written before then (no offset tensor) load as that reader."""
-    from safetensors.numpy import save_file
-
+    fitted on (a smaller region of the space for a smaller r), and the offset is exported with the reader; without
+    it the reader exports the three tensors it always had, and codebooks without an offset load as that reader."""
     from u2qt.model.decoded import CODEBOOKS_FILE, SoftCounts, load_soft_counts, save_codebooks
 
     x = np.random.default_rng(0).normal(size=(4000, 16)) * np.linspace(0.5, 3, 16) + 2.0
@@ -111,10 +109,25 @@ def test_soft_counts_with_a_fire_rate_count_each_feature_on_that_share_of_the_tr
         np.testing.assert_allclose(fired, rate, atol=1.5 / len(x))
     plain = SoftCounts.fit(x, 32)
     assert plain.offset is None and 0.4 < (plain(x) > 0).mean() < 0.6
+    assert set(plain.tensors()) == {"soft_counts_mean", "soft_counts_scale", "soft_counts_projection"}
 
-    rare = SoftCounts.fit(x, 32, fire_rate=0.1)
-    save_codebooks(tmp_path / CODEBOOKS_FILE, [np.zeros((4, 16), np.float32)], rare)
-    np.testing.assert_array_equal(load_soft_counts(tmp_path)(x), rare(x))
-    old = {k: v for k, v in plain.tensors().items() if k != "soft_counts_offset"}
-    save_file(old | {"level_0": np.zeros((4, 16), np.float32)}, str(tmp_path / CODEBOOKS_FILE))
-    np.testing.assert_array_equal(load_soft_counts(tmp_path)(x), plain(x))
+    for reader in (SoftCounts.fit(x, 32, fire_rate=0.1), plain):
+        save_codebooks(tmp_path / CODEBOOKS_FILE, [np.zeros((4, 16), np.float32)], reader)
+        np.testing.assert_array_equal(load_soft_counts(tmp_path)(x), reader(x))
+
+
+def test_whitened_soft_counts_weigh_every_principal_direction_equally():
+    """SoftCounts.fit(whiten=λ) draws the seed's Gaussian projection R in the whitened space of the standardized
+    windows: their projections then have covariance R^T R, whatever the correlations between the inputs (without
+    it, the dominant directions dominate every feature), and with λ large the reader is the plain one, scaled."""
+    from u2qt.model.decoded import SoftCounts
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 12)) @ rng.normal(size=(12, 12)) * 3.0 + 1.0
+    r = np.random.default_rng(7).standard_normal((12, 40)) / np.sqrt(12)
+    white = SoftCounts.fit(x, 40, seed=7, whiten=1e-9)
+    standardized = (x - white.mean) / white.scale
+    np.testing.assert_allclose(np.cov(standardized @ white.projection, rowvar=False), r.T @ r, atol=1e-3)
+    plain = SoftCounts.fit(x, 40, seed=7)
+    assert np.abs(np.cov(standardized @ plain.projection, rowvar=False) - r.T @ r).max() > 0.5
+    np.testing.assert_allclose(SoftCounts.fit(x, 40, seed=7, whiten=1e6).projection * 1e3, plain.projection, rtol=1e-3)

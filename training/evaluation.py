@@ -96,9 +96,7 @@ def bag_of_tokens(tok: Tokenized, corpus: WindowCorpus, span: np.ndarray, users:
     return np.log1p(x)
 
 
-def pooled(
-    values: np.ndarray, d: EvalData, soft_counts: int | None = None, fire_rate: float | None = None
-) -> np.ndarray:
+def pooled(values: np.ndarray, d: EvalData, soft_counts: int | None = None, **fit_options) -> np.ndarray:
     """`values` of every corpus row -> [users, ...]: each user's windows in the span pooled as the service pools
     their decoded tokens (model.decoded.pool_user, read at the cut-off, event counts as the history store keeps
     them), with the soft counts of the checkpoint's reader (`soft_counts` features instead, where given; 0: the
@@ -106,7 +104,7 @@ def pooled(
     the training windows."""
     reader = d.ck.train_config.reader
     features = (reader.soft_counts or 0) if soft_counts is None else soft_counts
-    counter = SoftCounts.fit(values[d.pre_rows], features, reader.seed, fire_rate) if features else None
+    counter = SoftCounts.fit(values[d.pre_rows], features, reader.seed, **fit_options) if features else None
     period = d.sources.period_s
     now, horizon = window_index(d.cut_s, period), round((d.hi - d.lo) / period)  # the span: whole windows
     counts = np.minimum(d.corpus.windows["events"].to_numpy(), MAX_WINDOW_EVENTS)
