@@ -16,7 +16,8 @@ the decoded tokens, with the same users, span, tasks and probes as `u2qt eval` (
 fit_variant, token_representations, probe_all). `--readers` picks which of the three join the mean; `--soft-counts`
 how many random features the soft counts have (a row for each number); `--fire-rates` adds, for each number, soft
 counts whose features are offset to fire on that share of the training windows (0.5 is about the default's);
-`--whiten λ …` soft counts whose projection is drawn in the whitened space (SoftCounts.fit).
+`--whiten λ …` soft counts whose projection is drawn in the whitened space, `--per-source` soft counts that
+standardize each source by its own windows (SoftCounts.fit).
 
 `--data` takes a data set of `u2qt dataset` (events.parquet, labels.csv); without it, The Complete Journey.
 """
@@ -72,6 +73,11 @@ def main() -> None:
         help="also soft readers whose features each fire on this share of the training windows (SoftCounts.fit)",
     )
     p.add_argument(
+        "--per-source",
+        action="store_true",
+        help="also soft readers that standardize each source by its own windows (SoftCounts.fit)",
+    )
+    p.add_argument(
         "--whiten",
         nargs="+",
         type=float,
@@ -98,6 +104,10 @@ def main() -> None:
             for rate in args.fire_rates:
                 reps[f"{label}: mean + soft counts, {features} features firing on {rate:g}"] = pooled(
                     values, d, soft_counts=features, fire_rate=rate
+                )
+            if args.per_source:
+                reps[f"{label}: mean + soft counts, {features} features, standardized per source"] = pooled(
+                    values, d, soft_counts=features, per_source=True
                 )
             for shrink in args.whiten:
                 reps[f"{label}: mean + soft counts, {features} features, whitened (λ {shrink:g})"] = pooled(

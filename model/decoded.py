@@ -47,8 +47,8 @@ class SoftCounts:
     one window) they cost 0.06, so `u2qt train` chooses them from the data (docs/eval/levers.md, "Pooling beyond
     the mean")."""
 
-    mean: np.ndarray  # [dim]
-    scale: np.ndarray  # [dim]
+    mean: np.ndarray  # [dim], or [sources, dim] where each source is standardized by its own windows
+    scale: np.ndarray  # as mean
     projection: np.ndarray  # [dim, features]
     offset: np.ndarray | None = None  # [features], cut before the ReLU; None: 0, each fires on about half the windows
 
@@ -60,6 +60,8 @@ class SoftCounts:
         seed: int = 0,
         fire_rate: float | None = None,
         whiten: float | None = None,
+        source: np.ndarray | None = None,
+        n_sources: int = 0,
     ) -> SoftCounts:
         """Standardized by `vectors` (the training windows'); the projection drawn from `seed`. With `fire_rate`,
         each feature's offset is the quantile of the training windows' projections above which that share of them
@@ -67,12 +69,20 @@ class SoftCounts:
         `whiten` (λ), the projection is drawn in the whitened space, every principal direction of the standardized
         windows at equal weight, their variances shrunk by λ (x (s + λ)^-1/2): a direction few windows take, as
         few baskets hold one item, is then as likely to be counted as the dominant ones (folded into `projection`,
-        so the exported reader is the same three tensors)."""
+        so the exported reader is the same three tensors). With `source` (each vector's, of `n_sources`), each
+        source is standardized by its own windows, so that every feature splits each source's windows, not the
+        sources (a source without windows: mean 0, scale 1)."""
         vectors = np.asarray(vectors, dtype=np.float64)
         dim = vectors.shape[1]
         projection = np.random.default_rng(seed).standard_normal((dim, features)) / np.sqrt(dim)
-        mean, scale = vectors.mean(0), vectors.std(0) + 1e-6
-        standardized = (vectors - mean) / scale
+        if source is None:
+            mean, scale = vectors.mean(0), vectors.std(0) + 1e-6
+            standardized = (vectors - mean) / scale
+        else:
+            mean, scale = np.zeros((n_sources, dim)), np.ones((n_sources, dim))
+            for s in np.unique(source):
+                mean[s], scale[s] = vectors[source == s].mean(0), vectors[source == s].std(0) + 1e-6
+            standardized = (vectors - mean[source]) / scale[source]
         if whiten is not None:
             variances, axes = np.linalg.eigh(np.cov(standardized, rowvar=False))
             projection = (axes / np.sqrt(np.maximum(variances, 0.0) + whiten)) @ axes.T @ projection
@@ -85,9 +95,10 @@ class SoftCounts:
     def features(self) -> int:
         return self.projection.shape[1]
 
-    def __call__(self, vectors: np.ndarray) -> np.ndarray:
-        """[N, dim] -> [N, features]"""
-        projected = ((np.asarray(vectors, dtype=np.float32) - self.mean) / self.scale) @ self.projection
+    def __call__(self, vectors: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
+        """[N, dim] (and each one's source, where each source has its own standardization) -> [N, features]"""
+        mean, scale = (self.mean, self.scale) if self.mean.ndim == 1 else (self.mean[source], self.scale[source])
+        projected = ((np.asarray(vectors, dtype=np.float32) - mean) / scale) @ self.projection
         return np.maximum(projected if self.offset is None else projected - self.offset, 0.0)
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -127,7 +138,7 @@ def pool_user(
     parts = [sums / np.maximum(events, 1.0)[:, None], activity]
     if soft_counts is not None:
         by_source = np.eye(n_sources)[source].T  # [n_sources, N]: which windows each source's sum takes
-        parts.append(np.log1p(by_source @ soft_counts(vectors)))
+        parts.append(np.log1p(by_source @ soft_counts(vectors, source)))
     return np.hstack(parts).astype(np.float32).reshape(-1)
 
 

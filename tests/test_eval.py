@@ -131,3 +131,28 @@ def test_whitened_soft_counts_weigh_every_principal_direction_equally():
     plain = SoftCounts.fit(x, 40, seed=7)
     assert np.abs(np.cov(standardized @ plain.projection, rowvar=False) - r.T @ r).max() > 0.5
     np.testing.assert_allclose(SoftCounts.fit(x, 40, seed=7, whiten=1e6).projection * 1e3, plain.projection, rtol=1e-3)
+
+
+def test_soft_counts_standardized_per_source_split_each_sources_windows():
+    """SoftCounts.fit(source=..., n_sources=...) standardizes each source by its own windows: where sources lie apart,
+    a shared standardization leaves features that fire on all of one source's windows or on none (they count
+    windows of a source, which the activity already does); per source, every feature fires on about half of each
+    source's windows. pool_user hands each window's source to the reader."""
+    from u2qt.model.decoded import SoftCounts, pool_user
+
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(size=(3000, 16)) + 5.0, rng.normal(size=(1000, 16)) * 3.0 - 4.0])
+    src = np.repeat([0, 1], [3000, 1000])
+    shared, own = SoftCounts.fit(x, 64), SoftCounts.fit(x, 64, source=src, n_sources=3)
+    assert own.mean.shape == (3, 16) and (own.mean[2] == 0).all() and (own.scale[2] == 1).all()
+    for s in (0, 1):
+        mine = src == s
+        np.testing.assert_allclose(own.mean[s], x[mine].mean(0), atol=1e-5)
+        assert (shared(x[mine]) > 0).mean(0).std() > 0.3
+        np.testing.assert_allclose((own(x[mine], src[mine]) > 0).mean(0), 0.5, atol=0.06)
+
+    user = slice(2990, 3010)  # ten windows of each source
+    pooled = pool_user(x[user], src[user], np.ones(20), np.arange(20), 2, 20, 30, own).reshape(2, -1)
+    for s in (0, 1):
+        mine = src[user] == s
+        np.testing.assert_allclose(pooled[s, -64:], np.log1p(own(x[user][mine], src[user][mine]).sum(0)), rtol=1e-5)

@@ -104,11 +104,13 @@ def pooled(values: np.ndarray, d: EvalData, soft_counts: int | None = None, **fi
     the training windows."""
     reader = d.ck.train_config.reader
     features = (reader.soft_counts or 0) if soft_counts is None else soft_counts
+    src = d.corpus.windows["source_index"].to_numpy()
+    if fit_options.pop("per_source", False):
+        fit_options |= {"source": src[d.pre_rows], "n_sources": len(d.names)}
     counter = SoftCounts.fit(values[d.pre_rows], features, reader.seed, **fit_options) if features else None
     period = d.sources.period_s
     now, horizon = window_index(d.cut_s, period), round((d.hi - d.lo) / period)  # the span: whole windows
     counts = np.minimum(d.corpus.windows["events"].to_numpy(), MAX_WINDOW_EVENTS)
-    src = d.corpus.windows["source_index"].to_numpy()
     out = np.zeros((len(d.users), len(d.names) * (values.shape[1] + len(ACTIVITY) + features)), np.float32)
     for i, user in enumerate(d.users):
         rows = d.by_user[user]
