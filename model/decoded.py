@@ -71,7 +71,8 @@ class SoftCounts:
         few baskets hold one item, is then as likely to be counted as the dominant ones (folded into `projection`,
         so the exported reader is the same three tensors). With `source` (each vector's, of `n_sources`), each
         source is standardized by its own windows, so that every feature splits each source's windows, not the
-        sources (a source without windows: mean 0, scale 1)."""
+        sources (a source without windows: mean 0, scale 1). None of the three pays on The Complete Journey
+        (docs/eval/levers.md, "Pooling beyond the mean"): the reader u2qt train and export fit uses none of them."""
         vectors = np.asarray(vectors, dtype=np.float64)
         dim = vectors.shape[1]
         projection = np.random.default_rng(seed).standard_normal((dim, features)) / np.sqrt(dim)
