@@ -154,7 +154,8 @@ def load_soft_counts(directory: Path) -> SoftCounts:
     from safetensors.numpy import load_file
 
     tables = load_file(str(Path(directory) / CODEBOOKS_FILE))
-    return SoftCounts(*(tables.get(name) for name in SOFT_COUNTS_TENSORS))  # no offset: exported before it
+    *required, offset = SOFT_COUNTS_TENSORS  # an export without fire_rate (every export of u2qt train) has no offset
+    return SoftCounts(*(tables[name] for name in required), tables.get(offset))
 
 
 def save_codebooks(path: Path, codebooks: list[np.ndarray], soft_counts: SoftCounts | None = None) -> None:
