@@ -90,6 +90,11 @@ def main() -> None:
     mrq = fit_eval_mrq_vae(cfg, d)
     every, src_emb = token_representations(d, {"MRQ-VAE": mrq})
     reps = {BASELINE: every[BASELINE]}
+    # SoftCounts.fit's options, each a row beside the plain reader (the served one)
+    soft_variants = [("", {})]
+    soft_variants += [(f" firing on {rate:g}", {"fire_rate": rate}) for rate in args.fire_rates]
+    soft_variants += [(", standardized per source", {"per_source": True})] if args.per_source else []
+    soft_variants += [(f", whitened (λ {shrink:g})", {"whiten": shrink}) for shrink in args.whiten]
     readings = (("continuous", src_emb), ("decoded tokens", decoded_tokens(mrq, len(d.corpus))))
     for label, values in readings:
         mean = pooled(values, d, soft_counts=0)
@@ -100,18 +105,9 @@ def main() -> None:
             reps[f"{label}: mean + standard deviation"] = np.hstack([mean, per_source(values, d, lambda x: x.std(0))])
         for features in args.soft_counts if "soft" in args.readers else ():
             # model.decoded.SoftCounts, as pool_user serves them where users have many windows (u2qt train: 256)
-            reps[f"{label}: mean + soft counts, {features} features"] = pooled(values, d, soft_counts=features)
-            for rate in args.fire_rates:
-                reps[f"{label}: mean + soft counts, {features} features firing on {rate:g}"] = pooled(
-                    values, d, soft_counts=features, fire_rate=rate
-                )
-            if args.per_source:
-                reps[f"{label}: mean + soft counts, {features} features, standardized per source"] = pooled(
-                    values, d, soft_counts=features, per_source=True
-                )
-            for shrink in args.whiten:
-                reps[f"{label}: mean + soft counts, {features} features, whitened (λ {shrink:g})"] = pooled(
-                    values, d, soft_counts=features, whiten=shrink
+            for suffix, options in soft_variants:
+                reps[f"{label}: mean + soft counts, {features} features{suffix}"] = pooled(
+                    values, d, soft_counts=features, **options
                 )
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")

@@ -96,7 +96,9 @@ def bag_of_tokens(tok: Tokenized, corpus: WindowCorpus, span: np.ndarray, users:
     return np.log1p(x)
 
 
-def pooled(values: np.ndarray, d: EvalData, soft_counts: int | None = None, **fit_options) -> np.ndarray:
+def pooled(
+    values: np.ndarray, d: EvalData, soft_counts: int | None = None, per_source: bool = False, **fit_options
+) -> np.ndarray:
     """`values` of every corpus row -> [users, ...]: each user's windows in the span pooled as the service pools
     their decoded tokens (model.decoded.pool_user, read at the cut-off, event counts as the history store keeps
     them), with the soft counts of the checkpoint's reader (`soft_counts` features instead, where given; 0: the
@@ -105,7 +107,7 @@ def pooled(values: np.ndarray, d: EvalData, soft_counts: int | None = None, **fi
     reader = d.ck.train_config.reader
     features = (reader.soft_counts or 0) if soft_counts is None else soft_counts
     src = d.corpus.windows["source_index"].to_numpy()
-    if fit_options.pop("per_source", False):
+    if per_source:
         fit_options |= {"source": src[d.pre_rows], "n_sources": len(d.names)}
     counter = SoftCounts.fit(values[d.pre_rows], features, reader.seed, **fit_options) if features else None
     period = d.sources.period_s
