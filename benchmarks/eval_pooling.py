@@ -4,6 +4,7 @@ counts give a linear probe?
     python3 benchmarks/eval_pooling.py --train-dir artifacts/cj300
     python3 benchmarks/eval_pooling.py --train-dir artifacts/ml-100k --data data/ml-100k --cutoff 1998-03-01
     python3 benchmarks/eval_pooling.py --train-dir artifacts/cj300-1d --readers soft --soft-counts 256 1024
+    python3 benchmarks/eval_pooling.py --train-dir artifacts/cj300-1d --readers texts
 
 The raw baseline's edge on The Complete Journey is its per-item log counts, a nonlinearity no mean of window
 vectors carries (docs/eval/levers.md, "Where the raw baseline's edge is"). A ranker could be served more than the
@@ -17,7 +18,10 @@ fit_variant, token_representations, probe_all). `--readers` picks which of the t
 how many random features the soft counts have (a row for each number); `--fire-rates` adds, for each number, soft
 counts whose features are offset to fire on that share of the training windows (0.5 is about the default's);
 `--whiten λ …` soft counts whose projection is drawn in the whitened space, `--per-source` soft counts that
-standardize each source by its own windows (SoftCounts.fit).
+standardize each source by its own windows (SoftCounts.fit). `texts` (`--readers texts`) reads each window back
+into the raw baseline's vocabulary (training/event_texts.py: a ridge map from the window to its counts of each event
+text, the `--texts` most frequent, cut at 0, summed over the user's windows, log1p): from the continuous
+embeddings (as counts and as presence) and from the tokens one-hot, beside the mean and beside the served reader.
 
 `--data` takes a data set of `u2qt dataset` (events.parquet, labels.csv); without it, The Complete Journey.
 """
@@ -40,7 +44,16 @@ from benchmarks.harness import (  # noqa: E402
     recorded,
 )
 
-READERS = ("max", "std", "soft")
+READERS = ("max", "std", "soft", "texts")
+
+
+def token_one_hot(tok, n_rows: int):
+    """[corpus rows, vocabulary] sparse: each window's tokens (zeros where the tokenizer has no window)."""
+    from scipy import sparse
+
+    ids = tok.vocabulary.ids(tok.source_index, tok.codes)
+    rows = np.repeat(tok.rows, ids.shape[1])
+    return sparse.csr_matrix((np.ones(ids.size), (rows, ids.reshape(-1))), shape=(n_rows, tok.vocabulary.size))
 
 
 def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
@@ -59,7 +72,14 @@ def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
 
 @recorded
 def main() -> None:
-    from u2qt.training.evaluation import BASELINE, decoded_tokens, pooled, probe_all, token_representations
+    from u2qt.training.evaluation import (
+        BASELINE,
+        decoded_event_texts,
+        decoded_tokens,
+        pooled,
+        probe_all,
+        token_representations,
+    )
 
     p = argparse.ArgumentParser()
     add_eval_data_arguments(p, "artifacts/cj300")
@@ -84,6 +104,7 @@ def main() -> None:
         default=[],
         help="also soft readers whose projection is drawn in the whitened space, variances shrunk by this",
     )
+    p.add_argument("--texts", type=int, default=1000, help="event texts the texts reader decodes to (top by count)")
     args = p.parse_args()
     started = time.perf_counter()
     cfg, d = eval_data(args)
@@ -96,6 +117,11 @@ def main() -> None:
     soft_variants += [(", standardized per source", {"per_source": True})] if args.per_source else []
     soft_variants += [(f", whitened (λ {shrink:g})", {"whiten": shrink}) for shrink in args.whiten]
     readings = (("continuous", src_emb), ("decoded tokens", decoded_tokens(mrq, len(d.corpus))))
+    counts = None
+    if "texts" in args.readers:
+        from u2qt.training.event_texts import window_text_counts
+
+        counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, args.texts)
     for label, values in readings:
         mean = pooled(values, d, soft_counts=0)
         reps[f"{label}: mean (served where users have few windows)"] = mean
@@ -109,6 +135,23 @@ def main() -> None:
                 reps[f"{label}: mean + soft counts, {features} features{suffix}"] = pooled(
                     values, d, soft_counts=features, **options
                 )
+        if "texts" in args.readers:
+            served = pooled(values, d)  # the checkpoint's reader (soft counts, or the mean alone)
+            reps[f"{label}: served reader"] = served
+            if label != "continuous":  # decoded tokens: from the tokens one-hot, below (their sums keep less)
+                continue
+            reps[f"{label}: mean + decoded event texts"] = np.hstack([mean, decoded_event_texts(values, d, counts)])
+            reps[f"{label}: mean + decoded event texts, as presence"] = np.hstack(
+                [mean, decoded_event_texts(values, d, counts.sign())]
+            )
+    if "texts" in args.readers:
+        texts = decoded_event_texts(token_one_hot(mrq, len(d.corpus)), d, counts)
+        reps["decoded tokens: mean + event texts decoded from the tokens one-hot"] = np.hstack(
+            [reps["decoded tokens: mean (served where users have few windows)"], texts]
+        )
+        reps["decoded tokens: served reader + event texts decoded from the tokens one-hot"] = np.hstack(
+            [reps["decoded tokens: served reader"], texts]
+        )
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"{len(d.users)} users, {len(results)} tasks; probes as u2qt eval ({len(cfg.seeds)} seeds, C by 3-fold CV)")

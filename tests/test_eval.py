@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from u2qt.training.config import AlignConfig
-from u2qt.training.eval_report import BASELINE, DECODED
+from u2qt.training.eval_report import BASELINE, CONTINUOUS_TEXTS, DECODED
 from u2qt.training.evaluation import EvalConfig, run_eval
 from u2qt.training.probes import ks_statistic
 
@@ -57,6 +57,8 @@ def test_eval_writes_every_table_from_real_probes(trained_dir, cj_events, tmp_pa
     assert set(report["retention"]) == set(reps) and "signal retention" in md
     assert report["retention"][BASELINE] == pytest.approx(1.0)
     assert DECODED in reps and "best token-based representation" in md
+    # the continuous embeddings are also read with their windows decoded to event texts, and judged by the better
+    assert CONTINUOUS_TEXTS in reps and CONTINUOUS_TEXTS in md and "continuous window embeddings retain" in md
     # the decoded tokens are pooled with the reader the service serves for these weekly shoppers
     assert report["reader"]["soft_counts"] == 256 and "256 random ReLU features" in md
 

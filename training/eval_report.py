@@ -9,6 +9,7 @@ import numpy as np
 
 BASELINE = "baseline: bag of event texts + tabular sums + activity (raw data)"
 CONTINUOUS = "continuous: window embeddings before quantization, pooled"
+CONTINUOUS_TEXTS = "continuous: window embeddings before quantization, mean + decoded event texts"
 LATENT = "latent: MRQ-VAE's z before quantization, pooled"
 DECODED = "decoded tokens: MRQ-VAE codeword sums, pooled"
 
@@ -48,7 +49,9 @@ def targets(report: dict) -> list[str]:
     auc = {r: mean_over_tasks(report, r) for r in next(iter(report["results"].values()))}
     ret = report["retention"]
     mrq, rq = auc["bag of tokens: MRQ-VAE"], auc["bag of tokens: RQ-VAE, shared levels only"]
-    cont = auc[CONTINUOUS]
+    # the continuous embeddings by their best reading (a report written before the decoded texts has one)
+    best_cont = max((r for r in (CONTINUOUS, CONTINUOUS_TEXTS) if r in ret), key=ret.get)
+    cont = auc[best_cont]
     st = report["storage_bytes_per_user"]
     cont_b = next(v for k, v in st.items() if k.startswith("continuous"))
     tok_b = next(v for k, v in st.items() if k.startswith("tokens"))
@@ -63,7 +66,8 @@ def targets(report: dict) -> list[str]:
         f"- best token-based representation: **{best}**, retention {ret[best]:.2f} (goal ≥ 0.90), mean AUC "
         f"{auc[best]:.4f} vs continuous {cont:.4f} (gap {cont - auc[best]:+.4f}, goal ≤ 0.02) — "
         f"{mark(ret[best] >= 0.9 and cont - auc[best] <= 0.02)}",
-        f"- continuous window embeddings retain {ret[CONTINUOUS]:.2f} (goal ≥ 0.95) — {mark(ret[CONTINUOUS] >= 0.95)}",
+        f"- continuous window embeddings retain {ret[best_cont]:.2f} ({best_cont.split(', ')[-1]}; goal ≥ 0.95) — "
+        f"{mark(ret[best_cont] >= 0.95)}",
         f"- storage per user: tokens {tok_b:,.0f} bytes vs continuous {cont_b:,.0f}, {cont_b / tok_b:.0f}× less "
         f"(goal ≥ 100×) — {mark(cont_b / tok_b >= 100)}",
         f"- MRQ-VAE ≥ RQ-VAE (shared levels only), bag of tokens: {mrq:.4f} / {rq:.4f} — {mark(mrq >= rq)}",
@@ -149,7 +153,8 @@ def markdown(report: dict) -> str:
     """The report's text: targets, tasks, the paper's tables 3-6 and 8, collisions."""
     reps = list(next(iter(report["results"].values())))
     bags = [r for r in reps if r.startswith("bag of tokens") and "without" not in r]
-    main = [BASELINE, CONTINUOUS, *([LATENT] if LATENT in reps else []), DECODED, *bags]
+    optional = [r for r in (CONTINUOUS_TEXTS, LATENT) if r in reps]
+    main = [BASELINE, CONTINUOUS, *optional, DECODED, *bags]
     ablation = ["bag of tokens: MRQ-VAE"] + [r for r in reps if "without" in r]
     history = [r for r in reps if r.startswith("history model")]
     cfg = report["config"]

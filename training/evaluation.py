@@ -29,7 +29,8 @@ from u2qt.training.alignment import build_samples, embed_users, token_table, tra
 from u2qt.training.config import AlignConfig, TrainConfig
 from u2qt.training.corpus import WindowCorpus, build_corpus
 from u2qt.training.embeddings import embed_texts_cached
-from u2qt.training.eval_report import BASELINE, CONTINUOUS, DECODED, LATENT
+from u2qt.training.eval_report import BASELINE, CONTINUOUS, CONTINUOUS_TEXTS, DECODED, LATENT
+from u2qt.training.event_texts import TextDecoder, window_text_counts
 from u2qt.training.metrics import collision_stats
 from u2qt.training.probes import PROBE_CS, probe_seeds, signal_retention
 from u2qt.training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
@@ -120,7 +121,22 @@ def pooled(
     return out
 
 
-def raw_baseline(events: pd.DataFrame, sources: SourcesConfig, users: list[str], lo, hi, top: int = 1000):
+def decoded_event_texts(values, d: EvalData, counts=None) -> np.ndarray:
+    """[users, texts]: each user's windows in the span decoded to their counts of the event texts the raw baseline
+    counts (training/event_texts.py; `counts`: other targets, per corpus row), the decoder fitted on the windows
+    before the cut-off. `values`: window vectors, or any design a TextDecoder takes (a window's tokens one-hot)."""
+    if counts is None:
+        counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, BASELINE_TEXTS)
+    with_text = counts.getnnz(axis=1) > 0
+    decoder = TextDecoder.fit(values, counts, d.pre_rows[with_text[d.pre_rows]])
+    rows = (np.asarray(d.by_user[u], dtype=np.int64) for u in d.users)
+    return decoder.user_counts(values, [r[with_text[r]] for r in rows])
+
+
+BASELINE_TEXTS = 1000  # the raw baseline's vocabulary: its most frequent event texts
+
+
+def raw_baseline(events: pd.DataFrame, sources: SourcesConfig, users: list[str], lo, hi, top: int = BASELINE_TEXTS):
     """What a team would build by hand from the raw logs: a bag of event texts (product categories, campaign
     types, titles), tabular attribute sums, and per source its activity (events, active days, days since the
     last event before the cut-off)."""
@@ -360,7 +376,10 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
             ]
         )
         latent = torch.cat([mrq.model.encoder(src_emb[i : i + step]) for i in range(0, len(s), step)])
-    reps[CONTINUOUS] = pooled(src_emb.numpy(), d)
+    cont = src_emb.numpy()
+    reps[CONTINUOUS] = pooled(cont, d)
+    # the raw baseline's per-text log counts, read back from the same vectors (docs/eval/levers.md)
+    reps[CONTINUOUS_TEXTS] = np.hstack([pooled(cont, d, soft_counts=0), decoded_event_texts(cont, d)])
     # the quantizer's input: what it keeps of the continuous embeddings tells the projection's loss from the codes'
     reps[LATENT] = pooled(latent.numpy(), d)
     for name, tok in toks.items():
