@@ -12,9 +12,7 @@ DAY = 86400
 
 
 def test_window_text_counts_count_each_windows_events_per_text_among_the_texts_seen_before_the_cutoff():
-    windows = pd.DataFrame(
-        {"user_id": ["a", "a", "b"], "source": ["buy", "buy", "buy"], "window_start": [0, DAY, 0]}
-    )
+    windows = pd.DataFrame({"user_id": ["a", "a", "b"], "source": ["buy", "buy", "buy"], "window_start": [0, DAY, 0]})
     events = pd.DataFrame(
         {
             "user_id": ["a", "a", "a", "b", "b", "b", "c"],
