@@ -43,3 +43,19 @@ def test_text_decoder_reads_back_counts_that_are_linear_in_the_window_vectors(as
     users = decoder.user_counts(design, [np.arange(1500, 1510), np.array([], dtype=np.int64)])
     np.testing.assert_allclose(users[0], np.log1p(counts[1500:1510].toarray().sum(0)), atol=0.05)
     assert not users[1].any()  # a user without text windows: zeros
+
+
+def test_events_without_texts_give_no_columns_and_a_decoder_refuses_them():
+    windows = pd.DataFrame({"user_id": ["a"], "source": ["visits"], "window_start": [0]})
+    events = pd.DataFrame({"user_id": ["a"], "source": ["visits"], "ts": [10], "amount": [1.0]})
+    counts, texts = window_text_counts(events, windows, DAY, before_s=DAY, top=10)
+    assert counts.shape == (1, 0) and texts == []
+    with pytest.raises(ValueError, match="nothing to decode"):
+        TextDecoder.fit(np.ones((1, 3)), counts, np.array([0]))
+
+
+def test_a_single_window_is_decoded_without_a_held_out_fifth_to_choose_on():
+    counts = sparse.csr_matrix(np.array([[2.0, 0.0, 1.0]]))
+    decoder = TextDecoder.fit(np.array([[0.5, 1.0]]), counts, np.array([0]))
+    assert decoder.shrink == 1e-3  # the middle of RIDGE_SHRINKS
+    np.testing.assert_allclose(decoder.predict(np.array([[0.5, 1.0]])), [[2.0, 0.0, 1.0]], atol=1e-5)

@@ -128,7 +128,10 @@ def decoded_event_texts(values, d: EvalData, counts=None) -> np.ndarray:
     if counts is None:
         counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, BASELINE_TEXTS)
     with_text = counts.getnnz(axis=1) > 0
-    decoder = TextDecoder.fit(values, counts, d.pre_rows[with_text[d.pre_rows]])
+    fit_rows = d.pre_rows[with_text[d.pre_rows]]
+    if len(fit_rows) == 0:
+        return np.zeros((len(d.users), 0), np.float32)
+    decoder = TextDecoder.fit(values, counts, fit_rows)
     rows = (np.asarray(d.by_user[u], dtype=np.int64) for u in d.users)
     return decoder.user_counts(values, [r[with_text[r]] for r in rows])
 
@@ -378,8 +381,11 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
         latent = torch.cat([mrq.model.encoder(src_emb[i : i + step]) for i in range(0, len(s), step)])
     cont = src_emb.numpy()
     reps[CONTINUOUS] = pooled(cont, d)
-    # the raw baseline's per-text log counts, read back from the same vectors (docs/eval/levers.md)
-    reps[CONTINUOUS_TEXTS] = np.hstack([pooled(cont, d, soft_counts=0), decoded_event_texts(cont, d)])
+    # the raw baseline's per-text log counts, read back from the same vectors (docs/eval/levers.md); none where no
+    # window before the cut-off holds an event text (every source tabular)
+    texts = decoded_event_texts(cont, d)
+    if texts.shape[1]:
+        reps[CONTINUOUS_TEXTS] = np.hstack([pooled(cont, d, soft_counts=0), texts])
     # the quantizer's input: what it keeps of the continuous embeddings tells the projection's loss from the codes'
     reps[LATENT] = pooled(latent.numpy(), d)
     for name, tok in toks.items():

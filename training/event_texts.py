@@ -53,6 +53,8 @@ class TextDecoder:
         if not sparse.issparse(x):
             mean, scale = x[rows].mean(0), x[rows].std(0) + 1e-6
             x = ((x - mean) / scale).astype(np.float32)
+        if len(rows) == 0 or counts.shape[1] == 0:
+            raise ValueError("nothing to decode: no fitted window holds one of the texts")
         held = np.random.default_rng(seed).random(len(rows)) < 0.2
 
         def ridge(fit: np.ndarray, shrink: float) -> TextDecoder:
@@ -67,7 +69,8 @@ class TextDecoder:
             pred = ridge(rows[~held], shrink).predict(x[rows[held]])
             return float(((pred - counts[rows[held]].toarray()) ** 2).sum())
 
-        best = ridge(rows, min(shrinks, key=held_error))
+        choose = held.any() and not held.all()  # a handful of windows: no fifth to choose λ on, the middle one
+        best = ridge(rows, min(shrinks, key=held_error) if choose else shrinks[len(shrinks) // 2])
         return cls(best.coef, best.intercept, best.shrink, mean, scale)
 
     def predict(self, x) -> np.ndarray:
