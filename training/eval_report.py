@@ -63,10 +63,10 @@ def targets(report: dict) -> list[str]:
         return "holds" if ok else "**does not hold**"
 
     return [
-        f"- best token-based representation: **{best}**, retention {ret[best]:.2f} (goal ≥ 0.90), mean AUC "
+        f"- best token-based representation: **{best}**, retention {ret[best]:.3f} (goal ≥ 0.90), mean AUC "
         f"{auc[best]:.4f} vs continuous {cont:.4f} (gap {cont - auc[best]:+.4f}, goal ≤ 0.02) — "
         f"{mark(ret[best] >= 0.9 and cont - auc[best] <= 0.02)}",
-        f"- continuous window embeddings retain {ret[best_cont]:.2f} ({best_cont.split(', ')[-1]}; goal ≥ 0.95) — "
+        f"- continuous window embeddings retain {ret[best_cont]:.3f} ({best_cont.split(', ')[-1]}; goal ≥ 0.95) — "
         f"{mark(ret[best_cont] >= 0.95)}",
         f"- storage per user: tokens {tok_b:,.0f} bytes vs continuous {cont_b:,.0f}, {cont_b / tok_b:.0f}× less "
         f"(goal ≥ 100×) — {mark(cont_b / tok_b >= 100)}",
