@@ -21,7 +21,9 @@ counts whose features are offset to fire on that share of the training windows (
 standardize each source by its own windows (SoftCounts.fit). `texts` (`--readers texts`) reads each window back
 into the raw baseline's vocabulary (training/event_texts.py: a ridge map from the window to its counts of each event
 text, the `--texts` most frequent, cut at 0, summed over the user's windows, log1p): from the continuous
-embeddings (as counts and as presence) and from the tokens one-hot, beside the mean and beside the served reader.
+embeddings (as counts and as presence) and from the tokens one-hot, beside the mean and beside the served reader;
+`--texts-features N` adds a decoder of the continuous embeddings that reads N random ReLU features of each window
+(SoftCounts) beside its vector.
 
 `--data` takes a data set of `u2qt dataset` (events.parquet, labels.csv); without it, The Complete Journey.
 """
@@ -72,6 +74,7 @@ def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
 
 @recorded
 def main() -> None:
+    from u2qt.model.decoded import SoftCounts
     from u2qt.training.evaluation import (
         BASELINE,
         decoded_event_texts,
@@ -105,6 +108,13 @@ def main() -> None:
         help="also soft readers whose projection is drawn in the whitened space, variances shrunk by this",
     )
     p.add_argument("--texts", type=int, default=1000, help="event texts the texts reader decodes to (top by count)")
+    p.add_argument(
+        "--texts-features",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also decode the continuous embeddings from the vector beside this many random ReLU features of it",
+    )
     args = p.parse_args()
     started = time.perf_counter()
     cfg, d = eval_data(args)
@@ -144,6 +154,12 @@ def main() -> None:
             reps[f"{label}: mean + decoded event texts, as presence"] = np.hstack(
                 [mean, decoded_event_texts(values, d, counts.sign())]
             )
+            for features in args.texts_features:  # a nonlinear decoder: the vector and its soft-count features
+                relu = SoftCounts.fit(values[d.pre_rows], features)
+                design = np.hstack([values, relu(values)]).astype(np.float32)
+                reps[f"{label}: mean + event texts decoded from the vector and {features} ReLU features"] = np.hstack(
+                    [mean, decoded_event_texts(design, d, counts)]
+                )
     if "texts" in args.readers:
         texts = decoded_event_texts(token_one_hot(mrq, len(d.corpus)), d, counts)
         reps["decoded tokens: mean + event texts decoded from the tokens one-hot"] = np.hstack(
