@@ -148,7 +148,7 @@ def main() -> None:
         if "texts" in args.readers:
             served = pooled(values, d)  # the checkpoint's reader (soft counts, or the mean alone)
             reps[f"{label}: served reader"] = served
-            if label != "continuous":  # decoded tokens: from the tokens one-hot, below (their sums keep less)
+            if label != "continuous":  # decoded tokens: decoded from their one-hot, below (a row of the map per token)
                 continue
             reps[f"{label}: mean + decoded event texts"] = np.hstack([mean, decoded_event_texts(values, d, counts)])
             reps[f"{label}: mean + decoded event texts, as presence"] = np.hstack(
