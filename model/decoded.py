@@ -1,8 +1,8 @@
 """A user embedding read from stored tokens alone: each window's codes decoded back to the sum of their
 codewords (the quantized latent z_hat the MRQ-VAE reconstructs from), pooled per source by `pool_user`, the
 sources side by side. `u2qt eval` reports it as "decoded tokens" (and pools the continuous window embeddings the
-same way); the service serves it as GET /users/{id}/embedding?kind=tokens, from the codebooks and the soft-count
-features `u2qt export` writes (codebooks.safetensors)."""
+same way); the service serves it as GET /users/{id}/embedding?kind=tokens, from the codebooks, the soft-count
+features and the event-text decoder `u2qt export` writes (codebooks.safetensors)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 CODEBOOKS_FILE = "codebooks.safetensors"
 SOFT_COUNTS_TENSORS = ("soft_counts_mean", "soft_counts_scale", "soft_counts_projection", "soft_counts_offset")
+TOKEN_TEXTS_TENSORS = ("texts_table", "texts_intercept", "texts_sources")
 
 
 def codeword_sums(
@@ -32,9 +33,32 @@ def codeword_sums(
 ACTIVITY = ("windows", "events", "windows since the newest")
 
 
-def pooled_width(n_sources: int, code_dim: int, soft_counts: int = 0) -> int:
+def pooled_width(n_sources: int, code_dim: int, soft_counts: int = 0, texts: int = 0) -> int:
     """The length of pool_user's vector: what the manifest's decoded.dim promises a ranker."""
-    return n_sources * (code_dim + len(ACTIVITY) + soft_counts)
+    return n_sources * (code_dim + len(ACTIVITY) + soft_counts) + texts
+
+
+@dataclass(frozen=True)
+class TokenTexts:
+    """A window's tokens decoded to its count of each of the training data's most frequent event texts (product
+    categories, campaign types, titles): a linear map of the window's one-hot tokens, so a row per vocabulary id
+    summed over the window's tokens, plus an intercept; zero for a window of a source without texts. Summed over
+    a user's windows (negatives cut) and log1p'd they are the per-text log counts a raw-data baseline is built
+    from, which no mean of window vectors carries: on The Complete Journey they take the decoded tokens from 0.91
+    to 0.93 of the raw signal (docs/eval/levers.md, "Window vectors decoded to event texts"). Fitted by
+    training/event_texts.py: fit_token_texts."""
+
+    table: np.ndarray  # [vocabulary size, texts]
+    intercept: np.ndarray  # [texts]
+    sources: np.ndarray  # [n_sources] 1 where the source's windows hold texts
+
+    def __call__(self, ids: np.ndarray, source: np.ndarray) -> np.ndarray:
+        """ids [N, levels] (vocabulary ids, model/vocabulary.py), source [N] -> predicted counts [N, texts]"""
+        out = self.table[np.asarray(ids)].sum(1) + self.intercept
+        return out * (self.sources[np.asarray(source, dtype=np.int64)] > 0)[:, None]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return dict(zip(TOKEN_TEXTS_TENSORS, (self.table, self.intercept, self.sources), strict=True))
 
 
 @dataclass(frozen=True)
@@ -116,12 +140,15 @@ def pool_user(
     now: int,
     horizon: int,
     soft_counts: SoftCounts | None = None,
+    texts: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One user's window vectors [N, dim] -> [n_sources * (dim + 3 + soft-count features)]: per source, the mean of
-    its windows weighted by their event counts, then its activity (ACTIVITY: log1p of its windows, of their events,
-    and of the windows from its newest to window `now`, at most `horizon`, which is also what a source without
-    windows gets), then with `soft_counts` log1p of the sum of its windows' features (SoftCounts); zeros and
-    `horizon` for a source the user has none of; the sources in their order.
+    """One user's window vectors [N, dim] -> [n_sources * (dim + 3 + soft-count features) + texts]: per source,
+    the mean of its windows weighted by their event counts, then its activity (ACTIVITY: log1p of its windows, of
+    their events, and of the windows from its newest to window `now`, at most `horizon`, which is also what a
+    source without windows gets), then with `soft_counts` log1p of the sum of its windows' features (SoftCounts);
+    zeros and `horizon` for a source the user has none of; the sources in their order; then, with `texts` (each
+    window's predicted count of each event text, TokenTexts), log1p of their sums over all the windows, negatives
+    cut.
 
     Weighted by events because a busy window holds more of what the user did than a quiet one, and the activity
     because a mean forgets how much and how lately: on MovieLens the two lift what a linear probe reads from the
@@ -140,7 +167,10 @@ def pool_user(
     if soft_counts is not None:
         by_source = np.eye(n_sources)[source].T  # [n_sources, N]: which windows each source's sum takes
         parts.append(np.log1p(by_source @ soft_counts(vectors, source)))
-    return np.hstack(parts).astype(np.float32).reshape(-1)
+    pooled = np.hstack(parts).astype(np.float32).reshape(-1)
+    if texts is None:
+        return pooled
+    return np.concatenate([pooled, np.log1p(np.maximum(texts, 0.0).sum(0)).astype(np.float32)])
 
 
 def load_codebooks(directory: Path, levels: int) -> list[np.ndarray]:
@@ -158,8 +188,18 @@ def load_soft_counts(directory: Path) -> SoftCounts:
     return SoftCounts(*(tables[name] for name in required), tables.get(offset))
 
 
-def save_codebooks(path: Path, codebooks: list[np.ndarray], soft_counts: SoftCounts | None = None) -> None:
+def load_token_texts(directory: Path) -> TokenTexts:
+    from safetensors.numpy import load_file
+
+    tables = load_file(str(Path(directory) / CODEBOOKS_FILE))
+    return TokenTexts(*(tables[name] for name in TOKEN_TEXTS_TENSORS))
+
+
+def save_codebooks(
+    path: Path, codebooks: list[np.ndarray], soft_counts: SoftCounts | None = None, texts: TokenTexts | None = None
+) -> None:
     from safetensors.numpy import save_file
 
     tables = {f"level_{i}": t for i, t in enumerate(codebooks)} | (soft_counts.tensors() if soft_counts else {})
+    tables |= texts.tensors() if texts else {}
     save_file({k: np.ascontiguousarray(t, dtype=np.float32) for k, t in tables.items()}, str(path))

@@ -65,9 +65,12 @@ class DecodedInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     file: str
-    # of the pooled user vector: sources x (code_dim + its activity + soft_counts), model.decoded.pool_user
+    # of the pooled user vector: sources x (code_dim + its activity + soft_counts) + texts, model.decoded.pool_user
     dim: int
     soft_counts: int = 0  # features per source (model.decoded.SoftCounts, kept in `file`); 0: the mean only
+    # the event texts each window's tokens are decoded to (model.decoded.TokenTexts, kept in `file`), in the order
+    # of the vector's last len(texts) floats; none: the vector ends with the sources' parts
+    texts: list[str] = []
 
 
 class Manifest(BaseModel):

@@ -42,6 +42,7 @@ def _train_config(args):
         ("quantizer", "codebook_size"): args.codebook_size,
         ("quantizer", "code_dim"): args.code_dim,
         ("reader", "soft_counts"): args.soft_counts,
+        ("reader", "texts"): args.texts,
         ("encoder", "model"): args.text_model,
         ("encoder", "pooling"): args.pooling,
         ("encoder", "precision"): args.precision,
@@ -262,6 +263,11 @@ def format_report(r: dict) -> str:
             "kind=tokens reader: the mean and activity per source"
             + (f", and soft counts of {features} features" if features else ", no soft counts")
             + " (chosen from the same median: docs/training.md)"
+            + (
+                f"; and the tokens decoded to the {r['decoded_texts']:,} most frequent event texts"
+                if r.get("decoded_texts")
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -438,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="kind=tokens reader: random ReLU features counted per source beside the mean (0: none; default: "
         "from the data, 256 where users have many windows)",
+    )
+    t.add_argument(
+        "--texts",
+        type=int,
+        help="kind=tokens reader: the most frequent event texts each window's tokens are decoded to (0: none; "
+        "default 1000)",
     )
     t.add_argument("--text-model", help="'all-MiniLM-L6-v2' (bundled) or a local Hugging Face model dir")
     t.add_argument("--pooling", choices=["mean", "last_token"], help="text-model pooling (None: mean)")

@@ -203,7 +203,8 @@ async def decoded_embeddings(s: ServiceState, users: list[str]) -> dict[str, dic
         e = np.concatenate([x[1] for x in found])
         src_idx = np.concatenate([np.full(len(x[1]), x[0]) for x in found])
         z = codeword_sums(s.codebooks, q.shared_levels, q.codebook_size, e["codes"], src_idx)
-        v = pool_user(z, src_idx, e["count"], e["window"], n_sources, now, s.store.max_entries, s.soft_counts)
+        texts = s.texts(s.tokenizer.vocabulary.ids(src_idx, e["codes"]), src_idx) if s.texts else None
+        v = pool_user(z, src_idx, e["count"], e["window"], n_sources, now, s.store.max_entries, s.soft_counts, texts)
         out[user] = {"windows": len(src_idx), "embedding": v.tolist()}
     return out
 
@@ -213,7 +214,8 @@ async def user_embedding(user_id: UserId, kind: EmbeddingKind = "history", s: Se
     """The user's dense embedding from their stored token history: `kind=history` (default) by the history model
     (a 64-d vector); `kind=tokens` the tokens decoded to their codewords' sums, per source their mean weighted by
     the windows' event counts followed by the source's activity and, where the model has them, its soft counts, the
-    sources side by side (the manifest's decoded.dim floats; what docs/eval recommends for rankers). A user
+    sources side by side, then log1p of the user's count of each event text decoded from the tokens (the
+    manifest's decoded.texts, in order) (decoded.dim floats in all; what docs/eval recommends for rankers). A user
     without history is no error, as for the token routes: `windows` 0 and `embedding` null."""
     e = (await user_embeddings(s, [user_id], kind))[user_id] or {"windows": 0, "embedding": None}
     return OrjsonResponse({"user_id": user_id, "model_version": s.manifest.model_version, "kind": kind, **e})

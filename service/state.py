@@ -13,7 +13,14 @@ from fastapi import Request
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from u2qt.model.decoded import SoftCounts, load_codebooks, load_soft_counts, pooled_width
+from u2qt.model.decoded import (
+    SoftCounts,
+    TokenTexts,
+    load_codebooks,
+    load_soft_counts,
+    load_token_texts,
+    pooled_width,
+)
 from u2qt.model.manifest import Manifest
 from u2qt.model.runtime import TextTokenizer, TokenizerRuntime
 from u2qt.service.batcher import EmbeddingBatcher, MicroBatcher, WindowQueue, warm_up
@@ -41,6 +48,7 @@ class ServiceState:
     engine: EngineConnection | None = None  # with frontends: the engine process's connection
     codebooks: list[np.ndarray] | None = None  # GET /users/{id}/embedding?kind=tokens
     soft_counts: SoftCounts | None = None  # and its soft counts, where the manifest's decoded reader has them
+    texts: TokenTexts | None = None  # and its event-text decoder, where the manifest lists texts
     # why kind=tokens is not served when codebooks is None (the 501's detail)
     codebooks_missing: str = "these artifacts have no codebooks.safetensors: export them again with u2qt export"
     warmed: bool = False
@@ -66,7 +74,7 @@ class ServiceState:
             "tokens": self.tokenizer.strings,
             "history_model": m.history.model_dump() if m.history else None,
             # kind=tokens: the width a ranker sizes its input by, and whether it holds soft counts
-            "tokens_embedding": {"dim": m.decoded.dim, "soft_counts": m.decoded.soft_counts}
+            "tokens_embedding": {"dim": m.decoded.dim, "soft_counts": m.decoded.soft_counts, "texts": m.decoded.texts}
             if self.codebooks is not None
             else None,
         }
@@ -144,16 +152,17 @@ async def start(settings: ServiceSettings) -> ServiceState:
         engine,
     )
     if manifest.decoded is not None:
-        features = manifest.decoded.soft_counts
-        width = pooled_width(len(manifest.sources.sources), manifest.quantizer.code_dim, features)
+        features, texts = manifest.decoded.soft_counts, len(manifest.decoded.texts)
+        width = pooled_width(len(manifest.sources.sources), manifest.quantizer.code_dim, features, texts)
         if manifest.decoded.dim == width:
             state.codebooks = load_codebooks(settings.artifacts, vocabulary.levels)
             state.soft_counts = load_soft_counts(settings.artifacts) if features else None
+            state.texts = load_token_texts(settings.artifacts) if texts else None
         else:  # a ranker sized its input by the manifest: never hand it another width
             state.codebooks_missing = (
                 f"these artifacts were exported for a {manifest.decoded.dim}-float kind=tokens vector, this service "
-                f"pools {width} (sources x (code_dim + activity + {features} soft counts)): export them again with "
-                "u2qt export"
+                f"pools {width} (sources x (code_dim + activity + {features} soft counts) + {texts} texts): export "
+                "them again with u2qt export"
             )
             print(f"u2qt: GET /users/{{id}}/embedding?kind=tokens answers 501: {state.codebooks_missing}", flush=True)
     try:

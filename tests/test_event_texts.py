@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from u2qt.training.event_texts import TextDecoder, window_text_counts
+from u2qt.model.decoded import pool_user
+from u2qt.training.event_texts import TextDecoder, fit_token_texts, window_text_counts
 
 DAY = 86400
 
@@ -59,3 +60,23 @@ def test_a_single_window_is_decoded_without_a_held_out_fifth_to_choose_on():
     decoder = TextDecoder.fit(np.array([[0.5, 1.0]]), counts, np.array([0]))
     assert decoder.shrink == 1e-3  # the middle of RIDGE_SHRINKS
     np.testing.assert_allclose(decoder.predict(np.array([[0.5, 1.0]])), [[2.0, 0.0, 1.0]], atol=1e-5)
+
+
+def test_tokens_decode_to_texts_as_rows_summed_and_a_source_without_texts_to_nothing():
+    """The served decoder (model.decoded.TokenTexts) predicts a window's counts as the sum of its tokens' rows plus
+    an intercept, zero for a source none of whose fitted windows holds a text; pool_user appends log1p of the
+    user's sums, negatives cut."""
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.integers(0, 4, 3000), rng.integers(4, 8, 3000)], axis=1)  # two levels of four tokens
+    source = rng.integers(0, 2, 3000)
+    truth = rng.integers(0, 3, (8, 3)).astype(np.float64)
+    counts = truth[ids].sum(1) * (source == 0)[:, None]  # source 1 (say visits) has no texts
+    texts = fit_token_texts(ids, source, sparse.csr_matrix(counts), np.arange(2500), 8, 2)
+    assert texts.sources.tolist() == [1.0, 0.0]
+    predicted = texts(ids[2500:], source[2500:])
+    np.testing.assert_allclose(predicted, counts[2500:], atol=0.01)
+    assert not predicted[source[2500:] == 1].any()
+    z = rng.standard_normal((5, 4))
+    v = pool_user(z, source[:5], np.ones(5), np.arange(5), 2, now=5, horizon=10, texts=predicted[:5])
+    assert v.shape == (2 * (4 + 3) + 3,)
+    np.testing.assert_allclose(v[-3:], np.log1p(np.maximum(predicted[:5], 0).sum(0)), rtol=1e-6)

@@ -173,7 +173,7 @@ def test_the_decoded_reader_counts_windows_where_users_have_many(trained_dir):
     m = Manifest.load(out)
     q = m.quantizer
     assert m.decoded.soft_counts == 256
-    assert m.decoded.dim == len(m.sources.sources) * (q.code_dim + 3 + 256)
+    assert m.decoded.dim == len(m.sources.sources) * (q.code_dim + 3 + 256) + len(m.decoded.texts)
     counts = load_soft_counts(out)
     assert counts.projection.shape == (q.code_dim, 256)
     w = np.load(out / "windows.npz")
@@ -184,6 +184,32 @@ def test_the_decoded_reader_counts_windows_where_users_have_many(trained_dir):
     np.testing.assert_allclose(counts.scale, z.std(0), rtol=1e-4)
     assert w["holdout"].any(), "the held-out users' windows must be there to be left out"
     assert set(load_file(str(out / CODEBOOKS_FILE))) >= {"soft_counts_projection", "level_0"}
+
+
+def test_export_decodes_tokens_to_the_most_frequent_event_texts_of_the_training_windows(trained_dir):
+    """Export fits the kind=tokens reader's event-text decoder to the training windows' tokens, the held-out users
+    left out: the manifest lists the training events' most frequent texts in the decoder's column order, the
+    tabular source is left out, and on the held-out users' windows it predicts their counts of each text better
+    than the training windows' mean count does."""
+    from u2qt.model.decoded import load_token_texts
+    from u2qt.training.event_texts import WINDOW_TEXTS_FILE, load_window_texts
+
+    out, cfg, _ = trained_dir
+    m = Manifest.load(out)
+    counts, texts = load_window_texts(out / WINDOW_TEXTS_FILE)
+    assert m.decoded.texts == texts and len(texts) > 100
+    decoder = load_token_texts(out)
+    vocab = m.token_vocabulary()
+    assert decoder.table.shape == (vocab.size, len(texts))
+    names = [x.name for x in m.sources.sources]
+    assert decoder.sources.tolist() == [float(x.kind == "text") for x in m.sources.sources], names
+    w = np.load(out / "windows.npz")
+    held = np.flatnonzero(w["holdout"] & (counts.getnnz(axis=1) > 0))
+    assert len(held) > 20, "the held-out users' text windows must be there to be predicted"
+    predicted = decoder(vocab.ids(w["source_index"][held], w["codes"][held]), w["source_index"][held])
+    actual = counts[held].toarray()
+    mean = counts[np.flatnonzero(~w["holdout"])].toarray().mean(0)
+    assert ((predicted - actual) ** 2).sum() < ((mean - actual) ** 2).sum()
 
 
 def test_unset_codebook_capacity_is_chosen_from_how_many_windows_users_have(trained_dir):

@@ -405,7 +405,9 @@ def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_u
     (PyTorch), averaged per source weighted by the windows' event counts and followed by the source's activity
     (log1p of windows, events, windows since the newest) and its soft counts (log1p of the sum over its windows of
     ReLU((z - mean) / scale @ projection), with the exported standardization and projection), the sources side by
-    side: eval's "decoded tokens" for this user's history."""
+    side, then log1p of the sum over the windows of texts sources of each text's predicted count (the window's
+    tokens' rows of the exported table plus its intercept, negatives cut): eval's "decoded tokens" for this user's
+    history."""
     import torch
     from safetensors.numpy import load_file
 
@@ -443,10 +445,16 @@ def test_tokens_embedding_is_the_decoded_tokens_reader_of_u2qt_eval(serve, one_u
         else:
             mean, activity = np.zeros(q.dim), [0, 0, horizon]
         expected += [mean, np.log1p(activity), np.log1p(features[mine].sum(0))]
-    expected = np.concatenate(expected)
+    tokens = np.array([w["tokens"] for w in hist])
+    texts = exported["texts_table"][tokens].sum(1) + exported["texts_intercept"]
+    texts *= exported["texts_sources"][src.numpy()][:, None]
+    expected = np.concatenate([*expected, np.log1p(np.maximum(texts, 0).sum(0))])
     assert events.min() >= 1 and len(set(events)) > 1, "the weights must matter for this check"
     assert features.shape[1] == 256 and features.any(), "the soft counts must be served for this check"
-    width = len(names) * (q.dim + 3 + 256)
+    n_texts = len(Manifest.load(trained_dir[0]).decoded.texts)
+    assert n_texts > 100 and (texts > 0).any(), "the decoded texts must be served for this check"
+    assert 0 < exported["texts_sources"].sum() < len(names), "a source without texts must be left out for this check"
+    width = len(names) * (q.dim + 3 + 256) + n_texts
     assert got["kind"] == "tokens" and got["windows"] == len(hist) and len(got["embedding"]) == width
     assert len(got["embedding"]) == Manifest.load(trained_dir[0]).decoded.dim, "the width the manifest promises"
     np.testing.assert_allclose(got["embedding"], expected, atol=1e-5)
@@ -542,8 +550,10 @@ def test_the_model_route_describes_what_a_ranker_consumes(serve, one_user):
     assert m["model_version"] == httpx.get(f"{base}/readyz").json()["model_version"]
     assert [x["name"] for x in m["sources"]] == ["purchases", "promotions", "visits"] and m["window"] == "7d"
     assert len(m["tokens"]) == m["vocabulary"]["size"]
-    # the kind=tokens width, as the embedding route answers it: 3 x (32 + 3 + 256) for this model
-    assert m["tokens_embedding"] == {"dim": 3 * (32 + 3 + 256), "soft_counts": 256}
+    # the kind=tokens width, as the embedding route answers it: 3 x (32 + 3 + 256) + the decoded texts, in order
+    texts = m["tokens_embedding"]["texts"]
+    assert m["tokens_embedding"] == {"dim": 3 * (32 + 3 + 256) + len(texts), "soft_counts": 256, "texts": texts}
+    assert len(texts) > 100 and all(isinstance(t, str) and t for t in texts)
     df, _ = one_user
     r = post(base, api_events(df.head(5))).json()
     for w in r["windows"]:  # a token id indexes the token strings

@@ -66,6 +66,7 @@ class QuantizerConfig(BaseModel):
 # The decoded-token reader's soft counts (model.decoded.SoftCounts), chosen from the data as the capacity is: they
 # help where users have many windows to count and cost where they have one (docs/eval/levers.md).
 SOFT_COUNT_FEATURES = 256
+DECODED_TEXTS = 1000  # as many as the raw-data baseline of u2qt eval counts
 
 
 class ReaderConfig(BaseModel):
@@ -77,6 +78,9 @@ class ReaderConfig(BaseModel):
     # from the corpus (for_corpus), and what was chosen is written in the checkpoint's config
     soft_counts: int | None = Field(None, ge=0)
     seed: int = 0  # of the features' projection
+    # the training data's most frequent event texts each window's tokens are decoded to (model.decoded.TokenTexts),
+    # appended to the vector as log1p of the user's predicted count of each; 0: none
+    texts: int = Field(DECODED_TEXTS, ge=0)
 
     def for_corpus(self, windows_per_user: float) -> ReaderConfig:
         if self.soft_counts is not None:

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from u2qt.model.decoded import ACTIVITY, SoftCounts, codeword_sums, pool_user
+from u2qt.model.decoded import SoftCounts, codeword_sums, pool_user, pooled_width
 from u2qt.model.entries import MAX_WINDOW_EVENTS, PackedEntries
 from u2qt.model.fallback import assign_fallback, collision_rate, history_digest
 from u2qt.model.history import HistoryConfig
@@ -30,7 +30,7 @@ from u2qt.training.config import AlignConfig, TrainConfig
 from u2qt.training.corpus import WindowCorpus, build_corpus
 from u2qt.training.embeddings import embed_texts_cached
 from u2qt.training.eval_report import BASELINE, CONTINUOUS, CONTINUOUS_TEXTS, DECODED, LATENT
-from u2qt.training.event_texts import TextDecoder, window_text_counts
+from u2qt.training.event_texts import TextDecoder, fit_token_texts, window_text_counts
 from u2qt.training.metrics import collision_stats
 from u2qt.training.probes import PROBE_CS, probe_seeds, signal_retention
 from u2qt.training.train import corpus_tensors, encode_all, fit_mrq, load_checkpoint
@@ -98,13 +98,19 @@ def bag_of_tokens(tok: Tokenized, corpus: WindowCorpus, span: np.ndarray, users:
 
 
 def pooled(
-    values: np.ndarray, d: EvalData, soft_counts: int | None = None, per_source: bool = False, **fit_options
+    values: np.ndarray,
+    d: EvalData,
+    soft_counts: int | None = None,
+    per_source: bool = False,
+    texts: np.ndarray | None = None,
+    **fit_options,
 ) -> np.ndarray:
     """`values` of every corpus row -> [users, ...]: each user's windows in the span pooled as the service pools
     their decoded tokens (model.decoded.pool_user, read at the cut-off, event counts as the history store keeps
     them), with the soft counts of the checkpoint's reader (`soft_counts` features instead, where given; 0: the
     mean and the activity only), standardized by the windows before the cut-off as export standardizes them by
-    the training windows."""
+    the training windows; with `texts` (each corpus row's decoded event-text counts, decoded_token_texts), their
+    per-user log sums after."""
     reader = d.ck.train_config.reader
     features = (reader.soft_counts or 0) if soft_counts is None else soft_counts
     src = d.corpus.windows["source_index"].to_numpy()
@@ -114,10 +120,27 @@ def pooled(
     period = d.sources.period_s
     now, horizon = window_index(d.cut_s, period), round((d.hi - d.lo) / period)  # the span: whole windows
     counts = np.minimum(d.corpus.windows["events"].to_numpy(), MAX_WINDOW_EVENTS)
-    out = np.zeros((len(d.users), len(d.names) * (values.shape[1] + len(ACTIVITY) + features)), np.float32)
+    n_texts = 0 if texts is None else texts.shape[1]
+    out = np.zeros((len(d.users), pooled_width(len(d.names), values.shape[1], features, n_texts)), np.float32)
     for i, user in enumerate(d.users):
         rows = d.by_user[user]
-        out[i] = pool_user(values[rows], src[rows], counts[rows], d.w_idx[rows], len(d.names), now, horizon, counter)
+        user_texts = None if texts is None else texts[rows]
+        args = (len(d.names), now, horizon, counter, user_texts)
+        out[i] = pool_user(values[rows], src[rows], counts[rows], d.w_idx[rows], *args)
+    return out
+
+
+def decoded_token_texts(tok: Tokenized, d: EvalData, counts) -> np.ndarray | None:
+    """[corpus rows, texts]: each window's tokens decoded to its counts of the event texts as the service decodes
+    them (model.decoded.TokenTexts), the decoder fitted as u2qt export fits it (training/event_texts.py), on the
+    windows before the cut-off; None where the checkpoint's reader decodes no texts or none is before it."""
+    pre = np.flatnonzero(np.isin(tok.rows, d.pre_rows))
+    if not d.ck.train_config.reader.texts or counts[tok.rows[pre]].nnz == 0:
+        return None
+    ids = tok.vocabulary.ids(tok.source_index, tok.codes)
+    decoder = fit_token_texts(ids, tok.source_index, counts[tok.rows], pre, tok.vocabulary.size, len(d.names))
+    out = np.zeros((len(d.corpus), counts.shape[1]), np.float32)
+    out[tok.rows] = decoder(ids, tok.source_index)
     return out
 
 
@@ -383,14 +406,19 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
     reps[CONTINUOUS] = pooled(cont, d)
     # the raw baseline's per-text log counts, read back from the same vectors (docs/eval/levers.md); none where no
     # window before the cut-off holds an event text (every source tabular)
-    texts = decoded_event_texts(cont, d)
+    counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, BASELINE_TEXTS)
+    texts = decoded_event_texts(cont, d, counts)
     if texts.shape[1]:
         reps[CONTINUOUS_TEXTS] = np.hstack([pooled(cont, d, soft_counts=0), texts])
     # the quantizer's input: what it keeps of the continuous embeddings tells the projection's loss from the codes'
     reps[LATENT] = pooled(latent.numpy(), d)
     for name, tok in toks.items():
         reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
-    reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d)
+    # the served reader: as GET /users/{id}/embedding?kind=tokens reads them (model/decoded.py)
+    top = d.ck.train_config.reader.texts
+    if top != BASELINE_TEXTS:
+        counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, top)
+    reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d, texts=decoded_token_texts(mrq, d, counts))
     return reps, src_emb.numpy()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from u2qt.model.decoded import TokenTexts
 from u2qt.model.sources import window_start
 
 # λ per fitted window, chosen on a held-out fifth of them
@@ -30,6 +31,20 @@ def window_text_counts(events: pd.DataFrame, windows: pd.DataFrame, period_s: in
     keep = (rows >= 0) & (col >= 0)
     counts = sparse.csr_matrix((np.ones(keep.sum()), (rows[keep], col[keep])), shape=(len(windows), len(texts)))
     return counts, list(texts)
+
+
+WINDOW_TEXTS_FILE = "window_texts.npz"  # in a training directory: each window's counts of the texts, for export
+
+
+def save_window_texts(path, counts, texts: list[str]) -> None:
+    c = sparse.csr_matrix(counts)
+    np.savez_compressed(path, data=c.data, indices=c.indices, indptr=c.indptr, shape=c.shape, texts=np.array(texts))
+
+
+def load_window_texts(path):
+    """-> ([windows, texts] sparse counts, the texts), as save_window_texts kept them"""
+    f = np.load(path)
+    return sparse.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=tuple(f["shape"])), f["texts"].tolist()
 
 
 def _dense(m) -> np.ndarray:
@@ -85,3 +100,24 @@ class TextDecoder:
             if len(rows):
                 out[i] = np.log1p(np.maximum(self.predict(x[rows]), 0.0).sum(0))
         return out
+
+
+def token_one_hot(ids: np.ndarray, vocabulary_size: int):
+    """ids [N, levels] (vocabulary ids) -> [N, vocabulary size] sparse: each window's tokens one-hot."""
+    rows = np.repeat(np.arange(len(ids)), ids.shape[1])
+    data = np.ones(ids.size, np.float32)
+    return sparse.csr_matrix((data, (rows, np.asarray(ids).reshape(-1))), shape=(len(ids), vocabulary_size))
+
+
+def fit_token_texts(
+    ids: np.ndarray, source: np.ndarray, counts, rows: np.ndarray, vocabulary_size: int, n_sources: int
+) -> TokenTexts:
+    """The served decoder of tokens to event texts: ridge (TextDecoder) from each window's one-hot tokens to its
+    `counts` of each text, fitted on those of `rows` that hold one of the texts; the sources with such a window
+    are the ones it decodes. ids [N, levels], source [N], counts [N, texts] sparse."""
+    has_text = np.asarray(counts.getnnz(axis=1) > 0)
+    rows = np.asarray(rows)[has_text[rows]]
+    decoder = TextDecoder.fit(token_one_hot(ids, vocabulary_size), counts, rows)
+    sources = np.zeros(n_sources, np.float32)
+    sources[np.unique(np.asarray(source)[rows])] = 1.0
+    return TokenTexts(decoder.coef, decoder.intercept, sources)

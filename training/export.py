@@ -11,11 +11,13 @@ import numpy as np
 import torch
 
 from u2qt.model.architecture import QuantizerGraph, U2QTModel
-from u2qt.model.decoded import CODEBOOKS_FILE, SoftCounts, codeword_sums, pooled_width, save_codebooks
+from u2qt.model.decoded import CODEBOOKS_FILE, SoftCounts, TokenTexts, codeword_sums, pooled_width, save_codebooks
 from u2qt.model.manifest import DecodedInfo, HistoryInfo, Manifest, QuantizerInfo, TabularInfo, sha256_file
 from u2qt.model.runtime import RenderedWindow, TokenizerRuntime
+from u2qt.model.vocabulary import TokenVocabulary
 from u2qt.model.windows import tabular_feature_names
 from u2qt.training.alignment import load_history_model
+from u2qt.training.event_texts import WINDOW_TEXTS_FILE, fit_token_texts, load_window_texts
 from u2qt.training.onnx_graph import export_graph
 from u2qt.training.train import CHECKPOINT_DIR, load_checkpoint
 
@@ -44,8 +46,9 @@ def export_artifacts(train_dir: str | Path, out_dir: str | Path | None = None) -
     tabular = export_tokenizer_graphs(ck, out)
     history = export_history_graph(train_dir, out)
     codebooks = [cb.detach().numpy() for cb in ck.model.quantizer.codebooks]
-    save_codebooks(out / CODEBOOKS_FILE, codebooks, fit_soft_counts(ck, train_dir, codebooks))
-    manifest = build_manifest(ck, out, tabular, history)
+    texts, text_names = fit_texts(ck, train_dir)
+    save_codebooks(out / CODEBOOKS_FILE, codebooks, fit_soft_counts(ck, train_dir, codebooks), texts)
+    manifest = build_manifest(ck, out, tabular, history, text_names)
     manifest.save(out)
     return manifest
 
@@ -62,6 +65,23 @@ def fit_soft_counts(ck, train_dir: Path, codebooks: list[np.ndarray]) -> SoftCou
     q = ck.model.quantizer
     z = codeword_sums(codebooks, q.shared_levels, q.codebook_size, w["codes"][fit], w["source_index"][fit])
     return SoftCounts.fit(z, reader.soft_counts, reader.seed)
+
+
+def fit_texts(ck, train_dir: Path) -> tuple[TokenTexts | None, list[str]]:
+    """The decoded-token reader's event-text decoder (ck.train_config.reader.texts), fitted to the training
+    windows' tokens and counts (windows.npz and window_texts.npz, the held-out users left out) -> (the decoder,
+    its texts); (None, []) where the reader decodes none, or no training window holds one of the texts."""
+    if not ck.train_config.reader.texts or not (train_dir / WINDOW_TEXTS_FILE).exists():
+        return None, []
+    w = np.load(train_dir / "windows.npz")
+    counts, names = load_window_texts(train_dir / WINDOW_TEXTS_FILE)
+    c = ck.model.config
+    vocabulary = TokenVocabulary(c.sources, c.shared_levels, c.specific_levels, c.codebook_size)
+    ids = vocabulary.ids(w["source_index"], w["codes"])
+    fit = np.flatnonzero(~w["holdout"])
+    if not names or counts[fit].nnz == 0:
+        return None, []
+    return fit_token_texts(ids, w["source_index"], counts, fit, vocabulary.size, len(c.sources)), names
 
 
 def export_tokenizer_graphs(ck, out: Path) -> dict[str, TabularInfo]:
@@ -102,7 +122,9 @@ def export_history_graph(train_dir: Path, out: Path) -> HistoryInfo | None:
     return HistoryInfo(file=HISTORY_FILE, dim=hc.d_model, max_tokens=hc.max_tokens, max_age=hc.max_age)
 
 
-def build_manifest(ck, out: Path, tabular: dict[str, TabularInfo], history: HistoryInfo | None) -> Manifest:
+def build_manifest(
+    ck, out: Path, tabular: dict[str, TabularInfo], history: HistoryInfo | None, texts: list[str]
+) -> Manifest:
     """The manifest of the files in `out`; the model version hashes those files and the sources, so the same
     checkpoint exported anywhere gets the same version."""
     c = ck.model.config
@@ -133,16 +155,15 @@ def build_manifest(ck, out: Path, tabular: dict[str, TabularInfo], history: Hist
         history=history,
         decoded=DecodedInfo(
             file=CODEBOOKS_FILE,
-            dim=pooled_width(len(c.sources), c.code_dim, ck.train_config.reader.soft_counts or 0),
+            dim=pooled_width(len(c.sources), c.code_dim, ck.train_config.reader.soft_counts or 0, len(texts)),
             soft_counts=ck.train_config.reader.soft_counts or 0,
+            texts=texts,
         ),
         files=files,
     )
 
 
 def _layout(c):
-    from u2qt.model.vocabulary import TokenVocabulary
-
     return TokenVocabulary(c.sources, c.shared_levels, c.specific_levels, c.codebook_size).layout()
 
 

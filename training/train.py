@@ -20,6 +20,7 @@ from u2qt.model.manifest import EncoderInfo
 from u2qt.training.config import TrainConfig
 from u2qt.training.corpus import WindowCorpus, build_corpus
 from u2qt.training.embeddings import embed_texts_cached
+from u2qt.training.event_texts import WINDOW_TEXTS_FILE, save_window_texts, window_text_counts
 from u2qt.training.metrics import plot_utilization, summarize
 from u2qt.training.text_encoder import export_text_encoder
 
@@ -289,6 +290,11 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
         user_id=corpus.windows["user_id"].to_numpy(dtype=str),
         window_start=corpus.windows["window_start"].to_numpy(),
     )
+    texts = []
+    if cfg.reader.texts:
+        # what export fits the served reader's event-text decoder to (model.decoded.TokenTexts)
+        counts, texts = window_text_counts(events, corpus.windows, cfg.sources.period_s, np.inf, cfg.reader.texts)
+        save_window_texts(out / WINDOW_TEXTS_FILE, counts, texts)
     pick = np.sort(rng.permutation(len(corpus))[:2000])
     np.savez_compressed(
         out / "verify_sample.npz",
@@ -315,6 +321,7 @@ def train(cfg: TrainConfig, events: pd.DataFrame, out: Path, progress: bool = Tr
             for k, v in corpus.windows.groupby(["source", "user_id"]).size().groupby("source").median().items()
         },
         "text_encoding": text_stats,
+        "decoded_texts": len(texts),  # the kind=tokens reader's
         "window_events": window_event_stats(corpus.windows),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "dead_codes_restarted": restarted,
