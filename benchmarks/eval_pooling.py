@@ -49,15 +49,6 @@ from benchmarks.harness import (  # noqa: E402
 READERS = ("max", "std", "soft", "texts")
 
 
-def token_one_hot(tok, n_rows: int):
-    """[corpus rows, vocabulary] sparse: each window's tokens (zeros where the tokenizer has no window)."""
-    from scipy import sparse
-
-    ids = tok.vocabulary.ids(tok.source_index, tok.codes)
-    rows = np.repeat(tok.rows, ids.shape[1])
-    return sparse.csr_matrix((np.ones(ids.size), (rows, ids.reshape(-1))), shape=(n_rows, tok.vocabulary.size))
-
-
 def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
     """[users, sources x dim]: `reduce` over each source's windows of the user in the span (zeros: none)."""
     source = d.corpus.windows["source_index"].to_numpy()
@@ -75,9 +66,12 @@ def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
 @recorded
 def main() -> None:
     from u2qt.model.decoded import SoftCounts
+    from u2qt.training.eval_report import CONTINUOUS_TEXTS, DECODED
     from u2qt.training.evaluation import (
         BASELINE,
+        BASELINE_TEXTS,
         decoded_event_texts,
+        decoded_token_texts,
         decoded_tokens,
         pooled,
         probe_all,
@@ -146,11 +140,13 @@ def main() -> None:
                     values, d, soft_counts=features, **options
                 )
         if "texts" in args.readers:
-            served = pooled(values, d)  # the checkpoint's reader (soft counts, or the mean alone)
-            reps[f"{label}: served reader"] = served
+            # the checkpoint's soft counts (or the mean alone), before the decoded texts the served reader appends
+            reps[f"{label}: mean + soft counts as served, no texts"] = pooled(values, d)
             if label != "continuous":  # decoded tokens: decoded from their one-hot, below (a row of the map per token)
                 continue
-            reps[f"{label}: mean + decoded event texts"] = np.hstack([mean, decoded_event_texts(values, d, counts)])
+            same = args.texts == BASELINE_TEXTS and CONTINUOUS_TEXTS in every  # u2qt eval's row: not fitted twice
+            texts = every[CONTINUOUS_TEXTS][:, mean.shape[1] :] if same else decoded_event_texts(values, d, counts)
+            reps[f"{label}: mean + decoded event texts"] = np.hstack([mean, texts])
             reps[f"{label}: mean + decoded event texts, as presence"] = np.hstack(
                 [mean, decoded_event_texts(values, d, counts.sign())]
             )
@@ -161,12 +157,14 @@ def main() -> None:
                     [mean, decoded_event_texts(design, d, counts)]
                 )
     if "texts" in args.readers:
-        texts = decoded_event_texts(token_one_hot(mrq, len(d.corpus)), d, counts)
-        reps["decoded tokens: mean + event texts decoded from the tokens one-hot"] = np.hstack(
-            [reps["decoded tokens: mean (served where users have few windows)"], texts]
+        # model.decoded.TokenTexts, fitted as u2qt export fits it: a row of the map per token
+        texts = decoded_token_texts(mrq, d, counts)
+        tokens = dict(readings)["decoded tokens"]
+        reps["decoded tokens: mean + event texts decoded from the tokens one-hot"] = pooled(
+            tokens, d, soft_counts=0, texts=texts
         )
-        reps["decoded tokens: served reader + event texts decoded from the tokens one-hot"] = np.hstack(
-            [reps["decoded tokens: served reader"], texts]
+        reps["decoded tokens: served reader (soft counts as the checkpoint's, texts decoded from the one-hot)"] = (
+            every[DECODED] if args.texts == d.ck.train_config.reader.texts else pooled(tokens, d, texts=texts)
         )
     results = probe_all(d, reps, cfg, progress=True)
     print(f"command: python3 {' '.join(sys.argv)}")

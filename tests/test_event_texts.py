@@ -80,3 +80,18 @@ def test_tokens_decode_to_texts_as_rows_summed_and_a_source_without_texts_to_not
     v = pool_user(z, source[:5], np.ones(5), np.arange(5), 2, now=5, horizon=10, texts=predicted[:5])
     assert v.shape == (2 * (4 + 3) + 3,)
     np.testing.assert_allclose(v[-3:], np.log1p(np.maximum(predicted[:5], 0).sum(0)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_fewer_windows_than_columns_give_the_same_ridge_solution(as_sparse):
+    """A vocabulary larger than the fitted windows (16,385 tokens of 4 + 4 levels of 1,024, a few thousand windows)
+    is solved through the windows' n x n system: the same coefficients as the columns' system it replaces."""
+    rng = np.random.default_rng(1)
+    x = (rng.random((60, 40)) < 0.2).astype(np.float64)
+    counts = sparse.csr_matrix(rng.poisson(1.0, (60, 3)).astype(np.float64))
+    design = (lambda m: sparse.csr_matrix(m)) if as_sparse else (lambda m: m)
+    few = TextDecoder.fit(design(x), counts, np.arange(30), shrinks=(1e-2,))  # 30 windows < 40 columns: the dual
+    # the same 30 windows twice, 60 rows > 40 columns: the columns' system, and the same solution (λ is per window)
+    twice = TextDecoder.fit(design(np.vstack([x[:30]] * 2)), sparse.vstack([counts[:30]] * 2), np.arange(60), (1e-2,))
+    np.testing.assert_allclose(few.coef, twice.coef, atol=1e-4)
+    np.testing.assert_allclose(few.intercept, twice.intercept, atol=1e-4)

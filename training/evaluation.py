@@ -133,9 +133,9 @@ def pooled(
 def decoded_token_texts(tok: Tokenized, d: EvalData, counts) -> np.ndarray | None:
     """[corpus rows, texts]: each window's tokens decoded to its counts of the event texts as the service decodes
     them (model.decoded.TokenTexts), the decoder fitted as u2qt export fits it (training/event_texts.py), on the
-    windows before the cut-off; None where the checkpoint's reader decodes no texts or none is before it."""
+    windows before the cut-off; None where no window before it holds one of the texts."""
     pre = np.flatnonzero(np.isin(tok.rows, d.pre_rows))
-    if not d.ck.train_config.reader.texts or counts[tok.rows[pre]].nnz == 0:
+    if counts[tok.rows[pre]].nnz == 0:
         return None
     ids = tok.vocabulary.ids(tok.source_index, tok.codes)
     decoder = fit_token_texts(ids, tok.source_index, counts[tok.rows], pre, tok.vocabulary.size, len(d.names))
@@ -416,9 +416,10 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
         reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
     # the served reader: as GET /users/{id}/embedding?kind=tokens reads them (model/decoded.py)
     top = d.ck.train_config.reader.texts
-    if top != BASELINE_TEXTS:
+    if top and top != BASELINE_TEXTS:
         counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, top)
-    reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d, texts=decoded_token_texts(mrq, d, counts))
+    token_texts = decoded_token_texts(mrq, d, counts) if top else None
+    reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d, texts=token_texts)
     return reps, src_emb.numpy()
 
 

@@ -75,9 +75,17 @@ class TextDecoder:
         def ridge(fit: np.ndarray, shrink: float) -> TextDecoder:
             xr, y, n = x[fit], counts[fit], len(fit)
             x_mean, y_mean = np.asarray(xr.mean(0)).ravel(), np.asarray(y.mean(0)).ravel()
-            gram = _dense(xr.T @ xr) - n * np.outer(x_mean, x_mean)
-            cross = _dense(xr.T @ y) - n * np.outer(x_mean, y_mean)
-            coef = np.linalg.solve(gram + shrink * n * np.eye(len(x_mean)), cross)
+            if n < len(x_mean):
+                # fewer windows than columns (a vocabulary of 4 + 4 levels of 1,024 is 16,385 tokens): the same
+                # solution from the n x n system of the centered windows, X'(XX' + λn)^-1 Y, not the columns' one
+                xm = _dense(xr @ x_mean).ravel()
+                kernel = _dense(xr @ xr.T) - xm[:, None] - xm[None, :] + x_mean @ x_mean
+                dual = np.linalg.solve(kernel + shrink * n * np.eye(n), _dense(y) - y_mean)
+                coef = _dense(xr.T @ dual) - np.outer(x_mean, dual.sum(0))
+            else:
+                gram = _dense(xr.T @ xr) - n * np.outer(x_mean, x_mean)
+                cross = _dense(xr.T @ y) - n * np.outer(x_mean, y_mean)
+                coef = np.linalg.solve(gram + shrink * n * np.eye(len(x_mean)), cross)
             return cls(coef.astype(np.float32), (y_mean - x_mean @ coef).astype(np.float32), shrink)
 
         def held_error(shrink: float) -> float:
