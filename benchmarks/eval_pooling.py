@@ -66,7 +66,7 @@ def per_source(values: np.ndarray, d, reduce) -> np.ndarray:
 @recorded
 def main() -> None:
     from u2qt.model.decoded import SoftCounts
-    from u2qt.training.eval_report import CONTINUOUS_TEXTS, DECODED
+    from u2qt.training.eval_report import CONTINUOUS, CONTINUOUS_TEXTS, DECODED
     from u2qt.training.evaluation import (
         BASELINE,
         BASELINE_TEXTS,
@@ -144,6 +144,10 @@ def main() -> None:
             reps[f"{label}: mean + soft counts as served, no texts"] = pooled(values, d)
             if label != "continuous":  # decoded tokens: decoded from their one-hot, below (a row of the map per token)
                 continue
+            if args.texts == d.ck.train_config.reader.texts:
+                reps[f"{label}: read as the served reader (soft counts + texts decoded from the vector)"] = every[
+                    CONTINUOUS
+                ]
             same = args.texts == BASELINE_TEXTS and CONTINUOUS_TEXTS in every  # u2qt eval's row: not fitted twice
             texts = every[CONTINUOUS_TEXTS][:, mean.shape[1] :] if same else decoded_event_texts(values, d, counts)
             reps[f"{label}: mean + decoded event texts"] = np.hstack([mean, texts])

@@ -166,6 +166,9 @@ def test_the_decoded_reader_counts_windows_where_users_have_many(trained_dir):
 
     assert ReaderConfig().for_corpus(1.0).soft_counts == 0 and ReaderConfig().for_corpus(29.0).soft_counts == 256
     assert ReaderConfig(soft_counts=16).for_corpus(1.0).soft_counts == 16
+    # the decoded event texts likewise: 1,000 where users have many windows, none where few, a set value kept
+    assert ReaderConfig().for_corpus(1.0).texts == 0 and ReaderConfig().for_corpus(29.0).texts == 1000
+    assert ReaderConfig(texts=50).for_corpus(1.0).texts == 50 and ReaderConfig(texts=0).for_corpus(29.0).texts == 0
 
     out, cfg, report = trained_dir  # 40 households of The Complete Journey: weekly shoppers
     assert cfg.reader.soft_counts is None and report["median_active_windows_per_user"] >= 8
@@ -255,4 +258,5 @@ def test_inspect_prints_figures_and_saves_a_plot(trained_dir, tmp_path, capsys):
     assert "purchases " in per_user and "visits " in per_user
     assert "codebooks: 2 shared + 2 specific levels of 64 codes (median " in printed
     assert "kind=tokens reader: the mean and activity per source, and soft counts of 256 features" in printed
+    assert "; and the tokens decoded to the " in printed and " most frequent event texts" in printed
     assert png.stat().st_size > 10_000

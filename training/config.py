@@ -63,8 +63,9 @@ class QuantizerConfig(BaseModel):
         return self.model_copy(update={k: v for k, v in chosen.items() if getattr(self, k) is None})
 
 
-# The decoded-token reader's soft counts (model.decoded.SoftCounts), chosen from the data as the capacity is: they
-# help where users have many windows to count and cost where they have one (docs/eval/levers.md).
+# The decoded-token reader's soft counts (model.decoded.SoftCounts) and decoded event texts (TokenTexts), chosen
+# from the data as the capacity is: they help where users have many windows, whose tokens recur across windows, and
+# cost where they have one, each window's codes its own (docs/eval/levers.md).
 SOFT_COUNT_FEATURES = 256
 DECODED_TEXTS = 1000  # as many as the raw-data baseline of u2qt eval counts
 
@@ -79,14 +80,13 @@ class ReaderConfig(BaseModel):
     soft_counts: int | None = Field(None, ge=0)
     seed: int = 0  # of the features' projection
     # the training data's most frequent event texts each window's tokens are decoded to (model.decoded.TokenTexts),
-    # appended to the vector as log1p of the user's predicted count of each; 0: none
-    texts: int = Field(DECODED_TEXTS, ge=0)
+    # appended to the vector as log1p of the user's predicted count of each; 0: none; None: chosen as soft_counts
+    texts: int | None = Field(None, ge=0)
 
     def for_corpus(self, windows_per_user: float) -> ReaderConfig:
-        if self.soft_counts is not None:
-            return self
         many = windows_per_user >= FEW_WINDOWS_PER_USER
-        return self.model_copy(update={"soft_counts": SOFT_COUNT_FEATURES if many else 0})
+        chosen = {"soft_counts": SOFT_COUNT_FEATURES if many else 0, "texts": DECODED_TEXTS if many else 0}
+        return self.model_copy(update={k: v for k, v in chosen.items() if getattr(self, k) is None})
 
 
 class OptimConfig(BaseModel):

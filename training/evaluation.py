@@ -130,6 +130,19 @@ def pooled(
     return out
 
 
+def decoded_window_texts(values: np.ndarray, d: EvalData, counts) -> np.ndarray | None:
+    """[corpus rows, texts]: each window's vector decoded to its counts of the event texts, the continuous
+    counterpart of decoded_token_texts (a ridge map of the vector, training/event_texts.py), fitted on the windows
+    before the cut-off that hold a text; zeros for a source none of them is of; None where there is none."""
+    has_text = np.asarray(counts.getnnz(axis=1) > 0)
+    fit = d.pre_rows[has_text[d.pre_rows]]
+    if len(fit) == 0:
+        return None
+    decoder = TextDecoder.fit(values, counts, fit)
+    src = d.corpus.windows["source_index"].to_numpy()
+    return decoder.predict(values) * np.isin(src, src[fit])[:, None]
+
+
 def decoded_token_texts(tok: Tokenized, d: EvalData, counts) -> np.ndarray | None:
     """[corpus rows, texts]: each window's tokens decoded to its counts of the event texts as the service decodes
     them (model.decoded.TokenTexts), the decoder fitted as u2qt export fits it (training/event_texts.py), on the
@@ -402,22 +415,25 @@ def token_representations(d: EvalData, toks: dict[str, Tokenized]) -> tuple[dict
             ]
         )
         latent = torch.cat([mrq.model.encoder(src_emb[i : i + step]) for i in range(0, len(s), step)])
-    cont = src_emb.numpy()
-    reps[CONTINUOUS] = pooled(cont, d)
+    cont, period = src_emb.numpy(), d.sources.period_s
     # the raw baseline's per-text log counts, read back from the same vectors (docs/eval/levers.md); none where no
     # window before the cut-off holds an event text (every source tabular)
-    counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, BASELINE_TEXTS)
+    counts, _ = window_text_counts(d.events, d.corpus.windows, period, d.cut_s, BASELINE_TEXTS)
     texts = decoded_event_texts(cont, d, counts)
     if texts.shape[1]:
         reps[CONTINUOUS_TEXTS] = np.hstack([pooled(cont, d, soft_counts=0), texts])
-    # the quantizer's input: what it keeps of the continuous embeddings tells the projection's loss from the codes'
-    reps[LATENT] = pooled(latent.numpy(), d)
-    for name, tok in toks.items():
-        reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
-    # the served reader: as GET /users/{id}/embedding?kind=tokens reads them (model/decoded.py)
+    # the continuous, latent and decoded vectors each read as GET /users/{id}/embedding?kind=tokens reads decoded
+    # tokens (model/decoded.py): the checkpoint's soft counts and its decoded event texts, from the vector where
+    # there are no tokens to decode them from
     top = d.ck.train_config.reader.texts
     if top and top != BASELINE_TEXTS:
-        counts, _ = window_text_counts(d.events, d.corpus.windows, d.sources.period_s, d.cut_s, top)
+        counts, _ = window_text_counts(d.events, d.corpus.windows, period, d.cut_s, top)
+    reps[CONTINUOUS] = pooled(cont, d, texts=decoded_window_texts(cont, d, counts) if top else None)
+    # the quantizer's input: what it keeps of the continuous embeddings tells the projection's loss from the codes'
+    lat = latent.numpy()
+    reps[LATENT] = pooled(lat, d, texts=decoded_window_texts(lat, d, counts) if top else None)
+    for name, tok in toks.items():
+        reps[f"bag of tokens: {name}"] = bag_of_tokens(tok, d.corpus, d.span, d.users)
     token_texts = decoded_token_texts(mrq, d, counts) if top else None
     reps[DECODED] = pooled(decoded_tokens(mrq, len(d.corpus)), d, texts=token_texts)
     return reps, src_emb.numpy()
