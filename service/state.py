@@ -73,7 +73,7 @@ class ServiceState:
             "vocabulary": m.vocabulary.model_dump(),
             "tokens": self.tokenizer.strings,
             "history_model": m.history.model_dump() if m.history else None,
-            # kind=tokens: the width a ranker sizes its input by, and whether it holds soft counts
+            # kind=tokens: the width a ranker sizes its input by, whether it holds soft counts, the texts it ends with
             "tokens_embedding": {"dim": m.decoded.dim, "soft_counts": m.decoded.soft_counts, "texts": m.decoded.texts}
             if self.codebooks is not None
             else None,
