@@ -73,6 +73,7 @@ def main() -> None:
         decoded_event_texts,
         decoded_token_texts,
         decoded_tokens,
+        decoded_window_texts,
         pooled,
         probe_all,
         token_representations,
@@ -166,6 +167,10 @@ def main() -> None:
         tokens = dict(readings)["decoded tokens"]
         reps["decoded tokens: mean + event texts decoded from the tokens one-hot"] = pooled(
             tokens, d, soft_counts=0, texts=texts
+        )
+        # the linear alternative a codeword-sum decoder would be: a map of the 64 floats, no row per token
+        reps["decoded tokens: mean + event texts decoded from the codeword sums"] = pooled(
+            tokens, d, soft_counts=0, texts=decoded_window_texts(tokens, d, counts)
         )
         reps["decoded tokens: served reader (soft counts as the checkpoint's, texts decoded from the one-hot)"] = (
             every[DECODED] if args.texts == d.ck.train_config.reader.texts else pooled(tokens, d, texts=texts)
