@@ -173,25 +173,25 @@ def pool_user(
     return np.concatenate([pooled, np.log1p(np.maximum(texts, 0.0).sum(0)).astype(np.float32)])
 
 
-def load_codebooks(directory: Path, levels: int) -> list[np.ndarray]:
+def _exported_tables(directory: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    tables = load_file(str(Path(directory) / CODEBOOKS_FILE))
+    return load_file(str(Path(directory) / CODEBOOKS_FILE))
+
+
+def load_codebooks(directory: Path, levels: int) -> list[np.ndarray]:
+    tables = _exported_tables(directory)
     return [tables[f"level_{i}"] for i in range(levels)]
 
 
 def load_soft_counts(directory: Path) -> SoftCounts:
-    from safetensors.numpy import load_file
-
-    tables = load_file(str(Path(directory) / CODEBOOKS_FILE))
+    tables = _exported_tables(directory)
     *required, offset = SOFT_COUNTS_TENSORS  # an export without fire_rate (every export of u2qt train) has no offset
     return SoftCounts(*(tables[name] for name in required), tables.get(offset))
 
 
 def load_token_texts(directory: Path) -> TokenTexts:
-    from safetensors.numpy import load_file
-
-    tables = load_file(str(Path(directory) / CODEBOOKS_FILE))
+    tables = _exported_tables(directory)
     return TokenTexts(*(tables[name] for name in TOKEN_TEXTS_TENSORS))
 
 

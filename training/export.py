@@ -75,12 +75,12 @@ def fit_texts(ck, train_dir: Path) -> tuple[TokenTexts | None, list[str]]:
         return None, []
     w = np.load(train_dir / "windows.npz")
     counts, names = load_window_texts(train_dir / WINDOW_TEXTS_FILE)
-    c = ck.model.config
-    vocabulary = TokenVocabulary(c.sources, c.shared_levels, c.specific_levels, c.codebook_size)
-    ids = vocabulary.ids(w["source_index"], w["codes"])
     fit = np.flatnonzero(~w["holdout"])
     if not names or counts[fit].nnz == 0:
         return None, []
+    c = ck.model.config
+    vocabulary = TokenVocabulary(c.sources, c.shared_levels, c.specific_levels, c.codebook_size)
+    ids = vocabulary.ids(w["source_index"], w["codes"])
     return fit_token_texts(ids, w["source_index"], counts, fit, vocabulary.size, len(c.sources)), names
 
 
