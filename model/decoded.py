@@ -54,7 +54,10 @@ class TokenTexts:
 
     def __call__(self, ids: np.ndarray, source: np.ndarray) -> np.ndarray:
         """ids [N, levels] (vocabulary ids, model/vocabulary.py), source [N] -> predicted counts [N, texts]"""
-        out = self.table[np.asarray(ids)].sum(1) + self.intercept
+        ids = np.asarray(ids)
+        out = np.broadcast_to(self.intercept, (len(ids), len(self.intercept))).copy()
+        for level in ids.T:  # level by level: a [N, texts] sum, not a [N, levels, texts] gather
+            out += self.table[level]
         return out * (self.sources[np.asarray(source, dtype=np.int64)] > 0)[:, None]
 
     def tensors(self) -> dict[str, np.ndarray]:
