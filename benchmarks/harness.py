@@ -610,12 +610,16 @@ def eval_data(args):
     return cfg, prepare(args.train_dir, cfg, events, labels, progress=False)
 
 
-def fit_eval_mrq_vae(cfg, d):
-    """The MRQ-VAE `u2qt eval` fits from eval_data's (cfg, d): the checkpoint's levels, on the pre-cut-off windows."""
+def fit_eval_mrq_vae(cfg, d, code_dim: int | None = None, seed: int | None = None):
+    """The MRQ-VAE `u2qt eval` fits from eval_data's (cfg, d): the checkpoint's levels, on the pre-cut-off windows;
+    with `code_dim` or `seed`, that latent width or training seed instead of the checkpoint's."""
     from u2qt.training.evaluation import fit_variant
 
-    q = d.ck.train_config.quantizer
-    return fit_variant("MRQ-VAE", d.ck.train_config, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
+    train = d.ck.train_config.model_copy(deep=True)
+    q = train.quantizer
+    q.code_dim = code_dim or q.code_dim
+    train.optim.seed = train.optim.seed if seed is None else seed
+    return fit_variant("MRQ-VAE", train, d.corpus, d.text_emb, d.pre_rows, d.names, q.shared_levels,
                        q.specific_levels, cfg.tokenizer_epochs, False)  # fmt: skip
 
 

@@ -255,8 +255,9 @@ def format_report(r: dict) -> str:
         q = r["config"]["quantizer"]
         lines.append(
             f"codebooks: {q['shared_levels']} shared + {q['specific_levels']} specific levels of "
-            f"{q['codebook_size']:,} codes (median {r['median_active_windows_per_user']:g} active windows per user; "
-            "unset levels and sizes are chosen from it: docs/training.md)"
+            f"{q['codebook_size']:,} codes, a latent of {q['code_dim']} floats (median "
+            f"{r['median_active_windows_per_user']:g} active windows per user; unset levels, sizes and width are "
+            "chosen from it: docs/training.md)"
         )
         features = r["config"].get("reader", {}).get("soft_counts") or 0
         lines.append(
@@ -438,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--shared-levels", type=int, help="codebook levels shared by all sources (default: from the data)")
     t.add_argument("--specific-levels", type=int, help="codebook levels of each source (default: from the data)")
     t.add_argument("--codebook-size", type=int, help="codes per level (default: from the data)")
-    t.add_argument("--code-dim", type=int, help="width of the quantized latent (None: 64)")
+    t.add_argument("--code-dim", type=int, help="width of the quantized latent (default: from the data, 128 or 64)")
     t.add_argument(
         "--soft-counts",
         type=int,

@@ -216,16 +216,16 @@ def test_export_decodes_tokens_to_the_most_frequent_event_texts_of_the_training_
 
 
 def test_unset_codebook_capacity_is_chosen_from_how_many_windows_users_have(trained_dir):
-    """Levels and codebook size left unset are filled in from the corpus (4 shared + 4 specific levels of 1,024 where
-    users have few windows, 2 + 2 of 256 where they have many), those set are kept, and the checkpoint holds what
-    was chosen, so export, eval and serving never see an unset size."""
+    """Levels, codebook size and latent width left unset are filled in from the corpus (4 shared + 4 specific levels
+    of 1,024 and a latent of 128 where users have few windows, 2 + 2 of 256 and 64 where they have many), those set
+    are kept, and the checkpoint holds what was chosen, so export, eval and serving never see an unset size."""
     from u2qt.training.config import QuantizerConfig
 
     few, many = QuantizerConfig().with_capacity_for(1.0), QuantizerConfig().with_capacity_for(29.0)
-    assert (few.shared_levels, few.specific_levels, few.codebook_size) == (4, 4, 1024)
-    assert (many.shared_levels, many.specific_levels, many.codebook_size) == (2, 2, 256)
-    kept = QuantizerConfig(specific_levels=1, codebook_size=64).with_capacity_for(1.0)
-    assert (kept.shared_levels, kept.specific_levels, kept.codebook_size) == (4, 1, 64)
+    assert (few.shared_levels, few.specific_levels, few.codebook_size, few.code_dim) == (4, 4, 1024, 128)
+    assert (many.shared_levels, many.specific_levels, many.codebook_size, many.code_dim) == (2, 2, 256, 64)
+    kept = QuantizerConfig(specific_levels=1, codebook_size=64, code_dim=16).with_capacity_for(1.0)
+    assert (kept.shared_levels, kept.specific_levels, kept.codebook_size, kept.code_dim) == (4, 1, 64, 16)
 
     out, cfg, report = trained_dir  # 40 households of The Complete Journey: weekly shoppers
     assert cfg.quantizer.shared_levels is None and report["median_active_windows_per_user"] >= 8
@@ -256,7 +256,7 @@ def test_inspect_prints_figures_and_saves_a_plot(trained_dir, tmp_path, capsys):
     # what the window period's guidance (docs/training.md) reads
     per_user = next(line for line in printed.splitlines() if line.startswith("windows per user (median, by source):"))
     assert "purchases " in per_user and "visits " in per_user
-    assert "codebooks: 2 shared + 2 specific levels of 64 codes (median " in printed
+    assert "codebooks: 2 shared + 2 specific levels of 64 codes, a latent of 32 floats (median " in printed
     assert "kind=tokens reader: the mean and activity per source, and soft counts of 256 features" in printed
     assert "; and the tokens decoded to the " in printed and " most frequent event texts" in printed
     assert png.stat().st_size > 10_000

@@ -39,8 +39,13 @@ class EncoderConfig(BaseModel):
 # 4 + 2 (the decoded tokens); on The Complete Journey (median 30) 2 + 2 levels of 256 kept 1.07 against 1.01 for
 # the paper's, and with the tuned probes as much in the decoded tokens and more in the bag of tokens than 4 + 2 or
 # 4 + 4 of 1,024 (docs/eval/levers.md, benchmarks/eval_capacity.py).
-COMPACT_CAPACITY = (2, 2, 256)
-LARGE_CAPACITY = (4, 4, 1024)
+# And the latent's width with them: where users have few windows the large codebooks hold each window's latent z
+# (codebooks refitted), so the tokens keep what z keeps, and 128 floats keep more of the continuous embeddings than
+# 64 (MovieLens, decoded tokens over three fits: 0.919 / 0.917 / 0.895 of the raw signal against 0.897 / 0.848 /
+# 0.884, and 0.911 / 0.908 / 0.907 at 256; benchmarks/eval_projection.py); where users have many, 4 codes of 256
+# cannot hold a window's 64 floats, so a wider latent has nowhere to go.
+COMPACT_CAPACITY = (2, 2, 256, 64)
+LARGE_CAPACITY = (4, 4, 1024, 128)
 FEW_WINDOWS_PER_USER = 8  # median active windows per user below which the large capacity is chosen
 
 
@@ -50,16 +55,16 @@ class QuantizerConfig(BaseModel):
     shared_levels: int | None = Field(None, ge=0)
     specific_levels: int | None = Field(None, ge=0)
     codebook_size: int | None = Field(None, ge=2)
-    code_dim: int = Field(64, ge=1)
+    code_dim: int | None = Field(None, ge=1)  # the latent z's width; None: chosen with the capacity
     hidden_dim: int = Field(256, ge=1)
     commitment: float = Field(0.25, ge=0)
     latent_norm: bool = False  # layer-normalize z before quantization (model/architecture.py)
 
     def with_capacity_for(self, windows_per_user: float) -> QuantizerConfig:
-        """The levels and codebook size left unset, filled in for a corpus whose users have a median of
-        `windows_per_user` active windows; those set are kept."""
+        """The levels, codebook size and latent width left unset, filled in for a corpus whose users have a median
+        of `windows_per_user` active windows; those set are kept."""
         pick = LARGE_CAPACITY if windows_per_user < FEW_WINDOWS_PER_USER else COMPACT_CAPACITY
-        chosen = dict(zip(("shared_levels", "specific_levels", "codebook_size"), pick, strict=True))
+        chosen = dict(zip(("shared_levels", "specific_levels", "codebook_size", "code_dim"), pick, strict=True))
         return self.model_copy(update={k: v for k, v in chosen.items() if getattr(self, k) is None})
 
 
