@@ -18,9 +18,10 @@ fit_variant, token_representations, probe_all). `--readers` picks which of the t
 how many random features the soft counts have (a row for each number); `--fire-rates` adds, for each number, soft
 counts whose features are offset to fire on that share of the training windows (0.5 is about the default's);
 `--whiten λ …` soft counts whose projection is drawn in the whitened space, `--per-source` soft counts that
-standardize each source by its own windows (SoftCounts.fit). `texts` (`--readers texts`) reads each window back
-into the raw baseline's vocabulary (training/event_texts.py: a ridge map from the window to its counts of each event
-text, the `--texts` most frequent, cut at 0, summed over the user's windows, log1p): from the continuous
+standardize each source by its own windows (the three: benchmarks/soft_count_variants.py). `texts` (`--readers
+texts`) reads each window back into the raw baseline's vocabulary (training/event_texts.py: a ridge map from the
+window to its counts of each event text, the `--texts` most frequent, cut at 0, summed over the user's windows,
+log1p): from the continuous
 embeddings (as counts and as presence) and from the tokens one-hot, beside the mean and beside the served reader;
 `--texts-features N` adds a decoder of the continuous embeddings that reads N random ReLU features of each window
 (SoftCounts) beside its vector.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,7 @@ from benchmarks.harness import (  # noqa: E402
     print_retention_table,
     recorded,
 )
+from benchmarks.soft_count_variants import SoftCountVariant  # noqa: E402
 
 READERS = ("max", "std", "soft", "texts")
 
@@ -88,12 +91,12 @@ def main() -> None:
         nargs="+",
         type=float,
         default=[],
-        help="also soft readers whose features each fire on this share of the training windows (SoftCounts.fit)",
+        help="also soft readers whose features each fire on this share of the training windows (SoftCountVariant)",
     )
     p.add_argument(
         "--per-source",
         action="store_true",
-        help="also soft readers that standardize each source by its own windows (SoftCounts.fit)",
+        help="also soft readers that standardize each source by its own windows (SoftCountVariant)",
     )
     p.add_argument(
         "--whiten",
@@ -116,10 +119,12 @@ def main() -> None:
     mrq = fit_eval_mrq_vae(cfg, d)
     every, src_emb = token_representations(d, {"MRQ-VAE": mrq})
     reps = {BASELINE: every[BASELINE]}
-    # SoftCounts.fit's options, each a row beside the plain reader (the served one)
+    # SoftCountVariant.fit's options, each a row beside the plain reader (the served one)
     soft_variants = [("", {})]
     soft_variants += [(f" firing on {rate:g}", {"fire_rate": rate}) for rate in args.fire_rates]
-    soft_variants += [(", standardized per source", {"per_source": True})] if args.per_source else []
+    if args.per_source:
+        source = d.corpus.windows["source_index"].to_numpy()[d.pre_rows]
+        soft_variants += [(", standardized per source", {"source": source, "n_sources": len(d.names)})]
     soft_variants += [(f", whitened (λ {shrink:g})", {"whiten": shrink}) for shrink in args.whiten]
     readings = (("continuous", src_emb), ("decoded tokens", decoded_tokens(mrq, len(d.corpus))))
     counts = None
@@ -137,8 +142,9 @@ def main() -> None:
         for features in args.soft_counts if "soft" in args.readers else ():
             # model.decoded.SoftCounts, as pool_user serves them where users have many windows (u2qt train: 256)
             for suffix, options in soft_variants:
+                fit = partial(SoftCountVariant.fit, **options) if options else SoftCounts.fit
                 reps[f"{label}: mean + soft counts, {features} features{suffix}"] = pooled(
-                    values, d, soft_counts=features, **options
+                    values, d, soft_counts=features, fit_soft_counts=fit
                 )
         if "texts" in args.readers:
             # the checkpoint's soft counts (or the mean alone), before the decoded texts the served reader appends

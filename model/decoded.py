@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 CODEBOOKS_FILE = "codebooks.safetensors"
-SOFT_COUNTS_TENSORS = ("soft_counts_mean", "soft_counts_scale", "soft_counts_projection", "soft_counts_offset")
+SOFT_COUNTS_TENSORS = ("soft_counts_mean", "soft_counts_scale", "soft_counts_projection")
 TOKEN_TEXTS_TENSORS = ("texts_table", "texts_intercept", "texts_sources")
 
 
@@ -74,64 +74,32 @@ class SoftCounts:
     one window) they cost 0.06, so `u2qt train` chooses them from the data (docs/eval/levers.md, "Pooling beyond
     the mean")."""
 
-    mean: np.ndarray  # [dim], or [sources, dim] where each source is standardized by its own windows
-    scale: np.ndarray  # as mean
+    mean: np.ndarray  # [dim]
+    scale: np.ndarray  # [dim]
     projection: np.ndarray  # [dim, features]
-    offset: np.ndarray | None = None  # [features], cut before the ReLU; None: 0, each fires on about half the windows
 
     @classmethod
-    def fit(
-        cls,
-        vectors: np.ndarray,
-        features: int,
-        seed: int = 0,
-        fire_rate: float | None = None,
-        whiten: float | None = None,
-        source: np.ndarray | None = None,
-        n_sources: int = 0,
-    ) -> SoftCounts:
-        """Standardized by `vectors` (the training windows'); the projection drawn from `seed`. With `fire_rate`,
-        each feature's offset is the quantile of the training windows' projections above which that share of them
-        lies: a rarer feature counts windows of a smaller region, closer to what a count of one item is. With
-        `whiten` (λ), the projection is drawn in the whitened space, every principal direction of the standardized
-        windows at equal weight, their variances shrunk by λ (x (s + λ)^-1/2): a direction few windows take, as
-        few baskets hold one item, is then as likely to be counted as the dominant ones (folded into `projection`,
-        so the exported reader is the same three tensors). With `source` (each vector's, of `n_sources`), each
-        source is standardized by its own windows, so that every feature splits each source's windows, not the
-        sources (a source without windows: mean 0, scale 1). None of the three pays on The Complete Journey
-        (docs/eval/levers.md, "Pooling beyond the mean"): the reader u2qt train and export fit uses none of them."""
+    def fit(cls, vectors: np.ndarray, features: int, seed: int = 0) -> SoftCounts:
+        """Standardized by `vectors` (the training windows'); the projection drawn from `seed`, so each feature
+        fires on about half the windows. Rarer features, a whitened projection and a standardization per source
+        were measured and kept less (benchmarks/soft_count_variants.py)."""
         vectors = np.asarray(vectors, dtype=np.float64)
         dim = vectors.shape[1]
         projection = np.random.default_rng(seed).standard_normal((dim, features)) / np.sqrt(dim)
-        if source is None:
-            mean, scale = vectors.mean(0), vectors.std(0) + 1e-6
-            standardized = (vectors - mean) / scale
-        else:
-            mean, scale = np.zeros((n_sources, dim)), np.ones((n_sources, dim))
-            for s in np.unique(source):
-                mean[s], scale[s] = vectors[source == s].mean(0), vectors[source == s].std(0) + 1e-6
-            standardized = (vectors - mean[source]) / scale[source]
-        if whiten is not None:
-            variances, axes = np.linalg.eigh(np.cov(standardized, rowvar=False))
-            projection = (axes / np.sqrt(np.maximum(variances, 0.0) + whiten)) @ axes.T @ projection
-        offset = None
-        if fire_rate is not None:
-            offset = np.quantile(standardized @ projection, 1.0 - fire_rate, axis=0).astype(np.float32)
-        return cls(mean.astype(np.float32), scale.astype(np.float32), projection.astype(np.float32), offset)
+        mean, scale = vectors.mean(0), vectors.std(0) + 1e-6
+        return cls(mean.astype(np.float32), scale.astype(np.float32), projection.astype(np.float32))
 
     @property
     def features(self) -> int:
         return self.projection.shape[1]
 
     def __call__(self, vectors: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
-        """[N, dim] (and each one's source, where each source has its own standardization) -> [N, features]"""
-        mean, scale = (self.mean, self.scale) if self.mean.ndim == 1 else (self.mean[source], self.scale[source])
-        projected = ((np.asarray(vectors, dtype=np.float32) - mean) / scale) @ self.projection
-        return np.maximum(projected if self.offset is None else projected - self.offset, 0.0)
+        """[N, dim] -> [N, features]. `source` (each vector's) is pool_user's to give; this reader standardizes every
+        source alike and does not read it."""
+        return np.maximum(((np.asarray(vectors, dtype=np.float32) - self.mean) / self.scale) @ self.projection, 0.0)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        tensors = dict(zip(SOFT_COUNTS_TENSORS, (self.mean, self.scale, self.projection, self.offset), strict=True))
-        return {name: t for name, t in tensors.items() if t is not None}
+        return dict(zip(SOFT_COUNTS_TENSORS, (self.mean, self.scale, self.projection), strict=True))
 
 
 def pool_user(
@@ -189,8 +157,7 @@ def load_codebooks(directory: Path, levels: int) -> list[np.ndarray]:
 
 def load_soft_counts(directory: Path) -> SoftCounts:
     tables = _exported_tables(directory)
-    *required, offset = SOFT_COUNTS_TENSORS  # an export without fire_rate (every export of u2qt train) has no offset
-    return SoftCounts(*(tables[name] for name in required), tables.get(offset))
+    return SoftCounts(*(tables[name] for name in SOFT_COUNTS_TENSORS))
 
 
 def load_token_texts(directory: Path) -> TokenTexts:

@@ -100,52 +100,55 @@ def test_probe_chooses_c_by_cross_validated_auc_on_the_training_users_alone():
 
 
 def test_soft_counts_with_a_fire_rate_count_each_feature_on_that_share_of_the_training_windows(tmp_path):
-    """SoftCounts.fit(fire_rate=r) offsets every feature so that it is positive on a share r of the windows it was
-    fitted on (a smaller region of the space for a smaller r), and the offset is exported with the reader; without
-    it the reader exports the three tensors it always had, and codebooks without an offset load as that reader."""
+    """SoftCountVariant.fit(fire_rate=r) offsets every feature so that it is positive on a share r of the windows it
+    was fitted on (a smaller region of the space for a smaller r); without it the variant is the served reader, which
+    fires each feature on about half the windows and exports its three tensors."""
+    from benchmarks.soft_count_variants import SoftCountVariant
     from u2qt.model.decoded import CODEBOOKS_FILE, SoftCounts, load_soft_counts, save_codebooks
 
     x = np.random.default_rng(0).normal(size=(4000, 16)) * np.linspace(0.5, 3, 16) + 2.0
     for rate in (0.5, 0.1, 0.02):
-        fired = (SoftCounts.fit(x, 32, fire_rate=rate)(x) > 0).mean(0)
+        fired = (SoftCountVariant.fit(x, 32, fire_rate=rate)(x) > 0).mean(0)
         np.testing.assert_allclose(fired, rate, atol=1.5 / len(x))
     plain = SoftCounts.fit(x, 32)
-    assert plain.offset is None and 0.4 < (plain(x) > 0).mean() < 0.6
+    assert 0.4 < (plain(x) > 0).mean() < 0.6
+    np.testing.assert_array_equal(SoftCountVariant.fit(x, 32)(x), plain(x))
     assert set(plain.tensors()) == {"soft_counts_mean", "soft_counts_scale", "soft_counts_projection"}
-
-    for reader in (SoftCounts.fit(x, 32, fire_rate=0.1), plain):
-        save_codebooks(tmp_path / CODEBOOKS_FILE, [np.zeros((4, 16), np.float32)], reader)
-        np.testing.assert_array_equal(load_soft_counts(tmp_path)(x), reader(x))
+    save_codebooks(tmp_path / CODEBOOKS_FILE, [np.zeros((4, 16), np.float32)], plain)
+    np.testing.assert_array_equal(load_soft_counts(tmp_path)(x), plain(x))
 
 
 def test_whitened_soft_counts_weigh_every_principal_direction_equally():
-    """SoftCounts.fit(whiten=λ) draws the seed's Gaussian projection R in the whitened space of the standardized
+    """SoftCountVariant.fit(whiten=λ) draws the seed's Gaussian projection R in the whitened space of the standardized
     windows: their projections then have covariance R^T R, whatever the correlations between the inputs (without
     it, the dominant directions dominate every feature), and with λ large the reader is the plain one, scaled."""
+    from benchmarks.soft_count_variants import SoftCountVariant
     from u2qt.model.decoded import SoftCounts
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20000, 12)) @ rng.normal(size=(12, 12)) * 3.0 + 1.0
     r = np.random.default_rng(7).standard_normal((12, 40)) / np.sqrt(12)
-    white = SoftCounts.fit(x, 40, seed=7, whiten=1e-9)
+    white = SoftCountVariant.fit(x, 40, seed=7, whiten=1e-9)
     standardized = (x - white.mean) / white.scale
     np.testing.assert_allclose(np.cov(standardized @ white.projection, rowvar=False), r.T @ r, atol=1e-3)
     plain = SoftCounts.fit(x, 40, seed=7)
     assert np.abs(np.cov(standardized @ plain.projection, rowvar=False) - r.T @ r).max() > 0.5
-    np.testing.assert_allclose(SoftCounts.fit(x, 40, seed=7, whiten=1e6).projection * 1e3, plain.projection, rtol=1e-3)
+    shrunk = SoftCountVariant.fit(x, 40, seed=7, whiten=1e6)
+    np.testing.assert_allclose(shrunk.projection * 1e3, plain.projection, rtol=1e-3)
 
 
 def test_soft_counts_standardized_per_source_split_each_sources_windows():
-    """SoftCounts.fit(source=..., n_sources=...) standardizes each source by its own windows: where sources lie apart,
-    a shared standardization leaves features that fire on all of one source's windows or on none (they count
+    """SoftCountVariant.fit(source=..., n_sources=...) standardizes each source by its own windows: where sources lie
+    apart, a shared standardization leaves features that fire on all of one source's windows or on none (they count
     windows of a source, which the activity already does); per source, every feature fires on about half of each
     source's windows. pool_user hands each window's source to the reader."""
+    from benchmarks.soft_count_variants import SoftCountVariant
     from u2qt.model.decoded import SoftCounts, pool_user
 
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(size=(3000, 16)) + 5.0, rng.normal(size=(1000, 16)) * 3.0 - 4.0])
     src = np.repeat([0, 1], [3000, 1000])
-    shared, own = SoftCounts.fit(x, 64), SoftCounts.fit(x, 64, source=src, n_sources=3)
+    shared, own = SoftCounts.fit(x, 64), SoftCountVariant.fit(x, 64, source=src, n_sources=3)
     assert own.mean.shape == (3, 16) and (own.mean[2] == 0).all() and (own.scale[2] == 1).all()
     for s in (0, 1):
         mine = src == s

@@ -101,22 +101,20 @@ def pooled(
     values: np.ndarray,
     d: EvalData,
     soft_counts: int | None = None,
-    per_source: bool = False,
     texts: np.ndarray | None = None,
-    **fit_options,
+    fit_soft_counts=SoftCounts.fit,
 ) -> np.ndarray:
     """`values` of every corpus row -> [users, ...]: each user's windows in the span pooled as the service pools
     their decoded tokens (model.decoded.pool_user, read at the cut-off, event counts as the history store keeps
     them), with the soft counts of the checkpoint's reader (`soft_counts` features instead, where given; 0: the
     mean and the activity only), standardized by the windows before the cut-off as export standardizes them by
     the training windows; with `texts` (each corpus row's decoded event-text counts, decoded_token_texts), their
-    per-user log sums after."""
+    per-user log sums after. `fit_soft_counts(vectors, features, seed)` fits the soft counts (a benchmark's
+    variant of SoftCounts.fit, where given)."""
     reader = d.ck.train_config.reader
     features = (reader.soft_counts or 0) if soft_counts is None else soft_counts
     src = d.corpus.windows["source_index"].to_numpy()
-    if per_source:
-        fit_options |= {"source": src[d.pre_rows], "n_sources": len(d.names)}
-    counter = SoftCounts.fit(values[d.pre_rows], features, reader.seed, **fit_options) if features else None
+    counter = fit_soft_counts(values[d.pre_rows], features, reader.seed) if features else None
     period = d.sources.period_s
     now, horizon = window_index(d.cut_s, period), round((d.hi - d.lo) / period)  # the span: whole windows
     counts = np.minimum(d.corpus.windows["events"].to_numpy(), MAX_WINDOW_EVENTS)
